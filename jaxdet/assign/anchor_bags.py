@@ -1,0 +1,132 @@
+"""Anchor bags of FreeAnchor / Multiple Anchor Learning (MAL).
+
+- `build`: per GT, the `bag_size` anchors with the highest IoU with it (its
+  "anchor bag" A_i). Static shapes: `index [M, K]` anchor ids and `valid [M, K]`;
+  padding rows (valid=False) and ignore rows (crowd) get empty bags.
+- `positive_probability`: P{a_j in A+} [N, C] of FreeAnchor's negative loss,
+  from the (stop-gradient-ed) predicted boxes: the IoU of anchor j's regressed box
+  with GT i, mapped through the saturated linear function
+  clip((IoU - t1) / (t2_i - t1), 0, 1), t1 = `bbox_thr` (0.6), t2_i = max(max_j
+  IoU_ij, t1 + 1e-12); for each class c the max over the GTs of class c.
+
+References: Zhang et al., "FreeAnchor: Learning to Match Anchors for Visual
+Object Detection", NeurIPS 2019 (mmdetection `FreeAnchorRetinaHead`:
+`pre_anchor_topk` 50, `bbox_thr` 0.6); Ke et al., "Multiple Anchor Learning for
+Visual Object Detection", CVPR 2020 (DeLightCMU/MAL `free_anchor_loss_IA.py`,
+config `mal_R-50-FPN.yaml`: PRE_ANCHOR_TOPK 40, BBOX_THRESHOLD 0.6).
+
+Both functions are per image, pure, jittable and vmappable over the batch
+(`jax.vmap(lambda g: build(priors, g))(gt)`). They walk only the valid GT rows
+(`common.fold_gt_chunks`), so their cost follows the number of real GTs, not
+`max_boxes`, and no [M, N] matrix is built.
+
+Tie-breaking: `lax.top_k` keeps the lower anchor index among equal IoUs (torch's
+`topk(sorted=False)` leaves it unspecified); the bag is sorted by decreasing IoU.
+The bag losses are permutation-invariant, so only ties at the K-th place matter.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+from jax import lax
+
+from jaxdet.assign import common
+from jaxdet.core import boxes as box_ops
+from jaxdet.core.types import GroundTruth, Priors
+
+Array = jnp.ndarray
+
+BAG_SIZE = 40  # MAL PRE_ANCHOR_TOPK (FreeAnchor paper / mmdetection: 50)
+BBOX_THR = 0.6  # FreeAnchor / MAL BBOX_THRESHOLD
+
+
+class AnchorBags(NamedTuple):
+    """Anchor bags of one image (batched: leading B).
+
+    index: [M, K] int32 anchor ids in [0, N), sorted by decreasing IoU; 0 in empty bags.
+    valid: [M, K] bool, False for every entry of a padding or ignore GT row.
+    iou:   [M, K] float32 IoU of each anchor with its GT (0 in empty bags).
+    """
+
+    index: Array
+    valid: Array
+    iou: Array
+
+
+def build(
+    priors: Priors, gt: GroundTruth, *, bag_size: int = BAG_SIZE, chunk: int = 8
+) -> AnchorBags:
+    """Per GT row, the `bag_size` anchors of highest IoU with it.
+
+    Args:
+      priors: N anchors, `priors.boxes` [N, 4].
+      gt: one image's GroundTruth, leaves [M, ...]; rows with valid & ~ignore get a bag.
+      bag_size: K (MAL 40, FreeAnchor 50); clipped to N.
+      chunk: GT rows per loop step (speed only).
+    Returns:
+      AnchorBags with [M, K] leaves.
+    """
+    pb = common.as_f32(priors.boxes)
+    n = pb.shape[0]
+    k = min(int(bag_size), n)
+    boxes, match_rows, _ = common.split_gt(gt)
+    m = boxes.shape[0]
+    cols = common.columns(pb)
+    area = box_ops.areas(pb)
+
+    def body(carry, rows, ids, live):
+        index, iou = carry
+        ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
+        top_iou, top_idx = lax.top_k(ov, k)  # [chunk, K]
+        rows_at = jnp.where(live, ids, m)  # filler rows write out of bounds (dropped)
+        index = index.at[rows_at].set(top_idx.astype(jnp.int32), mode="drop")
+        iou = iou.at[rows_at].set(top_iou, mode="drop")
+        return index, iou
+
+    init = (jnp.zeros((m, k), jnp.int32), jnp.zeros((m, k), jnp.float32))
+    index, iou = common.fold_gt_chunks(body, init, boxes, match_rows, chunk)
+    valid = jnp.broadcast_to(match_rows[:, None], (m, k))
+    return AnchorBags(index=index, valid=valid, iou=jnp.where(valid, iou, 0.0))
+
+
+def positive_probability(
+    pred_boxes: Array,
+    gt: GroundTruth,
+    num_classes: int,
+    *,
+    bbox_thr: float = BBOX_THR,
+    chunk: int = 8,
+) -> Array:
+    """FreeAnchor's P{a_j in A+} per anchor and class, from the predicted boxes.
+
+    Args:
+      pred_boxes: [N, 4] decoded boxes of the N anchors (pass them through
+        `jax.lax.stop_gradient`: the reference computes this under no_grad).
+      gt: one image's GroundTruth [M, ...]; only valid & ~ignore rows count.
+      num_classes: C.
+      bbox_thr: t1 of the saturated linear function (0.6).
+      chunk: GT rows per loop step (speed only).
+    Returns:
+      [N, C] float32 in [0, 1]; all zeros without GT.
+    """
+    pred = common.as_f32(pred_boxes)
+    n = pred.shape[0]
+    cols = common.columns(pred)
+    area = box_ops.areas(pred)
+    boxes, match_rows, _ = common.split_gt(gt)
+    labels = jnp.asarray(gt.labels, jnp.int32)
+    t1 = float(bbox_thr)
+
+    def body(acc, rows, ids, live):
+        ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
+        t2 = jnp.maximum(jnp.max(ov, axis=1, keepdims=True), t1 + 1e-12)
+        prob = jnp.clip((ov - t1) / (t2 - t1), 0.0, 1.0)
+        prob = jnp.where(live[:, None], prob, 0.0)
+        # Class-major accumulator: each GT updates one row (its label).
+        return acc.at[labels[ids]].max(prob)
+
+    acc = jnp.zeros((num_classes, n), jnp.float32)
+    acc = common.fold_gt_chunks(body, acc, boxes, match_rows, chunk)
+    return acc.T

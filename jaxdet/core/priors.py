@@ -1,0 +1,133 @@
+"""Prior generators: anchors (mmdetection `AnchorGenerator`) and points.
+
+Order of the concatenated priors (DESIGN.md): level (P3..P7), then row-major
+(y, x), then anchor index. All functions run in NumPy at trace time: priors
+depend only on static shapes and are built once per input shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from jaxdet.core.types import Priors
+
+
+def feature_shapes(image_hw: tuple[int, int], strides: Sequence[int]) -> list[tuple[int, int]]:
+    """Feature-map (h, w) of each level for a padded input of size `image_hw`.
+
+    Matches stride-2 'SAME' convolutions: ceil(H / stride).
+    """
+    h, w = image_hw
+    return [(math.ceil(h / s), math.ceil(w / s)) for s in strides]
+
+
+def base_anchors(
+    base_size: float,
+    scales: Sequence[float],
+    ratios: Sequence[float],
+    center_offset: float = 0.0,
+) -> np.ndarray:
+    """Anchors of one location, [len(ratios) * len(scales), 4], ratio-major.
+
+    Same as mmdetection's `gen_single_level_base_anchors` with scale_major=True:
+    ratio r = h / w, h_ratio = sqrt(r), w_ratio = 1 / h_ratio.
+    """
+    scales = np.asarray(scales, np.float64)
+    ratios = np.asarray(ratios, np.float64)
+    h_ratios = np.sqrt(ratios)
+    w_ratios = 1.0 / h_ratios
+    ws = (base_size * w_ratios[:, None] * scales[None, :]).reshape(-1)
+    hs = (base_size * h_ratios[:, None] * scales[None, :]).reshape(-1)
+    cx = center_offset * base_size
+    cy = center_offset * base_size
+    return np.stack([cx - 0.5 * ws, cy - 0.5 * hs, cx + 0.5 * ws, cy + 0.5 * hs], axis=-1)
+
+
+def _grid(shape: tuple[int, int], stride: float, offset: float) -> np.ndarray:
+    h, w = shape
+    xs = (np.arange(w, dtype=np.float64) + offset) * stride
+    ys = (np.arange(h, dtype=np.float64) + offset) * stride
+    yy, xx = np.meshgrid(ys, xs, indexing="ij")
+    return np.stack([xx.reshape(-1), yy.reshape(-1)], axis=-1)  # [h*w, 2] (x, y)
+
+
+def make_anchors(
+    feature_shapes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    *,
+    octave_base_scale: float = 4.0,
+    scales_per_octave: int = 3,
+    ratios: Sequence[float] = (0.5, 1.0, 2.0),
+    base_sizes: Sequence[float] | None = None,
+    center_offset: float = 0.0,
+) -> Priors:
+    """Anchors of all levels, identical to mmdetection's `AnchorGenerator`.
+
+    Args:
+      feature_shapes: (h, w) per level.
+      strides: stride per level (also the base size unless `base_sizes`).
+      octave_base_scale, scales_per_octave: scales = octave_base_scale *
+        2 ** (i / scales_per_octave), i < scales_per_octave (RetinaNet: 4, 3;
+        ATSS: 8, 1).
+      ratios: h / w aspect ratios (RetinaNet: 0.5, 1, 2).
+      center_offset: 0 as in mmdetection's RetinaNet/ATSS configs.
+    Returns:
+      Priors with N = sum_l h_l * w_l * A anchors, A = len(ratios) * scales_per_octave.
+    """
+    if len(feature_shapes) != len(strides):
+        raise ValueError(f"{len(feature_shapes)} feature shapes but {len(strides)} strides")
+    scales = [octave_base_scale * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)]
+    base_sizes = strides if base_sizes is None else base_sizes
+    all_boxes, all_strides, all_levels, sizes = [], [], [], []
+    num_base = len(ratios) * len(scales)
+    for lvl, (shape, stride, base) in enumerate(zip(feature_shapes, strides, base_sizes)):
+        base_a = base_anchors(base, scales, ratios, center_offset)  # [A, 4]
+        shifts = _grid(shape, stride, 0.0)  # [K, 2]
+        shifts4 = np.concatenate([shifts, shifts], axis=-1)  # [K, 4]
+        boxes = (shifts4[:, None, :] + base_a[None, :, :]).reshape(-1, 4)
+        all_boxes.append(boxes)
+        all_strides.append(np.full((boxes.shape[0],), stride, np.float32))
+        all_levels.append(np.full((boxes.shape[0],), lvl, np.int32))
+        sizes.append(int(boxes.shape[0]))
+    boxes = np.concatenate(all_boxes).astype(np.float32)
+    ctr = np.stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5], -1)
+    return Priors(
+        boxes=boxes,
+        centers=ctr.astype(np.float32),
+        strides=np.concatenate(all_strides),
+        levels=np.concatenate(all_levels),
+        level_sizes=tuple(sizes),
+        num_base=num_base,
+    )
+
+
+def make_points(
+    feature_shapes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    offset: float = 0.5,
+) -> Priors:
+    """Points at ((x + offset) * stride, (y + offset) * stride) of every level.
+
+    `boxes` are zero-size boxes at the points. FCOS/FSAF use offset 0.5.
+    """
+    if len(feature_shapes) != len(strides):
+        raise ValueError(f"{len(feature_shapes)} feature shapes but {len(strides)} strides")
+    pts, st, lv, sizes = [], [], [], []
+    for lvl, (shape, stride) in enumerate(zip(feature_shapes, strides)):
+        p = _grid(shape, stride, offset)
+        pts.append(p)
+        st.append(np.full((p.shape[0],), stride, np.float32))
+        lv.append(np.full((p.shape[0],), lvl, np.int32))
+        sizes.append(int(p.shape[0]))
+    points = np.concatenate(pts).astype(np.float32)
+    return Priors(
+        boxes=np.concatenate([points, points], axis=-1),
+        centers=points,
+        strides=np.concatenate(st),
+        levels=np.concatenate(lv),
+        level_sizes=tuple(sizes),
+        num_base=1,
+    )

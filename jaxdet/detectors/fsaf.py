@@ -1,0 +1,243 @@
+"""FSAF (Zhu, He, Savvides, "Feature Selective Anchor-Free Module for Single-Shot Object
+Detection", CVPR 2019, arXiv 1903.00621).
+
+Two variants, chosen by `config.fsaf.anchor_based`:
+  False: anchor-free only, as mmdetection ships it (`FSAFHead`): loss = af_weight * L_af
+         (af_weight 1.0);
+  True:  the paper's detector, RetinaNet (anchor-based branch, max-IoU, focal + L1 on
+         delta-xywh; see `jaxdet.detectors.retinanet`) plus the anchor-free branch on the
+         same towers: loss = L_ab + af_weight * L_af with af_weight = lambda = 0.5, and at
+         test time the detections of both branches are merged before one NMS.
+
+Anchor-free branch (`FSAFHead` outputs 'af_cls_logits', 'af_tblr'):
+  priors:   one square "anchor" of side = stride per location, centred at (x, y) * stride
+            (mmdetection: octave_base_scale 1, 1 scale, ratio 1);
+  boxes:    TBLR distances x normaliser (4.0) x prior side (`center_region.tblr_decode`),
+            clamped >= 1e-4 in the loss as mmdetection;
+  assign:   `jaxdet.assign.center_region` (effective 0.2, ignoring 0.5, min IoF 0.01);
+  select:   online feature selection (`jaxdet.assign.fsaf_select`): each GT is first a
+            candidate on every level; with the stop_gradient-ed predictions each level's
+            mean of (focal summed over classes + IoU loss) over the GT's effective priors
+            is measured; the argmin level trains the GT. The final assignment then uses
+            that level (positives there, ignoring box on it and on the adjacent levels,
+            effective region ignored on the other levels). `selection='heuristic'` uses
+            the paper's size rule instead (Table 1's baseline);
+  losses:   sigmoid focal (0.25, 2) over non-ignored (prior, class) pairs / num_pos, and
+            IoU loss (-log IoU, eps 1e-6) of the decoded boxes over positives / num_pos,
+            num_pos summed over the global batch (mmdetection normalises both by it).
+Difference from mmdetection: there a prior owned by a GT whose level was not selected
+just loses that GT's class (it is never re-assigned); here the final assignment is made
+with the selected levels, so such a prior can be positive for another GT selected on
+its level (each GT "only affects its selected level", paper Sec. 3.4).
+
+Metrics (from `loss_fn`, logged every step): `fsaf/mismatch` = share of the batch's GTs
+(with a candidate prior) whose online-selected level differs from the size heuristic;
+`fsaf/sel_l<i>` and `fsaf/heur_l<i>` = share selected at level i by each rule.
+
+Config (`config.fsaf`, defaults = paper): anchor_based, af_weight (0.5 with the anchor
+branch; 1.0 alone), pos_scale 0.2, neg_scale 0.5, min_pos_iof 0.01, ignore_gt_scale 0.5,
+ignore_level_range 1 (-1 = every level, mmdetection), foreground_dominate False,
+selection 'online' | 'heuristic', tblr_normalizer 4.0, reg_bias_init 0.25,
+canonical_size 224, canonical_level 5 (heuristic), iou_eps 1e-6.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdet.assign import center_region, fsaf_select, targets
+from jaxdet.core import coders
+from jaxdet.core import priors as priors_lib
+from jaxdet.core.types import Detections, GroundTruth, Priors, ground_truth_from_batch
+from jaxdet.detectors.dense import DenseDetector, normalizer
+from jaxdet.detectors.retinanet import RetinaNet
+from jaxdet.losses.focal import sigmoid_focal_loss
+from jaxdet.losses.iou import iou_loss
+from jaxdet.models.heads.fsaf_head import FSAFHead
+from jaxdet.ops.postprocess import dense_postprocess
+
+MIN_TBLR = 1e-4  # mmdetection clamps the predictions before the loss
+
+
+class FSAF(RetinaNet):
+    """RetinaNet plus the FSAF anchor-free branch (or the anchor-free branch alone)."""
+
+    def __init__(self, config: Any):
+        f = config.fsaf
+        h = config.model.head
+        self.fsaf = f
+        self.anchor_based = bool(f.anchor_based)
+        self.anchor = config.get("anchor")
+        num_anchors = 1
+        if self.anchor_based:
+            num_anchors = len(self.anchor.ratios) * int(self.anchor.scales_per_octave)
+        head = FSAFHead(
+            num_classes=int(config.data.num_classes), anchor_based=self.anchor_based,
+            num_anchors=num_anchors, feat_channels=h.channels, stacked_convs=h.num_convs,
+            norm=h.norm, gn_groups=h.get("gn_groups", 32),
+            prior_prob=float(config.loss.get("prior_prob", 0.01)),
+            reg_bias_init=float(f.reg_bias_init), dtype=jnp.dtype(config.model.dtype),
+        )
+        DenseDetector.__init__(self, config, head)
+        self.hp = config.get("assigner")
+        self.loss_cfg = config.loss
+        self.box_stds = tuple(config.loss.get("box_stds", (1.0, 1.0, 1.0, 1.0)))
+
+    # -- priors ---------------------------------------------------------------
+    def make_priors(self, image_hw: tuple[int, int]) -> Priors:
+        """The anchor-free branch's priors: one stride-sized square per location."""
+        return priors_lib.make_anchors(
+            priors_lib.feature_shapes(image_hw, self.strides), self.strides,
+            octave_base_scale=1.0, scales_per_octave=1, ratios=(1.0,),
+        )
+
+    def ab_priors_for(self, images: jax.Array) -> Priors:
+        """RetinaNet anchors of the anchor-based branch."""
+        p = RetinaNet.make_priors(self, tuple(images.shape[1:3]))
+        return jax.tree_util.tree_map(jnp.asarray, p)
+
+    # -- anchor-free branch -----------------------------------------------------
+    def af_boxes(self, tblr: jax.Array, priors: Priors) -> jax.Array:
+        return center_region.tblr_decode(priors.boxes, tblr, float(self.fsaf.tblr_normalizer))
+
+    def _assign_kwargs(self) -> dict:
+        f = self.fsaf
+        rng = int(f.ignore_level_range)
+        return dict(
+            num_classes=self.num_classes, ignore_level_range=None if rng < 0 else rng,
+            foreground_dominate=bool(f.foreground_dominate),
+        )
+
+    def af_assign(self, out: dict, priors: Priors, gt: GroundTruth):
+        """Centre-region assignment with online feature selection, batched.
+
+        Returns (Assignment [B, N], ignore_labels [B, N, C], info dict of [B, M] arrays:
+        'selected', 'heuristic' levels and 'counted' GTs that had a candidate prior).
+        """
+        f, lc = self.fsaf, self.loss_cfg
+        levels = jnp.asarray(priors.levels, jnp.int32)
+        num_levels = len(self.strides)
+        m = gt.boxes.shape[1]
+        eff, ign, crowd = jax.vmap(
+            lambda g: center_region.regions(
+                priors, g, pos_scale=f.pos_scale, neg_scale=f.neg_scale,
+                min_pos_iof=f.min_pos_iof, ignore_gt_scale=f.ignore_gt_scale,
+            )
+        )(gt)
+        resolve = lambda e, i, c, g, s: center_region.resolve(
+            e, i, c, g, levels, selected_level=s, **self._assign_kwargs()
+        )
+        # Stage 1: every level is a candidate; per-prior losses of the frozen predictions.
+        cand, cand_ign = jax.vmap(lambda e, i, c, g: resolve(e, i, c, g, None))(eff, ign, crowd, gt)
+        cls = jax.lax.stop_gradient(out["af_cls_logits"])
+        boxes = jax.lax.stop_gradient(self.af_boxes(jnp.maximum(out["af_tblr"], MIN_TBLR), priors))
+        gt_boxes, _ = targets.gather_gt(cand, gt)
+        w = ((cand.gt_index != -2)[..., None] & ~cand_ign).astype(jnp.float32)
+        cls_t = targets.classification_targets(cand, gt.labels, self.num_classes)
+        focal = jnp.sum(sigmoid_focal_loss(cls, cls_t, lc.focal_alpha, lc.focal_gamma) * w, -1)
+        prior_loss = focal + iou_loss(boxes, gt_boxes, mode="log", eps=float(f.iou_eps))
+        online, has = jax.vmap(
+            lambda pl, gi: fsaf_select.online_select(pl, gi, levels, m, num_levels)
+        )(prior_loss, cand.gt_index)
+        heuristic = fsaf_select.heuristic_levels(
+            jnp.asarray(gt.boxes, jnp.float32), self.strides, float(f.canonical_size),
+            int(f.canonical_level),
+        )
+        if f.selection == "online":
+            selected = online
+        elif f.selection == "heuristic":
+            selected = heuristic
+        else:
+            raise ValueError(f"unknown fsaf.selection {f.selection!r} (online | heuristic)")
+        # Stage 2: the final assignment on the selected levels.
+        assignment, ignore_labels = jax.vmap(resolve)(eff, ign, crowd, gt, selected)
+        counted = gt.positive_valid & has
+        info = dict(selected=online, heuristic=heuristic, counted=counted)
+        return assignment, ignore_labels, info
+
+    def af_losses(self, out: dict, priors: Priors, gt: GroundTruth):
+        """(L_af = loss_cls + loss_box, metrics) of the anchor-free branch."""
+        lc = self.loss_cfg
+        assignment, ignore_labels, info = self.af_assign(out, priors, gt)
+        pos = assignment.gt_index >= 0
+        gt_boxes, _ = targets.gather_gt(assignment, gt)
+        cls_t = targets.classification_targets(assignment, gt.labels, self.num_classes)
+        w = ((assignment.gt_index != -2)[..., None] & ~ignore_labels).astype(jnp.float32)
+        num_pos = normalizer(pos.astype(jnp.float32))
+        focal = sigmoid_focal_loss(out["af_cls_logits"], cls_t, lc.focal_alpha, lc.focal_gamma)
+        loss_cls = jnp.sum(focal * w) / num_pos
+        boxes = self.af_boxes(jnp.maximum(out["af_tblr"], MIN_TBLR), priors)
+        box_l = iou_loss(boxes, gt_boxes, mode="log", eps=float(self.fsaf.iou_eps))
+        loss_box = jnp.sum(jnp.where(pos, box_l, 0.0)) / num_pos
+        metrics = dict(af_loss_cls=loss_cls, af_loss_box=loss_box,
+                       af_num_pos=jnp.sum(pos) / pos.shape[0])
+        metrics.update(selection_metrics(info, len(self.strides)))
+        return loss_cls + loss_box, metrics
+
+    # -- training ---------------------------------------------------------------
+    def loss_fn(self, params, batch, rng, det_state, step):
+        del rng, step
+        images = batch["image"]
+        out = self.apply(params, images)
+        gt = ground_truth_from_batch(batch)
+        loss_af, metrics = self.af_losses(out, self.priors_for(images), gt)
+        loss = float(self.fsaf.af_weight) * loss_af
+        if self.anchor_based:
+            ab_priors = self.ab_priors_for(images)
+            loss_ab, ab_metrics = RetinaNet.losses(self, out, ab_priors, gt,
+                                                   self.assign(ab_priors, gt))
+            loss = loss + loss_ab
+            metrics.update({f"ab_{k}": v for k, v in ab_metrics.items()})
+        return loss, (metrics, det_state)
+
+    # -- inference --------------------------------------------------------------
+    def decode(self, out, priors):
+        """Anchor-free branch of one image: (boxes [N, 4], scores [N, C], None)."""
+        return self.af_boxes(out["af_tblr"], priors), jax.nn.sigmoid(out["af_cls_logits"]), None
+
+    def predict(self, params: Any, images: jax.Array, image_hw: jax.Array) -> Detections:
+        """images [B, H, W, 3], image_hw [B, 2] -> Detections [B, max_det, ...].
+
+        With the anchor-based branch, both branches' candidates (per-level top-k of each)
+        enter one class-aware NMS.
+        """
+        out = self.apply(params, images)
+        priors = self.priors_for(images)
+        level_sizes = priors.level_sizes
+        ab_priors = self.ab_priors_for(images) if self.anchor_based else None
+        if self.anchor_based:
+            level_sizes = ab_priors.level_sizes + level_sizes
+        t = self.config.test
+
+        def one(o, hw):
+            boxes, scores, _ = self.decode(o, priors)
+            if self.anchor_based:
+                ab_boxes = coders.delta_xywh_decode(ab_priors.boxes, o["box_deltas"],
+                                                    stds=self.box_stds)
+                boxes = jnp.concatenate([ab_boxes, boxes], axis=0)
+                scores = jnp.concatenate([jax.nn.sigmoid(o["cls_logits"]), scores], axis=0)
+            return dense_postprocess(
+                boxes, scores, level_sizes, hw, score_thr=t.score_thr,
+                pre_nms_topk=t.pre_nms_topk, iou_threshold=t.nms_iou, max_det=t.max_det,
+            )
+
+        return jax.vmap(one)(out, image_hw)
+
+
+def selection_metrics(info: dict, num_levels: int) -> dict:
+    """Batch shares: online level != heuristic level, and each rule's level histogram."""
+    counted = info["counted"].astype(jnp.float32)
+    n = jnp.maximum(jnp.sum(counted), 1.0)
+    metrics = {"fsaf/mismatch": jnp.sum(counted * (info["selected"] != info["heuristic"])) / n,
+               "fsaf/num_gts": jnp.sum(counted)}
+    for lvl in range(num_levels):
+        metrics[f"fsaf/sel_l{lvl}"] = jnp.sum(counted * (info["selected"] == lvl)) / n
+        metrics[f"fsaf/heur_l{lvl}"] = jnp.sum(counted * (info["heuristic"] == lvl)) / n
+    return metrics
+
+
+def make(config: Any) -> FSAF:
+    return FSAF(config)

@@ -1,0 +1,211 @@
+"""Multiple Anchor Learning (Ke et al., "Multiple Anchor Learning for Visual
+Object Detection", CVPR 2020; code DeLightCMU/MAL, a FreeAnchor derivative).
+
+Network: RetinaNet (`RetinaHead`, A = 9 anchors: 3 scales x 3 ratios, octave
+base scale 4), class prior 0.02 (MAL / FreeAnchor PRIOR_PROB), delta-xywh box
+coder with stds (0.1, 0.1, 0.2, 0.2) (maskrcnn-benchmark weights 10, 10, 5, 5).
+
+Training (per image, vmapped; `jaxdet.assign.anchor_bags`, `jaxdet.losses.mal`):
+  bags   : per GT the K = 40 anchors of highest IoU (`config.bags.bag_size`).
+  P_ij   : sigmoid(logit of GT i's class at anchor j) * exp(-0.75 * smoothL1_0.11(
+           deltas_j, encode(anchor_j, box_i)) summed over the 4 coordinates).
+  L_pos  : 0.5 * -log(mean-max of P over the s(t) selected anchors of each bag),
+           summed over GTs / number of GTs in the batch.
+  L_neg  : 0.5 * p^2 * BCE(p, 0), p = P_cls * (1 - P{a in A+}), over all anchors
+           and classes / (number of GTs * K). P{a in A+} from the detached
+           predicted boxes, IoU threshold 0.6. Anchors with IoF > 0.5 with an
+           ignore (crowd) box get no negative loss (jaxdet convention).
+Selection-depression (`config.mal`):
+  selection  : all-to-top-1, s(t) = K - floor((K - 1) * t / (end_frac * T)) anchors
+               per bag enter L_pos (`losses.mal.num_selected`).
+  depression : 'selected' (default, the paper's reading): a first, detached head
+               pass ranks each bag's anchors by P and takes its top s(t); the FPN
+               positions holding those anchors are the candidates, and per level
+               the top `ratio(t)` of them by attention (sum_c F * GAP(F)) have their
+               features scaled by 0.25 before the head pass that gives the loss
+               (which ranks the bag again on the perturbed outputs). 'image': the
+               released code's variant, candidates = every position (one head
+               pass). 'none': no depression. ratio(t) is the released IA_TYPE 5
+               schedule, 0 -> 0.5 -> 0 in twelfths of training.
+  T = `config.mal.schedule_steps`, or `config.train.num_steps` when that is 0.
+With `selection=False, depression='none'` the loss is FreeAnchor's with K = 40
+(the "FreeAnchor-like" baseline of experiments/mal).
+Inference: as RetinaNet (sigmoid scores, per-level top-1000, score > 0.05, NMS 0.5);
+no depression.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdet.assign import anchor_bags, common
+from jaxdet.core import coders
+from jaxdet.core import priors as priors_lib
+from jaxdet.core.types import Priors, ground_truth_from_batch
+from jaxdet.detectors.dense import DenseDetector, normalizer
+from jaxdet.losses import mal as mal_loss
+from jaxdet.losses.smooth_l1 import smooth_l1_loss
+from jaxdet.models.heads.retina_head import RetinaHead
+
+DEPRESSION_MODES = ("selected", "image", "none")
+
+
+def _features(net, images):
+    return net.neck(net.backbone(images))
+
+
+def _head(net, features):
+    return net.head(features)
+
+
+class MAL(DenseDetector):
+    def __init__(self, config: Any):
+        h = config.model.head
+        self.anchor = config.anchor
+        num_anchors = len(self.anchor.ratios) * int(self.anchor.scales_per_octave)
+        head = RetinaHead(
+            num_classes=int(config.data.num_classes), num_anchors=num_anchors,
+            feat_channels=h.channels, stacked_convs=h.num_convs, norm=h.get("norm"),
+            prior_prob=float(config.loss.prior_prob), dtype=jnp.dtype(config.model.dtype),
+        )
+        super().__init__(config, head)
+        self.loss_cfg = config.loss
+        self.box_stds = tuple(config.loss.box_stds)
+        self.bag_size = int(config.bags.bag_size)
+        self.ignore_iof_thr = float(config.bags.ignore_iof_thr)
+        m = config.mal
+        self.selection = bool(m.selection)
+        self.select_end_frac = float(m.select_end_frac)
+        self.depression = str(m.depression)
+        if self.depression not in DEPRESSION_MODES:
+            raise ValueError(f"mal.depression={self.depression!r}; expected {DEPRESSION_MODES}")
+        self.schedule_steps = int(m.schedule_steps) or int(config.train.get("num_steps") or 0)
+        if self.schedule_steps <= 0 and (self.selection or self.depression != "none"):
+            raise ValueError(
+                "MAL's selection/depression schedules need the training length: set "
+                "config.mal.schedule_steps (or config.train.num_steps)."
+            )
+
+    def make_priors(self, image_hw: tuple[int, int]) -> Priors:
+        return priors_lib.make_anchors(
+            priors_lib.feature_shapes(image_hw, self.strides), self.strides,
+            octave_base_scale=self.anchor.octave_base_scale,
+            scales_per_octave=self.anchor.scales_per_octave, ratios=tuple(self.anchor.ratios),
+        )
+
+    # -- pieces ---------------------------------------------------------------
+    def bags(self, priors: Priors, gt) -> anchor_bags.AnchorBags:
+        """Batched anchor bags: [B, M, K] leaves."""
+        return jax.vmap(lambda g: anchor_bags.build(priors, g, bag_size=self.bag_size))(gt)
+
+    def bag_confidence(self, out: dict, priors: Priors, gt, bags) -> jax.Array:
+        """Per image: joint confidence P [M, K] of the bag anchors for their GT's class."""
+        lc = self.loss_cfg
+        c = self.num_classes
+        labels = jnp.clip(jnp.asarray(gt.labels, jnp.int32), 0, c - 1)
+        gt_boxes, _, _ = common.split_gt(gt)
+        logit = out["cls_logits"][bags.index, labels[:, None]]  # [M, K]
+        anchors = priors.boxes[bags.index]  # [M, K, 4]
+        target = coders.delta_xywh_encode(anchors, gt_boxes[:, None, :], stds=self.box_stds)
+        box_l = smooth_l1_loss(out["box_deltas"][bags.index], target, beta=lc.smooth_l1_beta)
+        return mal_loss.joint_confidence(logit, lc.box_weight * jnp.sum(box_l, axis=-1))
+
+    def num_selected(self, step) -> jax.Array | int:
+        if not self.selection:
+            return self.bag_size
+        return mal_loss.num_selected(step, self.schedule_steps, self.bag_size,
+                                     self.select_end_frac)
+
+    def depress_features(self, params, feats, priors, gt, bags, step, s):
+        """FPN features with MAL's anchor depression applied (training only)."""
+        m = self.config.mal
+        ratio = mal_loss.depression_ratio(step, self.schedule_steps, m.depression_max_ratio)
+        a = priors.num_base
+        b = feats[0].shape[0]
+        if self.depression == "selected":
+            clean = jax.lax.stop_gradient(self.net.apply({"params": params}, feats, method=_head))
+
+            def selected_positions(out, g, bg):
+                p = self.bag_confidence(out, priors, g, bg)
+                sel = mal_loss.select_top(p, bg.valid, s)
+                hit = jnp.zeros((priors.num_priors,), jnp.int32).at[bg.index].max(sel.astype(jnp.int32))
+                return hit.reshape(-1, a).max(axis=-1) > 0  # [num positions]
+
+            cand = jax.vmap(selected_positions)(clean, gt, bags)
+        else:
+            cand = jnp.ones((b, priors.num_priors // a), bool)
+        out_feats, start, depressed = [], 0, 0.0
+        for f in feats:
+            h, w = f.shape[1:3]
+            c_l = cand[:, start:start + h * w].reshape(b, h, w)
+            start += h * w
+            mask = mal_loss.depression_mask(mal_loss.attention_map(f), c_l, ratio)
+            depressed = depressed + jnp.sum(mask)
+            out_feats.append(mal_loss.depress(f, mask, m.depression_keep))
+        return tuple(out_feats), ratio, depressed / b
+
+    # -- training -------------------------------------------------------------
+    def loss_fn(self, params, batch, rng, det_state, step):
+        del rng
+        images = batch["image"]
+        priors = self.priors_for(images)
+        gt = ground_truth_from_batch(batch)
+        bags = self.bags(priors, gt)
+        s = self.num_selected(step)
+        metrics = {}
+        if self.depression == "none":
+            out = self.apply(params, images)
+        else:
+            feats = self.net.apply({"params": params}, images, method=_features)
+            feats, ratio, depressed = self.depress_features(params, feats, priors, gt, bags,
+                                                            step, s)
+            out = self.net.apply({"params": params}, feats, method=_head)
+            metrics.update(depression_ratio=ratio, depressed_positions=depressed)
+        loss, terms = self.losses(out, priors, gt, bags, s)
+        metrics.update(terms)
+        metrics["num_selected"] = jnp.asarray(s, jnp.float32)
+        return loss, (metrics, det_state)
+
+    def losses(self, out, priors, gt, bags, s):
+        """(loss, metrics) from head outputs, batched GT and bags, s(t) selected per bag."""
+        lc = self.loss_cfg
+        c = self.num_classes
+        priors = jax.tree_util.tree_map(jnp.asarray, priors)
+
+        def one(o, g, bg):
+            p = self.bag_confidence(o, priors, g, bg)
+            has_bag = bg.valid[:, 0]
+            pos = mal_loss.positive_bag_loss(p, bg.valid, s, lc.alpha)
+            pos = jnp.sum(jnp.where(has_bag, pos, 0.0))
+            pred = coders.delta_xywh_decode(
+                priors.boxes, jax.lax.stop_gradient(o["box_deltas"]), stds=self.box_stds
+            )
+            box_prob = anchor_bags.positive_probability(pred, g, c, bbox_thr=lc.bbox_thr)
+            neg = mal_loss.negative_bag_loss(o["cls_logits"], box_prob, lc.alpha, lc.gamma)
+            boxes, _, ignore_rows = common.split_gt(g)
+            ignored = common.ignored_by_iof(priors.boxes, boxes, ignore_rows, self.ignore_iof_thr)
+            neg = jnp.sum(jnp.where(ignored[:, None], 0.0, neg))
+            best = jnp.max(jnp.where(bg.valid, jax.lax.stop_gradient(p), 0.0), axis=-1)
+            return pos, neg, jnp.sum(has_bag), jnp.sum(best)
+
+        pos, neg, n_gt, best = jax.vmap(one)(out, gt, bags)
+        num_gt = normalizer(n_gt.astype(jnp.float32))
+        loss_pos = jnp.sum(pos) / num_gt
+        loss_neg = jnp.sum(neg) / normalizer(n_gt.astype(jnp.float32) * self.bag_size)
+        metrics = dict(
+            loss_pos=loss_pos, loss_neg=loss_neg, num_gt=jnp.sum(n_gt) / n_gt.shape[0],
+            bag_max_conf=jnp.sum(best) / num_gt,
+        )
+        return loss_pos + loss_neg, metrics
+
+    # -- inference ------------------------------------------------------------
+    def decode(self, out, priors):
+        boxes = coders.delta_xywh_decode(priors.boxes, out["box_deltas"], stds=self.box_stds)
+        return boxes, jax.nn.sigmoid(out["cls_logits"]), None
+
+
+def make(config: Any) -> MAL:
+    return MAL(config)

@@ -1,0 +1,110 @@
+"""RetinaNet trained from noisy anchors (Li et al., "Learning from Noisy Anchors for
+One-stage Object Detection", CVPR 2020, arXiv 1912.05086).
+
+Network, anchors and inference are RetinaNet's (`jaxdet.detectors.retinanet`:
+`RetinaHead`, 9 anchors per location, sigmoid scores, NMS 0.5); only training
+changes:
+  assignment  each GT's candidate bag = its top-N anchors by IoU (paper N = 50),
+              everything else background (`jaxdet.assign.noisy_anchor.candidate_bags`);
+  soft label  the cleanliness c = alpha * IoU(regressed box, GT) + (1 - alpha) *
+              p(GT class), alpha = 0.75, from stop_gradient-ed predictions
+              (`noisy_anchor.cleanliness_terms`), the target of the GT class;
+  weights     r = (alpha f(loc) + (1 - alpha) f(cls))^gamma, f(x) = 1 / (1 - x),
+              gamma = 1, mean 1 over the positives of the global batch
+              (`jaxdet.losses.noisy_anchor.reweight_factors`), multiplies the
+              classification and the box loss of every positive;
+  losses      soft-label focal loss (0.25, 2) over all non-ignored anchors / num_pos,
+              RetinaNet's box loss (L1 on delta-xywh) over the positives / num_pos,
+              num_pos = the number of bag anchors in the global batch.
+
+config.assigner: name 'noisy_anchor', topk (N), alpha, min_pos_iou, ignore_iof_thr.
+config.loss: RetinaNet's fields + reweight_gamma, max_score (clip inside f).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdet.assign import noisy_anchor as na_assign
+from jaxdet.assign import targets
+from jaxdet.core import coders
+from jaxdet.core.types import Assignment, Priors, ground_truth_from_batch
+from jaxdet.detectors.dense import normalizer
+from jaxdet.detectors.retinanet import RetinaNet
+from jaxdet.losses import noisy_anchor as na_loss
+from jaxdet.losses.smooth_l1 import smooth_l1_loss
+
+
+class NoisyAnchorRetinaNet(RetinaNet):
+    def assign(self, priors: Priors, gt) -> Assignment:
+        """Batched candidate bags, prediction-free (quality = anchor IoU); gt [B, M, ...]."""
+        hp = self.hp
+        return jax.vmap(
+            lambda g: na_assign.candidate_bags(
+                priors,
+                g,
+                topk=hp.topk,
+                min_pos_iou=hp.min_pos_iou,
+                ignore_iof_thr=hp.ignore_iof_thr,
+            )
+        )(gt)
+
+    def assign_with_terms(self, out, priors: Priors, gt):
+        """(Assignment with quality = cleanliness, loc [B, N], cls [B, N]) from the
+        stop_gradient-ed head outputs `out` ([B, N, ...])."""
+        bags = self.assign(priors, gt)
+        deltas = jax.lax.stop_gradient(out["box_deltas"])
+        pred_boxes = coders.delta_xywh_decode(
+            jnp.broadcast_to(priors.boxes, deltas.shape), deltas, stds=self.box_stds
+        )
+        probs = jax.nn.sigmoid(jax.lax.stop_gradient(out["cls_logits"]))
+        loc, cls = jax.vmap(na_assign.cleanliness_terms)(bags.gt_index, gt, pred_boxes, probs)
+        quality = na_assign.cleanliness(loc, cls, self.hp.alpha)
+        return Assignment(gt_index=bags.gt_index, quality=quality), loc, cls
+
+    def loss_fn(self, params, batch, rng, det_state, step):
+        del rng, step
+        images = batch["image"]
+        out = self.apply(params, images)
+        priors = self.priors_for(images)
+        gt = ground_truth_from_batch(batch)
+        assignment, loc, cls = self.assign_with_terms(out, priors, gt)
+        loss, metrics = self.noisy_losses(out, priors, gt, assignment, loc, cls)
+        return loss, (metrics, det_state)
+
+    def noisy_losses(self, out, priors, gt, assignment, loc, cls):
+        """Loss terms given the head outputs, the assignment (quality = soft label)
+        and the cleanliness terms [B, N]."""
+        lc = self.loss_cfg
+        pos = assignment.gt_index >= 0
+        num_pos = normalizer(pos.astype(jnp.float32))
+        r = na_loss.reweight_factors(
+            loc, cls, pos, alpha=self.hp.alpha, gamma=lc.reweight_gamma, max_score=lc.max_score
+        )
+        gt_boxes, _ = targets.gather_gt(assignment, gt)
+        cls_t = targets.classification_targets(assignment, gt.labels, self.num_classes, soft=True)
+        cls_w = targets.sample_weights(assignment)["cls_weight"] * r  # ignored: no loss
+        soft = jnp.where(pos, assignment.quality, 0.0)
+        cls_l = na_loss.soft_focal_loss(out["cls_logits"], cls_t, lc.focal_alpha, lc.focal_gamma)
+        loss_cls = jnp.sum(cls_l * cls_w[..., None]) / num_pos
+        anchors = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
+        box_t = coders.delta_xywh_encode(anchors, gt_boxes, stds=self.box_stds)
+        box_l = jnp.sum(smooth_l1_loss(out["box_deltas"], box_t, beta=lc.smooth_l1_beta), -1)
+        loss_box = lc.box_weight * jnp.sum(jnp.where(pos, box_l * r, 0.0)) / num_pos
+        n_pos = jnp.maximum(jnp.sum(pos), 1)
+        metrics = dict(
+            loss_cls=loss_cls,
+            loss_box=loss_box,
+            num_pos=jnp.sum(pos) / pos.shape[0],
+            soft_label=jnp.sum(soft) / n_pos,
+            loc_iou=jnp.sum(loc) / n_pos,
+            r_max=jnp.max(jnp.where(pos, r, 0.0)),
+        )
+        return loss_cls + loss_box, metrics
+
+
+def make(config: Any) -> NoisyAnchorRetinaNet:
+    return NoisyAnchorRetinaNet(config)

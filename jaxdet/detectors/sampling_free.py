@@ -1,0 +1,173 @@
+"""Sampling-free training of one-stage detectors (Chen et al., "Is Heuristic
+Sampling Necessary in Training Deep Object Detectors?", IEEE TIP 2021,
+arXiv 1909.04868; reference code chenjoya/sampling-free).
+
+The base detector (RetinaNet, FCOS or ATSS: `config.sampling_free.base`) keeps
+its network, priors, assigner, regression losses and post-processing; only the
+classification side changes (all pure pieces in `jaxdet.losses.guided`):
+  cls loss    plain sigmoid BCE over every non-ignored (prior, class) pair, no
+              focal loss, no sampling, / num_pos (the reference `CELoss`);
+  bias init   class bias -log((1 - pi) / pi), pi = `prior_prob` (paper: 1e-5
+              RetinaNet, 1e-4 FCOS, 3e-3 ATSS on COCO);
+  guided loss cls loss x r, r = mean(regression terms) / cls loss without
+              gradient, averaged over the first `guided_warmup` (100) steps and
+              then frozen; the running mean lives in det_state (checkpointed);
+  inference   class-adaptive score thresholds (see
+              `guided.class_adaptive_thresholds`); config.test.score_thr
+              should then be 0.
+
+`cls_loss='focal'` with `guided=False` reproduces the base detector (used by
+the ablation in experiments/sampling_free). Metrics added to the base's:
+cls_fg / cls_bg (the classification objective's foreground / background parts
+/ num_pos, before guided scaling), bce_fg / bce_bg (the same split of plain
+BCE, whatever the objective), guided_ratio (this step's r), guided_scale (the
+factor applied).
+
+The base classes' `losses` provide the regression terms (every `loss_*`
+metric except `loss_cls`); their focal classification term is replaced here
+and, being unused, is removed by XLA under jit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxdet.assign import targets
+from jaxdet.core.types import Priors, ground_truth_from_batch
+from jaxdet.detectors.atss import ATSS
+from jaxdet.detectors.dense import normalizer
+from jaxdet.detectors.fcos import FCOS
+from jaxdet.detectors.retinanet import RetinaNet
+from jaxdet.losses import guided
+from jaxdet.losses.cross_entropy import sigmoid_binary_cross_entropy
+from jaxdet.losses.focal import sigmoid_focal_loss
+
+
+class SamplingFree:
+    """Mixin: put it before a `DenseDetector` subclass (see the classes below)."""
+
+    def __init__(self, config: Any):
+        super().__init__(config)
+        sf = config.sampling_free
+        if sf.cls_loss not in ("bce", "focal"):
+            raise ValueError(f"sampling_free.cls_loss: 'bce' or 'focal', got {sf.cls_loss!r}")
+        self.sf = sf
+        self.class_bias = guided.optimal_bias(float(sf.prior_prob))
+        self.thresholds = None
+        if sf.adaptive_threshold:
+            self.thresholds = guided.class_adaptive_thresholds(
+                float(sf.prior_prob), self.num_classes, tuple(sf.class_priors)
+            )
+
+    # -- parameters and state ---------------------------------------------------
+    def init(self, rng: jax.Array, image_hw: tuple[int, int]) -> tuple[Any, dict]:
+        params, det_state = super().init(rng, image_hw)
+        return with_class_bias(params, self.class_bias), det_state
+
+    def init_state(self) -> dict:
+        state = dict(super().init_state())
+        state.update(guided.guided_init_state())
+        return state
+
+    # -- training -----------------------------------------------------------------
+    def loss_fn(self, params, batch, rng, det_state, step):
+        del rng, step
+        images = batch["image"]
+        out = self.apply(params, images)
+        priors = self.priors_for(images)
+        gt = ground_truth_from_batch(batch)
+        assignment = self.assign(priors, gt)
+        _, metrics = self.losses(out, priors, gt, assignment)
+        reg_terms = [
+            v for k, v in sorted(metrics.items()) if k.startswith("loss_") and k != "loss_cls"
+        ]
+        cls = self.classification_terms(out["cls_logits"], assignment, gt)
+        loss_cls = cls["cls_fg"] + cls["cls_bg"]
+        ratio = guided.guided_ratio(loss_cls, reg_terms)
+        if self.sf.guided:
+            g_state = {k: det_state[k] for k in guided.guided_init_state()}
+            scale, g_state = guided.guided_update(g_state, ratio, int(self.sf.guided_warmup))
+            det_state = {**det_state, **g_state}
+        else:
+            scale = jnp.ones((), jnp.float32)
+        loss = scale * loss_cls + sum(reg_terms)
+        metrics = dict(metrics)
+        metrics.update(cls, loss_cls=loss_cls, guided_ratio=ratio, guided_scale=scale)
+        return loss, (metrics, det_state)
+
+    def classification_terms(self, cls_logits, assignment, gt) -> dict[str, jax.Array]:
+        """cls_logits [B, N, C] -> dict of scalars, each / global num_pos:
+        cls_fg, cls_bg (objective, with gradient), bce_fg, bce_bg (no gradient)."""
+        cls_t = jax.vmap(
+            lambda a, g: targets.classification_targets(a, g.labels, self.num_classes)
+        )(assignment, gt)
+        weights = (assignment.gt_index != -2).astype(jnp.float32)  # ignored priors: no loss
+        num_pos = normalizer((assignment.gt_index >= 0).astype(jnp.float32))
+        bce = sigmoid_binary_cross_entropy(cls_logits, cls_t)
+        if self.sf.cls_loss == "bce":
+            objective = bce
+        else:
+            lc = self.config.loss
+            objective = sigmoid_focal_loss(cls_logits, cls_t, lc.focal_alpha, lc.focal_gamma)
+        fg, bg = guided.fg_bg_split(objective, cls_t, weights)
+        bce_fg, bce_bg = guided.fg_bg_split(jax.lax.stop_gradient(bce), cls_t, weights)
+        return dict(
+            cls_fg=fg / num_pos, cls_bg=bg / num_pos,
+            bce_fg=bce_fg / num_pos, bce_bg=bce_bg / num_pos,
+        )
+
+    def count_priors(self, batch: dict) -> tuple[jax.Array, jax.Array]:
+        """Assigner statistics of a batch for estimating pi: (fg_per_class [C],
+        num_all []) summed over the batch (see `guided.estimate_prior`)."""
+        priors: Priors = self.priors_for(batch["image"])
+        gt = ground_truth_from_batch(batch)
+        assignment = self.assign(priors, gt)
+        fg, num_all = jax.vmap(
+            lambda a, g: guided.prior_counts(a.gt_index, g.labels, self.num_classes)
+        )(assignment, gt)
+        return jnp.sum(fg, axis=0), jnp.sum(num_all)
+
+    # -- inference ----------------------------------------------------------------
+    def decode(self, out, priors):
+        boxes, scores, factors = super().decode(out, priors)
+        if self.thresholds is not None:
+            scores = guided.apply_class_thresholds(scores, self.thresholds)
+        return boxes, scores, factors
+
+
+class SamplingFreeRetinaNet(SamplingFree, RetinaNet):
+    """RetinaNet trained sampling-free."""
+
+
+class SamplingFreeFCOS(SamplingFree, FCOS):
+    """FCOS trained sampling-free."""
+
+
+class SamplingFreeATSS(SamplingFree, ATSS):
+    """ATSS trained sampling-free."""
+
+
+BASES = {"retinanet": SamplingFreeRetinaNet, "fcos": SamplingFreeFCOS, "atss": SamplingFreeATSS}
+
+
+def with_class_bias(params: Any, bias: float) -> Any:
+    """params with the head's class-logit bias (`head/cls_out/bias`) set to `bias`."""
+    try:
+        old = params["head"]["cls_out"]["bias"]
+    except (KeyError, TypeError) as e:
+        raise ValueError("sampling_free: the head has no 'cls_out' bias to initialise") from e
+    params = dict(params)
+    head = dict(params["head"])
+    head["cls_out"] = {**head["cls_out"], "bias": jnp.full_like(old, bias)}
+    params["head"] = head
+    return params
+
+
+def make(config: Any) -> SamplingFree:
+    base = config.sampling_free.base
+    if base not in BASES:
+        raise ValueError(f"sampling_free.base must be one of {sorted(BASES)}, got {base!r}")
+    return BASES[base](config)

@@ -1,0 +1,232 @@
+"""Training and evaluation loops (read top to bottom).
+
+`train_and_evaluate(config, workdir)`: set up the mesh, the input pipeline,
+the detector and the optimizer; resume from the last checkpoint in
+`workdir/checkpoints` if any; train; save; evaluate the final parameters with
+pycocotools. `evaluate_checkpoint(config, workdir, step)`: eval only.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from jaxdet import detectors
+from jaxdet.data import pipeline
+from jaxdet.eval import coco_eval, visualize
+from jaxdet.train import checkpoint as ckpt_lib
+from jaxdet.train import mesh as mesh_lib
+from jaxdet.train import optim
+from jaxdet.train.metrics import MetricWriter, Progress
+from jaxdet.train.step import TrainState, create_train_state, train_step
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss or gradient turned NaN/Inf; the last good checkpoint is kept."""
+
+
+def _image_hw(config: Any) -> tuple[int, int]:
+    h, w = config.data.image_size
+    return int(h), int(w)
+
+
+def training_length(config: Any, num_train_examples: int) -> tuple[int, int]:
+    """(total_steps, steps_per_epoch) from config.train.{num_steps | epochs}."""
+    steps_per_epoch = max(num_train_examples // int(config.train.batch_size), 1)
+    if config.train.get("num_steps"):
+        return int(config.train.num_steps), steps_per_epoch
+    return int(round(float(config.train.epochs) * steps_per_epoch)), steps_per_epoch
+
+
+def setup(config: Any, workdir: str, mesh=None):
+    """Builds everything training needs; returns a dict of parts (used by tests too)."""
+    mesh = mesh or mesh_lib.make_mesh(config.get("num_devices") or None)
+    local_batch = mesh_lib.check_batch_size(int(config.train.batch_size), mesh)
+    train_iter = pipeline.from_config(
+        config.data, batch_size=local_batch, train=True, seed=int(config.seed)
+    )
+    name, data_dir, builder_config = pipeline._dataset(config.data)
+    num_train = len(
+        pipeline.data_source(name, config.data.train_split, data_dir, builder_config,
+                             with_masks=False)
+    )
+    total_steps, steps_per_epoch = training_length(config, num_train)
+
+    detector = detectors.build(config)
+    rng = jax.random.PRNGKey(int(config.seed))
+    init_rng, train_rng = jax.random.split(rng)
+    params, det_state = detector.init(init_rng, _image_hw(config))
+    schedule = optim.make_schedule(config.optimizer, total_steps, steps_per_epoch)
+    tx = optim.make_optimizer(config.optimizer, schedule, detector.trainable_mask(params))
+    state = mesh_lib.replicate(create_train_state(params, det_state, tx), mesh)
+    step_fn = jax.jit(
+        functools.partial(train_step, detector=detector, tx=tx),
+        in_shardings=(
+            mesh_lib.replicated(mesh),
+            mesh_lib.data_sharded(mesh),
+            mesh_lib.replicated(mesh),
+        ),
+        out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    return dict(
+        mesh=mesh,
+        detector=detector,
+        tx=tx,
+        schedule=schedule,
+        state=state,
+        train_iter=train_iter,
+        step_fn=step_fn,
+        train_rng=mesh_lib.replicate(train_rng, mesh),
+        total_steps=total_steps,
+        steps_per_epoch=steps_per_epoch,
+    )
+
+
+def train(config: Any, workdir: str, parts: dict | None = None, stop_at: int | None = None):
+    """Trains to `total_steps`. `stop_at` simulates a kill: the loop just stops
+    after that step, without a final checkpoint.
+
+    Returns (state, parts). Raises NonFiniteLossError if the loss turns NaN/Inf.
+    """
+    parts = parts or setup(config, workdir)
+    mesh, state, train_iter = parts["mesh"], parts["state"], parts["train_iter"]
+    total = parts["total_steps"]
+    ckpt = ckpt_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=int(config.train.keep_checkpoints),
+        async_save=bool(config.train.get("async_checkpoint", True)),
+    )
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state, train_iter)
+        logging.info("resumed from step %d", int(state.step))
+        if jax.process_index() == 0:
+            print(f"Resumed from checkpoint at step {int(state.step)} in {ckpt.directory}")
+    writer = MetricWriter(workdir, tensorboard=bool(config.train.get("tensorboard", True)))
+    start = int(state.step)
+    end = total if stop_at is None else min(stop_at, total)
+    progress = Progress(total, int(config.train.batch_size), start)
+    log_every = int(config.train.log_every)
+    ckpt_every = int(config.train.checkpoint_every)
+    all_finite = jnp.array(True)
+    pending: list[dict] = []
+    step = start
+    while step < end:
+        batch = mesh_lib.global_batch(next(train_iter), mesh)
+        state, metrics = parts["step_fn"](state, batch, parts["train_rng"])
+        all_finite = jnp.logical_and(all_finite, metrics["finite"])
+        step += 1
+        pending.append(metrics)
+        if step == start + 1:
+            jax.block_until_ready(state)
+            progress.reset_clock(step)  # exclude compilation from images/s
+        must_log = step % log_every == 0 or step == end
+        must_save = step % ckpt_every == 0 or step == total
+        if must_log or must_save:
+            if not bool(all_finite):
+                ckpt.close()
+                last = ckpt.latest_step()
+                raise NonFiniteLossError(
+                    f"loss or gradient became NaN/Inf between steps {step - len(pending)} and "
+                    f"{step}; training stopped. Last good checkpoint: "
+                    f"{'step ' + str(last) if last is not None else 'none'} in {ckpt.directory}."
+                )
+            if must_log and pending:
+                means = jax.tree_util.tree_map(lambda *xs: np.mean(np.stack(xs)), *pending)
+                means["lr"] = parts["schedule"](step - 1)
+                values = writer.write(step, means, prefix="train/")
+                progress.report(step, {k.split("/", 1)[1]: v for k, v in values.items()})
+                pending = []
+            if must_save:
+                ckpt.save(step, state, train_iter)
+    ckpt.close()
+    writer.close()
+    return state, parts
+
+
+def evaluate(
+    config: Any, detector: Any, params: Any, mesh, workdir: str, *, step: int, draw: int = 8
+) -> dict[str, float]:
+    """Runs COCO evaluation of `params` on the val split; prints and saves the summary."""
+    batch_size = int(config.eval.batch_size)
+    local_batch = mesh_lib.check_batch_size(batch_size, mesh)
+    predict = jax.jit(
+        detector.predict,
+        in_shardings=(
+            mesh_lib.replicated(mesh),
+            mesh_lib.data_sharded(mesh),
+            mesh_lib.data_sharded(mesh),
+        ),
+    )
+    evaluator = coco_eval.evaluator_for(config.data)
+    first: tuple[dict, Any] | None = None
+    t0 = time.time()
+    for local in pipeline.from_config(config.data, batch_size=local_batch, train=False):
+        batch = mesh_lib.global_batch({k: local[k] for k in ("image", "image_hw")}, mesh)
+        dets = predict(params, batch["image"], batch["image_hw"])
+        dets = jax.tree_util.tree_map(
+            np.asarray, multihost_utils.process_allgather(dets, tiled=True)
+        )
+        meta = multihost_utils.process_allgather(
+            {k: local[k] for k in ("image_id", "scale")}, tiled=True
+        )
+        evaluator.add(dets, np.asarray(meta["image_id"]), np.asarray(meta["scale"]))
+        if first is None:
+            first = (local, dets)
+    stats: dict[str, float] = {}
+    if jax.process_index() == 0:
+        eval_dir = os.path.join(workdir, "eval")
+        os.makedirs(eval_dir, exist_ok=True)
+        stats = evaluator.evaluate(results_path=os.path.join(eval_dir, f"results_{step}.json"))
+        stats["eval_seconds"] = time.time() - t0
+        with open(os.path.join(eval_dir, f"coco_stats_{step}.json"), "w") as f:
+            json.dump(stats, f, indent=2)
+        if first is not None and draw:
+            name, data_dir, builder_config = pipeline._dataset(config.data)
+            n = first[0]["image"].shape[0]  # process 0's rows come first in the gather
+            visualize.save_grid(
+                os.path.join(workdir, f"predictions_{step}.png"),
+                first[0],
+                jax.tree_util.tree_map(lambda a: a[:n], first[1]),
+                class_names=pipeline.category_map(name, data_dir, builder_config).names,
+                max_images=draw, mean=config.data.mean, std=config.data.std,
+            )
+        MetricWriter(workdir, tensorboard=False).write(step, stats, prefix="eval/")
+    return stats
+
+
+def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
+    state, parts = train(config, workdir)
+    return evaluate(
+        config, parts["detector"], state.params, parts["mesh"], workdir, step=int(state.step)
+    )
+
+
+def evaluate_checkpoint(config: Any, workdir: str, step: int | None = None) -> dict[str, float]:
+    """Evaluates checkpoint `step` (default latest) of `workdir`."""
+    mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
+    detector = detectors.build(config)
+    ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint to evaluate in {ckpt.directory}")
+    params, det_state = detector.init(jax.random.PRNGKey(0), _image_hw(config))
+    template = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=None, det_state=det_state
+    )
+    restored = ckpt.restore_params(step)
+    params = jax.tree_util.tree_map(
+        lambda t, r: jnp.asarray(r, t.dtype), template.params, restored["params"]
+    )
+    ckpt.close()
+    params = mesh_lib.replicate(params, mesh)
+    return evaluate(config, detector, params, mesh, workdir, step=step)

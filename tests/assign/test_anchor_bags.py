@@ -1,0 +1,185 @@
+"""jaxdet.assign.anchor_bags against hand-computed cases and NumPy versions of
+FreeAnchor's bag construction and P{a in A+} (mmdetection FreeAnchorRetinaHead)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdet.assign import anchor_bags
+from jaxdet.core import priors as priors_lib
+from jaxdet.core.types import GroundTruth, Priors
+
+from . import numpy_ref as ref
+
+
+def _row_priors(n=6) -> Priors:
+    # n anchors 8 x 8 in a row: x1 = 0, 8, 16, ...
+    x = 8.0 * np.arange(n, dtype=np.float32)
+    boxes = np.stack([x, np.zeros(n), x + 8, np.full(n, 8.0)], -1).astype(np.float32)
+    return Priors(
+        boxes=boxes, centers=np.stack([x + 4, np.full(n, 4.0)], -1).astype(np.float32),
+        strides=np.full((n,), 8.0, np.float32), levels=np.zeros((n,), np.int32), level_sizes=(n,),
+    )
+
+
+def _gt(boxes, labels=None, valid=None, ignore=None) -> GroundTruth:
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    m = len(boxes)
+    return GroundTruth(
+        boxes=boxes,
+        labels=np.zeros((m,), np.int32) if labels is None else np.asarray(labels, np.int32),
+        valid=np.ones((m,), bool) if valid is None else np.asarray(valid),
+        ignore=np.zeros((m,), bool) if ignore is None else np.asarray(ignore),
+    )
+
+
+def _random_case(seed, m=7, size=96.0):
+    rng = np.random.default_rng(seed)
+    shapes = priors_lib.feature_shapes((int(size), int(size)), (8, 16, 32))
+    pri = priors_lib.make_anchors(shapes, (8, 16, 32), octave_base_scale=4,
+                                  scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
+    xy = rng.uniform(0, size * 0.7, (m, 2))
+    wh = rng.uniform(6, size * 0.5, (m, 2))
+    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    valid = rng.uniform(size=m) < 0.8
+    ignore = rng.uniform(size=m) < 0.2
+    labels = rng.integers(0, 3, m)
+    return pri, _gt(boxes, labels, valid, ignore)
+
+
+def test_hand_computed_row():
+    p = _row_priors()
+    # GT [4, 0, 20, 8]: IoU with anchor 0 = 4*8/(64+128-32) = 0.2, anchor 1 = 64/128 = 0.5,
+    # anchor 2 = 0.2, others 0. Top-3: [1, 0, 2] (tie 0.2: lower index first).
+    bags = jax.jit(lambda g: anchor_bags.build(p, g, bag_size=3))(_gt([[4, 0, 20, 8]]))
+    np.testing.assert_array_equal(bags.index, [[1, 0, 2]])
+    np.testing.assert_allclose(bags.iou, [[0.5, 0.2, 0.2]], rtol=1e-6)
+    assert bags.valid.all()
+
+
+def test_padding_and_ignore_rows_get_empty_bags():
+    p = _row_priors()
+    g = _gt([[4, 0, 20, 8], [0, 0, 8, 8], [16, 0, 40, 8], [1, 1, 2, 2]],
+            valid=[True, False, True, True], ignore=[False, False, True, False])
+    bags = anchor_bags.build(p, g, bag_size=4)
+    np.testing.assert_array_equal(bags.valid.all(1), [True, False, False, True])
+    np.testing.assert_array_equal(bags.valid.any(1), [True, False, False, True])
+    assert np.all(np.asarray(bags.iou)[[1, 2]] == 0)
+    # No GT at all: every bag empty.
+    none = anchor_bags.build(p, _gt(np.zeros((3, 4)), valid=[False] * 3), bag_size=4)
+    assert not np.asarray(none.valid).any()
+
+
+def test_bag_size_is_clipped_to_the_number_of_anchors():
+    p = _row_priors(4)
+    bags = anchor_bags.build(p, _gt([[0, 0, 30, 8]]), bag_size=40)
+    assert bags.index.shape == (1, 4)
+    assert sorted(np.asarray(bags.index)[0].tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_numpy_topk(seed):
+    p, g = _random_case(seed)
+    k = 40
+    bags = jax.jit(lambda g: anchor_bags.build(p, g, bag_size=k))(g)
+    ov = ref.bbox_overlaps(g.boxes, p.boxes)  # [M, N]
+    for i in range(len(g.boxes)):
+        if not (g.valid[i] and not g.ignore[i]):
+            assert not np.asarray(bags.valid[i]).any()
+            continue
+        want = np.sort(ov[i])[::-1][:k]
+        np.testing.assert_allclose(bags.iou[i], want, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(ov[i][np.asarray(bags.index[i])], want, rtol=1e-5, atol=1e-7)
+        assert len(set(np.asarray(bags.index[i]).tolist())) == k  # distinct anchors
+        assert np.asarray(bags.valid[i]).all()
+
+
+def test_chunk_size_does_not_change_the_result():
+    p, g = _random_case(3, m=13)
+    a = anchor_bags.build(p, g, bag_size=9, chunk=1)
+    for chunk in (3, 8):
+        b = anchor_bags.build(p, g, bag_size=9, chunk=chunk)
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+
+
+def _np_positive_probability(pred, gt, num_classes, thr):
+    """mmdetection FreeAnchorRetinaHead.positive_loss_single, the no_grad block."""
+    rows = np.nonzero(gt.valid & ~gt.ignore)[0]
+    out = np.zeros((len(pred), num_classes), np.float32)
+    if len(rows) == 0:
+        return out
+    iou = ref.bbox_overlaps(gt.boxes[rows], pred)  # [G, N]
+    t2 = np.maximum(iou.max(1, keepdims=True), thr + 1e-12)
+    prob = np.clip((iou - thr) / (t2 - thr), 0, 1)
+    for j, r in enumerate(rows):
+        c = gt.labels[r]
+        out[:, c] = np.maximum(out[:, c], prob[j])
+    return out
+
+
+def test_positive_probability_hand_computed():
+    g = _gt([[0, 0, 10, 10]], labels=[2])
+    pred = np.array([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 5], [20, 20, 30, 30]], np.float32)
+    # IoUs 1, 0.8, 0.5, 0 -> t2 = 1: (IoU - 0.6) / 0.4 clipped = 1, 0.5, 0, 0 in class 2.
+    out = jax.jit(lambda b, g: anchor_bags.positive_probability(b, g, 3))(pred, g)
+    want = np.zeros((4, 3), np.float32)
+    want[:, 2] = [1.0, 0.5, 0.0, 0.0]
+    np.testing.assert_allclose(out, want, atol=1e-6)
+    # Best IoU below the threshold: t2 = 0.6 + 1e-12, every IoU <= t1 -> all 0.
+    low = anchor_bags.positive_probability(pred[2:], g, 3)
+    assert float(jnp.max(low)) == 0.0
+
+
+def test_positive_probability_takes_the_max_over_gts_of_a_class():
+    g = _gt([[0, 0, 10, 10], [0, 0, 10, 8], [0, 0, 10, 9]], labels=[0, 0, 1])
+    pred = np.array([[0, 0, 10, 8], [0, 0, 10, 10]], np.float32)
+    out = np.asarray(anchor_bags.positive_probability(pred, g, 2))
+    # class 0: GT0 gives pred1 -> 1, pred0 -> (0.8-.6)/.4 = .5; GT1 gives pred0 -> 1: max.
+    np.testing.assert_allclose(out[:, 0], [1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(out, _np_positive_probability(pred, g, 2, 0.6), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_positive_probability_matches_numpy(seed):
+    p, g = _random_case(seed, m=9)
+    rng = np.random.default_rng(seed + 10)
+    # Predicted boxes: anchors jittered towards the GTs so some pass the threshold.
+    gt_pick = g.boxes[rng.integers(0, len(g.boxes), len(p.boxes))]
+    w = rng.uniform(0, 1, (len(p.boxes), 1))
+    pred = (w * gt_pick + (1 - w) * p.boxes + rng.normal(0, 1, p.boxes.shape)).astype(np.float32)
+    pred = np.concatenate([np.minimum(pred[:, :2], pred[:, 2:]),
+                           np.maximum(pred[:, :2], pred[:, 2:]) + 1], -1)
+    out = np.asarray(anchor_bags.positive_probability(pred, g, 3))
+    want = _np_positive_probability(pred, g, 3, 0.6)
+    np.testing.assert_allclose(out, want, atol=1e-5)
+    assert out.min() >= 0 and out.max() <= 1
+    if (g.valid & ~g.ignore).any():
+        assert out.max() == pytest.approx(1.0)  # each GT's best box maps to 1
+
+
+def test_no_gt_gives_zero_probability():
+    p = _row_priors()
+    g = _gt(np.zeros((2, 4)), valid=[False, True], ignore=[False, True])
+    assert float(jnp.max(anchor_bags.positive_probability(p.boxes, g, 3))) == 0.0
+
+
+def test_jit_vmap_over_a_batch():
+    p, g0 = _random_case(5)
+    _, g1 = _random_case(6)
+    batch = jax.tree_util.tree_map(lambda a, b: np.stack([a, b]), g0, g1)
+    fn = jax.jit(jax.vmap(lambda g: anchor_bags.build(p, g, bag_size=12)))
+    bags = fn(batch)
+    assert bags.index.shape == (2, 7, 12) and bags.index.dtype == jnp.int32
+    for i, g in enumerate((g0, g1)):
+        one = anchor_bags.build(p, g, bag_size=12)
+        np.testing.assert_array_equal(bags.index[i], one.index)
+        np.testing.assert_array_equal(bags.valid[i], one.valid)
+    probs = jax.jit(jax.vmap(lambda b, g: anchor_bags.positive_probability(b, g, 3)))(
+        np.stack([p.boxes, p.boxes]), batch
+    )
+    assert probs.shape == (2, len(p.boxes), 3)
+    np.testing.assert_allclose(probs[1], anchor_bags.positive_probability(p.boxes, g1, 3))

@@ -1,0 +1,242 @@
+"""Noisy-anchor candidate bags and cleanliness (jaxdet.assign.noisy_anchor)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdet.assign import noisy_anchor as na
+from jaxdet.core import priors as priors_lib
+from jaxdet.core.types import GroundTruth, Priors
+
+
+def _priors(boxes) -> Priors:
+    boxes = jnp.asarray(boxes, jnp.float32)
+    n = boxes.shape[0]
+    return Priors(
+        boxes=boxes, centers=(boxes[:, :2] + boxes[:, 2:]) / 2, strides=jnp.full((n,), 8.0),
+        levels=jnp.zeros((n,), jnp.int32), level_sizes=(n,),
+    )
+
+
+def _gt(boxes, labels=None, valid=None, ignore=None) -> GroundTruth:
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    m = boxes.shape[0]
+    return GroundTruth(
+        boxes=jnp.asarray(boxes),
+        labels=jnp.asarray(np.zeros(m, np.int32) if labels is None else labels, jnp.int32),
+        valid=jnp.asarray(np.ones(m, bool) if valid is None else valid),
+        ignore=jnp.asarray(np.zeros(m, bool) if ignore is None else ignore),
+    )
+
+
+# p0..p5; IoUs worked out by hand in the tests below.
+PRIORS = [
+    [0, 0, 10, 10],
+    [0, 0, 10, 20],
+    [5, 0, 15, 10],
+    [20, 20, 30, 30],
+    [100, 100, 110, 110],
+    [22, 20, 32, 30],
+]
+
+
+def _np_iou(a, b):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])
+    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, np.float32(1e-6))
+
+
+def reference_bags(priors, boxes, valid, ignore, topk, min_pos_iou=0.0, ignore_iof_thr=0.5):
+    """The port's `TopNIoUAssigner.assign_wrt_overlaps` (tasavat/mmdetection), a loop per
+    GT and per bag member, plus jaxdet's crowd handling; jaxdet's gt_index convention."""
+    priors = np.asarray(priors, np.float32)
+    boxes, valid, ignore = (np.asarray(x) for x in (boxes, valid, ignore))
+    n = len(priors)
+    ignored = np.zeros(n, bool)
+    crowd = boxes[valid & ignore]
+    if ignore_iof_thr > 0 and len(crowd):
+        lt = np.maximum(priors[:, None, :2], crowd[None, :, :2])
+        rb = np.minimum(priors[:, None, 2:], crowd[None, :, 2:])
+        wh = np.clip(rb - lt, 0, None)
+        area = (priors[:, 2] - priors[:, 0]) * (priors[:, 3] - priors[:, 1])
+        iof = wh[..., 0] * wh[..., 1] / np.maximum(area[:, None], 1e-6)
+        ignored = iof.max(1) > ignore_iof_thr
+    rows = np.nonzero(valid & ~ignore)[0]
+    out = np.where(ignored, -2, -1).astype(np.int32)
+    qual = np.zeros(n, np.float32)
+    if len(rows) == 0:
+        return out, qual
+    ov = _np_iou(boxes[rows], priors)
+    ov[:, ignored] = 0
+    for i, row in enumerate(rows):
+        order = np.argsort(-ov[i], kind="stable")[:topk]
+        for ind in order:
+            iou = ov[i, ind]
+            if iou <= min_pos_iou:
+                break
+            if out[ind] >= 0:
+                if ov[list(rows).index(out[ind]), ind] < iou:
+                    out[ind], qual[ind] = row, iou
+            else:
+                out[ind], qual[ind] = row, iou
+    return out, qual
+
+
+def test_hand_computed_bags():
+    # GT0 = p0: IoU p0 1, p1 0.5, p2 1/3 -> top-2 {p0, p1}.
+    # GT1 = p3: IoU p3 1, p5 80/120 = 2/3 -> top-2 {p3, p5}.
+    a = na.candidate_bags(_priors(PRIORS), _gt([[0, 0, 10, 10], [20, 20, 30, 30]]), topk=2)
+    np.testing.assert_array_equal(a.gt_index, [0, 0, -1, 1, -1, 1])
+    np.testing.assert_allclose(a.quality, [1, 0.5, 0, 1, 0, 2 / 3], rtol=1e-6)
+
+
+def test_collision_goes_to_the_higher_iou_and_ties_to_the_earlier_gt():
+    # GT2 = p1 (row 2): IoU p1 1, p0 0.5 -> bag {p1, p0}; p0 stays with GT0 (1 > 0.5),
+    # p1 moves to GT2 (1 > 0.5).
+    gt = _gt([[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 20]])
+    a = na.candidate_bags(_priors(PRIORS), gt, topk=2)
+    np.testing.assert_array_equal(a.gt_index, [0, 2, -1, 1, -1, 1])
+    # Two identical GTs: every tie keeps the first row.
+    a = na.candidate_bags(_priors(PRIORS), _gt([[0, 0, 10, 10], [0, 0, 10, 10]]), topk=3)
+    np.testing.assert_array_equal(a.gt_index, [0, 0, 0, -1, -1, -1])
+
+
+def test_anchors_without_overlap_never_join_a_bag():
+    # GT1's third-best anchor has IoU 0: the bag stops at 2 (min_pos_iou 0).
+    a = na.candidate_bags(_priors(PRIORS), _gt([[20, 20, 30, 30]]), topk=4)
+    np.testing.assert_array_equal(a.gt_index, [-1, -1, -1, 0, -1, 0])
+    # min_pos_iou 0.7 drops p5 (2/3).
+    a = na.candidate_bags(_priors(PRIORS), _gt([[20, 20, 30, 30]]), topk=4, min_pos_iou=0.7)
+    np.testing.assert_array_equal(a.gt_index, [-1, -1, -1, 0, -1, -1])
+    with pytest.raises(ValueError, match="min_pos_iou"):
+        na.candidate_bags(_priors(PRIORS), _gt([[20, 20, 30, 30]]), min_pos_iou=-0.1)
+
+
+def test_topk_larger_than_the_number_of_anchors():
+    a = na.candidate_bags(_priors(PRIORS), _gt([[0, 0, 12, 12]]), topk=50)
+    np.testing.assert_array_equal(a.gt_index, [0, 0, 0, -1, -1, -1])
+
+
+def _random_case(rng, m=7, n_pad=3):
+    anchors = priors_lib.make_anchors(
+        priors_lib.feature_shapes((64, 64), (8, 16, 32)), (8, 16, 32),
+        octave_base_scale=4, scales_per_octave=3, ratios=(0.5, 1.0, 2.0),
+    )
+    xy = rng.uniform(0, 48, size=(m, 2))
+    wh = rng.uniform(4, 40, size=(m, 2))
+    boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+    boxes = np.concatenate([boxes, np.full((n_pad, 4), np.nan, np.float32)])  # padding: NaN
+    valid = np.r_[np.ones(m, bool), np.zeros(n_pad, bool)]
+    ignore = np.zeros(m + n_pad, bool)
+    ignore[m - 1] = True  # one crowd box
+    labels = rng.integers(0, 3, m + n_pad).astype(np.int32)
+    return anchors, boxes, labels, valid, ignore
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("topk,chunk", [(50, 8), (9, 3)])
+def test_matches_the_reference_loop(seed, topk, chunk):
+    anchors, boxes, labels, valid, ignore = _random_case(np.random.default_rng(seed))
+    a = na.candidate_bags(
+        jax.tree_util.tree_map(jnp.asarray, anchors), _gt(boxes, labels, valid, ignore),
+        topk=topk, chunk=chunk,
+    )
+    want, qual = reference_bags(anchors.boxes, boxes, valid, ignore, topk)
+    np.testing.assert_array_equal(np.asarray(a.gt_index), want)
+    np.testing.assert_allclose(np.asarray(a.quality), qual, atol=1e-6)
+
+
+def test_invariants():
+    anchors, boxes, labels, valid, ignore = _random_case(np.random.default_rng(3))
+    topk = 20
+    a = na.candidate_bags(
+        jax.tree_util.tree_map(jnp.asarray, anchors), _gt(boxes, labels, valid, ignore), topk=topk
+    )
+    g = np.asarray(a.gt_index)
+    rows = np.nonzero(valid & ~ignore)[0]
+    assert set(np.unique(g[g >= 0])) <= set(rows)  # padding and crowd never positive
+    counts = np.bincount(g[g >= 0], minlength=len(boxes))
+    assert counts.max() <= topk
+    assert np.all(np.isin(g, [-2, -1, *rows]))
+    assert np.any(g == -2)  # the crowd box covers some anchors
+    q = np.asarray(a.quality)
+    assert np.all((q > 0) & (q <= 1) | (g < 0)) and np.all(q[g < 0] == 0)
+
+
+def test_no_gt_is_all_background_and_crowd_only_is_ignored():
+    a = na.candidate_bags(_priors(PRIORS), _gt(np.zeros((2, 4)), valid=[False, False]))
+    np.testing.assert_array_equal(a.gt_index, [-1] * 6)
+    assert np.all(np.asarray(a.quality) == 0)
+    a = na.candidate_bags(
+        _priors(PRIORS), _gt([[0, 0, 10, 20]], valid=[True], ignore=[True]), topk=3
+    )
+    np.testing.assert_array_equal(a.gt_index, [-2, -2, -1, -1, -1, -1])
+
+
+def test_cleanliness_hand_computed():
+    gt = _gt([[0, 0, 10, 10], [20, 20, 30, 30]], labels=[2, 0])
+    bags = na.candidate_bags(_priors(PRIORS), gt, topk=2)  # [0, 0, -1, 1, -1, 1]
+    pred = np.asarray(PRIORS, np.float32).copy()
+    pred[1] = [0, 0, 10, 10]  # p1 regressed onto GT0 exactly -> loc 1
+    pred[5] = [20, 20, 30, 40]  # p5 -> IoU with GT1 = 100 / 200
+    scores = np.zeros((6, 3), np.float32)
+    scores[:, 2] = 0.4  # GT0's class
+    scores[:, 0] = 0.8  # GT1's class
+    scores[:, 1] = 0.9  # no GT has class 1
+    loc, cls = na.cleanliness_terms(bags.gt_index, gt, jnp.asarray(pred), jnp.asarray(scores))
+    np.testing.assert_allclose(loc, [1, 1, 0, 1, 0, 0.5], atol=1e-6)
+    np.testing.assert_allclose(cls, [0.4, 0.4, 0, 0.8, 0, 0.8], atol=1e-6)
+    a = na.assign(_priors(PRIORS), gt, jnp.asarray(pred), jnp.asarray(scores), topk=2)
+    np.testing.assert_array_equal(a.gt_index, bags.gt_index)
+    want = 0.75 * np.array([1, 1, 0, 1, 0, 0.5]) + 0.25 * np.array([0.4, 0.4, 0, 0.8, 0, 0.8])
+    np.testing.assert_allclose(a.quality, want, atol=1e-6)
+    a = na.assign(_priors(PRIORS), gt, jnp.asarray(pred), jnp.asarray(scores), topk=2, alpha=0.0)
+    np.testing.assert_allclose(a.quality, [0.4, 0.4, 0, 0.8, 0, 0.8], atol=1e-6)
+
+
+def test_predictions_carry_no_gradient():
+    gt = _gt([[0, 0, 10, 10], [20, 20, 30, 30]], labels=[1, 0])
+    pred = jnp.asarray(PRIORS, jnp.float32) + 1.0
+    scores = jnp.full((6, 3), 0.3)
+
+    def total(b, s):
+        return jnp.sum(na.assign(_priors(PRIORS), gt, b, s, topk=2).quality)
+
+    gb, gs = jax.grad(total, argnums=(0, 1))(pred, scores)
+    assert np.all(np.asarray(gb) == 0) and np.all(np.asarray(gs) == 0)
+    assert float(total(pred, scores)) > 0
+
+
+def test_jit_vmap_batch():
+    rng = np.random.default_rng(5)
+    cases = [_random_case(rng) for _ in range(3)]
+    anchors = jax.tree_util.tree_map(jnp.asarray, cases[0][0])
+    gt = GroundTruth(
+        boxes=jnp.asarray(np.stack([c[1] for c in cases])),
+        labels=jnp.asarray(np.stack([c[2] for c in cases])),
+        valid=jnp.asarray(np.stack([c[3] for c in cases])),
+        ignore=jnp.asarray(np.stack([c[4] for c in cases])),
+    )
+    n = anchors.boxes.shape[0]
+    pred = jnp.broadcast_to(anchors.boxes, (3, n, 4))
+    scores = jnp.asarray(rng.uniform(size=(3, n, 3)), jnp.float32)
+    fn = jax.jit(jax.vmap(lambda g, b, s: na.assign(anchors, g, b, s, topk=50)))
+    out = fn(gt, pred, scores)
+    assert out.gt_index.shape == out.quality.shape == (3, n)
+    assert out.gt_index.dtype == jnp.int32 and out.quality.dtype == jnp.float32
+    for i, (_, boxes, labels, valid, ignore) in enumerate(cases):
+        want, iou = reference_bags(cases[0][0].boxes, boxes, valid, ignore, 50)
+        np.testing.assert_array_equal(np.asarray(out.gt_index[i]), want)
+        # Regressed box = anchor: loc = the anchor's IoU; cls = the score of the GT class.
+        lab = labels[np.maximum(want, 0)]
+        cls = np.asarray(scores[i])[np.arange(n), lab]
+        q = np.where(want >= 0, 0.75 * iou + 0.25 * cls, 0)
+        np.testing.assert_allclose(np.asarray(out.quality[i]), q, atol=1e-5)
+        assert np.all((np.asarray(out.quality[i]) >= 0) & (np.asarray(out.quality[i]) <= 1))

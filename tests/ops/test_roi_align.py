@@ -1,0 +1,222 @@
+"""roi_align / multilevel_roi_align against a NumPy transcription of
+torchvision's CPU kernel (roi_align_kernel.cpp + roi_align_common.h)."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdet.ops.roi_align import map_roi_levels, multilevel_roi_align, num_samples, roi_align
+
+
+def roi_align_ref(feat, rois, batch_index, output_size, spatial_scale, sampling_ratio, aligned):
+    """torchvision.ops.roi_align, NHWC in / [R, oh, ow, C] out, float64 loops."""
+    feat = np.asarray(feat, np.float64)
+    rois = np.asarray(rois, np.float64)
+    _, height, width, channels = feat.shape
+    ph_n, pw_n = output_size
+    out = np.zeros((len(rois), ph_n, pw_n, channels))
+    for n, roi in enumerate(rois):
+        img = feat[int(batch_index[n])]
+        offset = 0.5 if aligned else 0.0
+        sw, sh = roi[0] * spatial_scale - offset, roi[1] * spatial_scale - offset
+        ew, eh = roi[2] * spatial_scale - offset, roi[3] * spatial_scale - offset
+        rw, rh = ew - sw, eh - sh
+        if not aligned:
+            rw, rh = max(rw, 1.0), max(rh, 1.0)
+        bh, bw = rh / ph_n, rw / pw_n
+        gh = sampling_ratio if sampling_ratio > 0 else int(math.ceil(rh / ph_n))
+        gw = sampling_ratio if sampling_ratio > 0 else int(math.ceil(rw / pw_n))
+        count = max(gh * gw, 1)
+        for ph in range(ph_n):
+            for pw in range(pw_n):
+                acc = np.zeros(channels)
+                for iy in range(gh):
+                    yy = sh + ph * bh + (iy + 0.5) * bh / gh
+                    for ix in range(gw):
+                        xx = sw + pw * bw + (ix + 0.5) * bw / gw
+                        y, x = yy, xx
+                        if not (-1.0 <= y <= height and -1.0 <= x <= width):
+                            continue
+                        y, x = max(y, 0.0), max(x, 0.0)
+                        y_low, x_low = int(y), int(x)
+                        if y_low >= height - 1:
+                            y_high = y_low = height - 1
+                            y = float(y_low)
+                        else:
+                            y_high = y_low + 1
+                        if x_low >= width - 1:
+                            x_high = x_low = width - 1
+                            x = float(x_low)
+                        else:
+                            x_high = x_low + 1
+                        ly, lx = y - y_low, x - x_low
+                        hy, hx = 1 - ly, 1 - lx
+                        acc += (
+                            hy * hx * img[y_low, x_low]
+                            + hy * lx * img[y_low, x_high]
+                            + ly * hx * img[y_high, x_low]
+                            + ly * lx * img[y_high, x_high]
+                        )
+                out[n, ph, pw] = acc / count
+    return out
+
+
+def _random_rois(rng, n, h_img, w_img, min_size=1.0, max_size=None):
+    max_size = max_size or max(h_img, w_img)
+    x1 = rng.uniform(-4, w_img, n)
+    y1 = rng.uniform(-4, h_img, n)
+    ws = rng.uniform(min_size, max_size, n)
+    hs = rng.uniform(min_size, max_size, n)
+    return np.stack([x1, y1, x1 + ws, y1 + hs], 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def case():
+    rng = np.random.default_rng(0)
+    feat = rng.normal(size=(2, 9, 11, 5)).astype(np.float32)
+    rois = _random_rois(rng, 12, 9 * 4, 11 * 4, max_size=30)  # image = 4x the map
+    rois[0] = [-10, -10, 60, 50]  # covers more than the map
+    rois[1] = [30, 20, 10, 5]  # x2 < x1, y2 < y1
+    rois[2] = [100, 100, 120, 130]  # fully outside
+    rois[3] = [0, 0, 0.5, 0.5]  # tiny
+    bidx = rng.integers(0, 2, 12).astype(np.int32)
+    return feat, rois, bidx
+
+
+@pytest.mark.parametrize("method", ["gather", "einsum"])
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2, 1])
+def test_matches_torchvision_reference(case, method, aligned, sampling_ratio):
+    feat, rois, bidx = case
+    ref = roi_align_ref(feat, rois, bidx, (3, 4), 0.25, sampling_ratio, aligned)
+    gy, gx = num_samples(rois, (3, 4), 0.25, aligned)
+    assert int(jnp.max(gy)) <= 8 and int(jnp.max(gx)) <= 8
+    out = roi_align(
+        jnp.asarray(feat), jnp.asarray(rois), jnp.asarray(bidx), output_size=(3, 4),
+        spatial_scale=0.25, sampling_ratio=sampling_ratio, aligned=aligned,
+        max_sampling_ratio=8, method=method,
+    )
+    assert out.shape == (12, 3, 4, 5)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_methods_agree_and_jit(case):
+    feat, rois, bidx = case
+    f = jax.jit(
+        lambda f, r, b, m: roi_align(f, r, b, output_size=7, spatial_scale=0.25, method=m),
+        static_argnums=3,
+    )
+    a = f(feat, rois, bidx, "gather")
+    b = f(feat, rois, bidx, "einsum")
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_default_bound_exact_within_and_approx_beyond():
+    rng = np.random.default_rng(1)
+    feat = rng.normal(size=(1, 40, 40, 3)).astype(np.float32)
+    small = np.array([[2, 3, 2 + 27, 3 + 20]], np.float32)  # ceil(27/7) = 4 samples
+    big = np.array([[0, 0, 39, 39]], np.float32)  # ceil(39/7) = 6 > 4
+    for rois, exact in ((small, True), (big, False)):
+        ref = roi_align_ref(feat, rois, [0], (7, 7), 1.0, 0, True)
+        out = np.asarray(roi_align(feat, rois, jnp.zeros(1, jnp.int32), output_size=7))
+        if exact:
+            np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+        else:  # 4x4 instead of 6x6 points per bin: close, not equal
+            assert np.abs(out - ref).max() < 0.5
+            assert np.abs(out - ref).max() > 1e-6
+
+
+def test_nan_roi_only_affects_its_output(case):
+    feat, rois, bidx = case
+    rois = rois.copy()
+    rois[5, 2] = np.nan
+    out = np.asarray(
+        roi_align(feat, rois, bidx, output_size=3, spatial_scale=0.25, max_sampling_ratio=8)
+    )
+    assert np.isnan(out[5]).all()
+    others = np.delete(out, 5, axis=0)
+    assert np.isfinite(others).all()
+    ref = roi_align_ref(feat, np.delete(rois, 5, 0), np.delete(bidx, 5), (3, 3), 0.25, 0, True)
+    np.testing.assert_allclose(others, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_valid_mask_and_empty_under_jit(case):
+    feat, rois, bidx = case
+    valid = np.arange(12) % 3 != 0
+    bad = rois.copy()
+    bad[~valid] = np.nan  # padding garbage must not leak
+    f = jax.jit(
+        lambda f, r, b, v: roi_align(
+            f, r, b, output_size=2, spatial_scale=0.25, valid=v, max_sampling_ratio=8
+        )
+    )
+    out = np.asarray(f(feat, bad, bidx, valid))
+    assert (out[~valid] == 0).all()
+    ref = roi_align_ref(feat, rois[valid], bidx[valid], (2, 2), 0.25, 0, True)
+    np.testing.assert_allclose(out[valid], ref, rtol=1e-5, atol=1e-5)
+    # all-invalid and R = 0
+    out = f(feat, bad, bidx, np.zeros(12, bool))
+    assert float(jnp.abs(out).max()) == 0.0
+    empty = jax.jit(lambda f, r, b: roi_align(f, r, b, output_size=2))(
+        feat, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32)
+    )
+    assert empty.shape == (0, 2, 2, 5)
+
+
+def test_grad_wrt_features_matches_transpose():
+    rng = np.random.default_rng(3)
+    feat = rng.normal(size=(2, 6, 7, 3)).astype(np.float32)
+    rois = _random_rois(rng, 5, 6, 7, max_size=5)
+    bidx = np.array([0, 1, 1, 0, 1], np.int32)
+    for method in ("gather", "einsum"):
+        f = lambda x, m=method: roi_align(x, rois, bidx, output_size=2, method=m)
+        # linear in feat: check the VJP against the dense Jacobian via jvp
+        g = rng.normal(size=(5, 2, 2, 3)).astype(np.float32)
+        (vjp,) = jax.vjp(f, jnp.asarray(feat))[1](jnp.asarray(g))
+        t = rng.normal(size=feat.shape).astype(np.float32)
+        jvp = jax.jvp(f, (jnp.asarray(feat),), (jnp.asarray(t),))[1]
+        np.testing.assert_allclose(
+            float(jnp.vdot(vjp, t)), float(jnp.vdot(g, jvp)), rtol=1e-4
+        )
+
+
+def test_bf16_features():
+    rng = np.random.default_rng(4)
+    feat = rng.normal(size=(1, 8, 8, 4)).astype(np.float32)
+    rois = _random_rois(rng, 6, 8, 8, max_size=6)
+    ref = roi_align_ref(feat.astype(jnp.bfloat16).astype(np.float32), rois, [0] * 6, (2, 2), 1, 0, True)
+    out = roi_align(jnp.asarray(feat, jnp.bfloat16), rois, jnp.zeros(6, jnp.int32), output_size=2)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2e-2, atol=2e-2)
+
+
+def test_map_roi_levels_mmdet_rule():
+    rois = np.array(
+        [[0, 0, 50, 50], [0, 0, 111, 112], [0, 0, 112, 112], [0, 0, 224, 224],
+         [0, 0, 448, 448], [0, 0, 2000, 2000], [0, 0, 0, 0]], np.float32,
+    )
+    np.testing.assert_array_equal(np.asarray(map_roi_levels(rois, 4)), [0, 0, 1, 2, 3, 3, 0])
+
+
+@pytest.mark.parametrize("method", ["gather", "einsum"])
+def test_multilevel_matches_per_level_reference(method):
+    rng = np.random.default_rng(5)
+    strides = (4, 8, 16, 32)
+    img = 256
+    feats = [rng.normal(size=(2, img // s, img // s, 3)).astype(np.float32) for s in strides]
+    rois = _random_rois(rng, 16, img, img, min_size=8, max_size=300)
+    bidx = rng.integers(0, 2, 16).astype(np.int32)
+    lvls = np.asarray(map_roi_levels(rois, 4))
+    out = multilevel_roi_align(
+        [jnp.asarray(f) for f in feats], rois, bidx, strides=strides, output_size=3,
+        sampling_ratio=0, max_sampling_ratio=32, method=method,
+    )
+    for i in range(16):
+        ref = roi_align_ref(feats[lvls[i]], rois[i : i + 1], bidx[i : i + 1], (3, 3),
+                            1.0 / strides[lvls[i]], 0, True)
+        np.testing.assert_allclose(np.asarray(out[i]), ref[0], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,44 @@
+"""Tiny configs for the end-to-end tests: the smallest model on the `shapes/tiny` data."""
+
+from __future__ import annotations
+
+import importlib
+
+import ml_collections
+
+
+
+def tiny_config(detector: str, data_dir: str, **train) -> ml_collections.ConfigDict:
+    """The method's tiny config shrunk further: 64 px images, width 8, batch 4.
+
+    `detector`: a method name ('atss' -> configs.atss.atss_tiny_shapes) or a config
+    module path ('configs.fsaf.fsaf_ab_af_tiny_shapes'). `train`: num_steps,
+    log_every, checkpoint_every, lr, and any other config.train field.
+    """
+    module = detector if "." in detector else f"configs.{detector}.{detector}_tiny_shapes"
+    config = importlib.import_module(module).get_config()
+    config.data.data_dir = str(data_dir)
+    config.data.builder_config = "tiny"
+    config.data.image_size = (64, 64)
+    config.data.min_size = 64
+    config.data.max_size = 64
+    config.model.backbone.width = 8
+    config.model.backbone.gn_groups = 4
+    config.model.fpn.channels = 16
+    config.model.head.channels = 16
+    config.model.head.gn_groups = 4
+    config.model.head.num_convs = 1
+    config.train.batch_size = 4
+    config.eval.batch_size = 4
+    config.train.num_steps = train.pop("num_steps", 6)
+    config.train.log_every = train.pop("log_every", 1)
+    config.train.checkpoint_every = train.pop("checkpoint_every", 3)
+    config.train.async_checkpoint = False
+    config.train.tensorboard = False
+    config.optimizer.warmup_steps = 0
+    config.optimizer.lr = train.pop("lr", 0.01)
+    if "regress_ranges" in config.get("assigner", {}):
+        config.assigner.regress_ranges = ((-1, 16), (16, 32), (32, 1e8))
+    for k, v in train.items():
+        config.train[k] = v
+    return config
