@@ -68,7 +68,12 @@ def gt_from_dataset(
         meta = pipeline.metadata(name, data_dir, builder_config)
         path = meta.get("annotation_files", {}).get(split)
         if path and os.path.exists(path):
-            return coco.load_coco_json(path)
+            data = coco.load_coco_json(path)
+            n = coco.ignore_invalid_annotations(data)
+            if n:
+                logging.warning("%s: %d invalid annotation(s) are ignored in evaluation",
+                                path, n)
+            return data
         logging.warning("coco_dir annotation JSON %s not found: GT from the examples", path)
     source = pipeline.data_source(name, split, data_dir, builder_config, with_masks=with_masks)
     to_record = coco.coco2017_to_record if name == "coco" else dict

@@ -1,0 +1,296 @@
+"""The input pipeline: prepared tfds datasets (array_record) -> grain -> padded batches.
+
+    prepare(config.data)                                   # builds the dataset if missing
+    it = from_config(config.data, batch_size=B, train=True, seed=0)
+    batch = next(it)   # dict of numpy arrays, leading axis B (this process's share)
+
+Datasets (`config.data.name`):
+  shapes    the built-in procedural dataset (`jaxdet.data.shapes`), builder config
+            `config.data.builder_config` ('default', 'tiny', 'small_objects').
+  coco_dir  any COCO-format directory `config.data.coco_dir` (`jaxdet.data.coco_dir`),
+            converted once under `data_dir/coco_dir_<name>_<hash>/`.
+  coco      tfds `coco/2017` already prepared (array_record) in a local `data_dir`.
+
+Train: a grain DataLoader with an IndexSampler (shuffled by `seed`, reshuffled every
+epoch, sharded by JAX process, drop remainder), the transforms of
+`transforms.train_transforms` and optional worker processes. The iterator's state
+(`get_state` / grain.checkpoint) restores the exact position, so a resumed run sees
+the same batches. Eval: this process's strided share of the split in order, padded
+with padding examples (image_id -1) so every process yields the same number of
+full batches. Batch fields: see `transforms` (Pad output).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import flags
+
+from jaxdet.data import coco, coco_dir, shapes, transforms
+
+DATASETS = ("shapes", "coco_dir", "coco")
+_DEFAULTS = dict(builder_config="default", data_dir="", coco_dir="", train_split="train",
+                 val_split="val", image_size=None, min_size=None, max_size=None,
+                 max_boxes=100, with_masks=False, mask_stride=4, flip_prob=0.5,
+                 mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD, num_workers=0,
+                 num_classes=None)  # fmt: skip
+
+
+def _get(data: Any, key: str, **overrides):
+    if key in overrides and overrides[key] is not None:
+        return overrides[key]
+    value = data.get(key, None) if data is not None else None
+    return _DEFAULTS[key] if value is None else value
+
+
+def _slug(path: str) -> str:
+    path = os.path.abspath(path)
+    base = "".join(c if c.isalnum() else "_" for c in os.path.basename(path.rstrip("/")))
+    return f"{base[:40]}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
+
+
+def resolve_dataset(data: Any = None, data_dir: str | None = None,
+                    builder_config: str | None = None) -> tuple[str, str, str]:  # fmt: skip
+    """(name, data_dir, builder_config) of a config.data or of a dataset name.
+
+    For coco_dir the returned data_dir is the source's own directory under data_dir."""
+    if isinstance(data, str):
+        data = {"name": data, "data_dir": data_dir, "builder_config": builder_config}
+    name = data.get("name") if data is not None else None
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}: expected one of {DATASETS}")
+    ddir = os.path.abspath(_get(data, "data_dir") or os.path.join(os.getcwd(), "data", "tfds"))
+    bc = _get(data, "builder_config")
+    if name == "coco_dir":
+        src = _get(data, "coco_dir")
+        if src:  # a config: the source's own directory; else data_dir already is it
+            ddir = os.path.join(ddir, f"coco_dir_{_slug(src)}")
+    if name == "coco":
+        bc = "2017" if bc == "default" else bc
+    return name, ddir, bc
+
+
+def _prepared_dir(name: str, data_dir: str, builder_config: str) -> str | None:
+    base = os.path.join(data_dir, name, builder_config)
+    if not os.path.isdir(base):
+        return None
+    versions = sorted(v for v in os.listdir(base)
+                      if os.path.exists(os.path.join(base, v, "dataset_info.json")))  # fmt: skip
+    return os.path.join(base, versions[-1]) if versions else None
+
+
+def prepare(data: Any, data_dir: str | None = None, builder_config: str | None = None) -> str:
+    """Builds the dataset if it is not prepared yet; returns its prepared directory."""
+    name, ddir, bc = resolve_dataset(data, data_dir, builder_config)
+    found = _prepared_dir(name, ddir, bc)
+    if found:
+        return found
+    if name == "coco":
+        raise FileNotFoundError(
+            f"tfds coco/{bc} is not prepared (array_record) under {ddir}; nothing is ever "
+            "downloaded: prepare it there, or use name=coco_dir with a COCO-format directory"
+        )
+    if name == "shapes":
+        builder = shapes.Shapes(data_dir=ddir, config=bc, file_format="array_record")
+    else:
+        src = _get(data, "coco_dir") if not isinstance(data, str) else ""
+        if not src:
+            raise ValueError("data.name='coco_dir' needs data.coco_dir (a COCO-format dir)")
+        builder = coco_dir.CocoDir(coco_dir=src, data_dir=ddir, config=bc,
+                                   file_format="array_record")  # fmt: skip
+    builder.download_and_prepare()
+    if name == "coco_dir":
+        builder.write_metadata()
+    return str(builder.data_dir)
+
+
+@functools.lru_cache(maxsize=32)
+def _reader(name: str, data_dir: str, builder_config: str):
+    path = _prepared_dir(name, data_dir, builder_config)
+    if path is None:
+        raise FileNotFoundError(f"dataset {name}/{builder_config} is not prepared under "
+                                f"{data_dir}: run pipeline.prepare first")  # fmt: skip
+    return tfds.builder_from_directory(path)
+
+
+def data_source(name: str, split: str, data_dir: str, builder_config: str, *,
+                with_masks: bool = False):  # fmt: skip
+    """Random-access source of records (images left encoded; masks only if asked)."""
+    decoders = {"image": tfds.decode.SkipDecoding()}
+    if not with_masks and name != "coco":
+        decoders["masks"] = tfds.decode.SkipDecoding()
+    return _reader(name, data_dir, builder_config).as_data_source(split=split,
+                                                                  decoders=decoders)
+
+
+class _CocoSource:
+    """tfds coco/2017 records converted to the jaxdet record format."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return coco.coco2017_to_record(self.source[i])
+
+
+def _source(data: Any, split: str, with_masks: bool):
+    name, ddir, bc = resolve_dataset(data)
+    src = data_source(name, split, ddir, bc, with_masks=with_masks)
+    return _CocoSource(src) if name == "coco" else src
+
+
+def metadata(name: str, data_dir: str, builder_config: str) -> dict:
+    """jaxdet.json of a prepared coco_dir dataset ({} for the others)."""
+    path = _prepared_dir(name, data_dir, builder_config)
+    meta = os.path.join(path or "", coco_dir.META_FILE)
+    if path and os.path.exists(meta):
+        with open(meta) as f:
+            return json.load(f)
+    return {}
+
+
+def category_map(name: str, data_dir: str, builder_config: str) -> coco.CategoryMap:
+    """Contiguous labels <-> category ids and names of a prepared dataset."""
+    if name == "shapes":
+        n = len(shapes.CLASS_NAMES)
+        return coco.CategoryMap(tuple(range(1, n + 1)), shapes.CLASS_NAMES)
+    if name == "coco":
+        names = _reader(name, data_dir, builder_config).info.features["objects"]["label"].names
+        return coco.CategoryMap(coco.COCO80_CATEGORY_IDS, tuple(names))
+    meta = metadata(name, data_dir, builder_config)
+    if not meta:
+        raise FileNotFoundError(f"{name} under {data_dir} has no {coco_dir.META_FILE}")
+    return coco.CategoryMap(tuple(meta["category_ids"]), tuple(meta["names"]))
+
+
+def class_names(data: Any) -> tuple[str, ...]:
+    return category_map(*resolve_dataset(data)).names
+
+
+def num_examples(data: Any, split: str) -> int:
+    name, ddir, bc = resolve_dataset(data)
+    return len(data_source(name, split, ddir, bc))
+
+
+def _check_num_classes(data: Any) -> int:
+    found = len(category_map(*resolve_dataset(data)).category_ids)
+    want = _get(data, "num_classes")
+    if want is not None and int(want) != found:
+        raise ValueError(f"config.data.num_classes={want} but the dataset has {found} "
+                         "categories")  # fmt: skip
+    return found
+
+
+def _transforms(data: Any, train: bool, **overrides) -> list:
+    num_classes = _check_num_classes(data)
+    min_size = _get(data, "min_size", **overrides)
+    max_size = _get(data, "max_size", **overrides) or min_size
+    image_size = _get(data, "image_size", **overrides)
+    if image_size is None:
+        if not max_size:
+            raise ValueError("set data.image_size (padded size) or data.max_size")
+        image_size = (max_size, max_size)
+    return transforms.train_transforms(
+        num_classes, tuple(image_size), int(_get(data, "max_boxes", **overrides)),
+        min_size=min_size, max_size=max_size, flip_prob=float(_get(data, "flip_prob")),
+        mean=_get(data, "mean"), std=_get(data, "std"),
+        with_masks=bool(_get(data, "with_masks", **overrides)),
+        mask_stride=int(_get(data, "mask_stride", **overrides)), train=train,
+    )  # fmt: skip
+
+
+def make_train_iterator(data: Any, *, batch_size: int, seed: int = 0, **overrides):
+    """Endless, shuffled, checkpointable iterator of this process's batches of
+    `batch_size` (= global batch / process count)."""
+    split = _get(data, "train_split", **overrides)
+    with_masks = bool(_get(data, "with_masks", **overrides))
+    source = _source(data, split, with_masks)
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    if len(source) // shard.shard_count < batch_size:
+        raise ValueError(f"split {split!r} has {len(source)} examples: fewer than one batch "
+                         f"of {batch_size} per process")  # fmt: skip
+    workers = int(_get(data, "num_workers"))
+    if workers and not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (outside app.run)
+    loader = grain.DataLoader(
+        data_source=source,
+        sampler=grain.samplers.IndexSampler(len(source), shard_options=shard, shuffle=True,
+                                            num_epochs=None, seed=int(seed)),
+        operations=[*_transforms(data, True, **overrides),
+                    grain.transforms.Batch(batch_size, drop_remainder=True)],
+        worker_count=workers,
+    )  # fmt: skip
+    return iter(loader)
+
+
+def make_eval_iterator(data: Any = None, *, batch_size: int, split: str | None = None,
+                       **overrides) -> Iterator[dict]:  # fmt: skip
+    """This process's share of `split` (default val_split) in order, in full batches
+    padded with padding examples (image_id -1). Every process yields the same number
+    of batches. `data` may be a config.data or None with name=..., data_dir=...,
+    builder_config=... and any field (min_size, max_boxes, with_masks, ...) as kwargs."""
+    if data is None:
+        data = {}
+    data = {k: (data.get(k) if not isinstance(data, Mapping) else data[k])
+            for k in _DEFAULTS.keys() | {"name"} if k in data}  # fmt: skip
+    for k in ("name", "data_dir", "builder_config", "coco_dir"):
+        if overrides.get(k) is not None:
+            data[k] = overrides.pop(k)
+    if "min_size" in overrides and overrides["min_size"] is None:
+        data["min_size"] = data["max_size"] = None  # explicit None: no resize
+        overrides.pop("min_size")
+        overrides.pop("max_size", None)
+    split = split or _get(data, "val_split")
+    with_masks = bool(_get(data, "with_masks", **overrides))
+    source = _source(data, split, with_masks)
+    pi, pc = jax.process_index(), jax.process_count()
+    indices = np.arange(pi, len(source), pc)
+    per_process = -(-len(source) // pc)
+    num_batches = -(-per_process // batch_size)
+    if data.get("image_size") is None and not _get(data, "max_size", **overrides):
+        data["image_size"] = _max_image_size(source)
+    ops = _transforms(data, False, **overrides)
+
+    def load(i: int) -> dict:
+        element = dict(source[int(i)])
+        for op in ops:
+            element = op.map(element)
+        return element
+
+    template = None
+    for b in range(num_batches):
+        chunk = indices[b * batch_size:(b + 1) * batch_size]
+        elements = [load(i) for i in chunk]
+        template = template or (elements[0] if elements else None)
+        if template is None:  # this process has no examples at all: load one to copy
+            template = load(0)
+        elements += [transforms.padding_example(template)] * (batch_size - len(elements))
+        yield {k: np.stack([e[k] for e in elements]) for k in elements[0]}
+
+
+def _max_image_size(source) -> tuple[int, int]:
+    """Largest (h, w) in a split, rounded up to a multiple of 32 (no-resize eval)."""
+    h = w = 0
+    for i in range(len(source)):
+        ih, iw = coco.image_size_of(source[i]["image"])
+        h, w = max(h, ih), max(w, iw)
+    return -(-h // 32) * 32, -(-w // 32) * 32
+
+
+def from_config(data: Any, *, batch_size: int, train: bool, seed: int = 0):
+    """The train iterator (train=True) or one pass of the eval iterator over val_split."""
+    if train:
+        return make_train_iterator(data, batch_size=batch_size, seed=seed)
+    return make_eval_iterator(data, batch_size=batch_size)

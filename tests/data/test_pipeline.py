@@ -1,0 +1,141 @@
+"""Transforms and iterators: static shapes, determinism, resumable state, workers,
+flip/resize geometry, max_boxes truncation and bad annotations."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxdet.data import pipeline, transforms
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = dict(name="shapes", data_dir=str(tmp_path_factory.mktemp("tfds")), builder_config="tiny",
+             num_classes=3, image_size=(64, 64), min_size=64, max_size=64, max_boxes=16,
+             flip_prob=0.5, num_workers=0, train_split="train", val_split="val")
+    pipeline.prepare(d)
+    return d
+
+
+def _record(boxes, labels=None, crowd=None, h=40, w=60):
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(buf, format="PNG")
+    n = len(boxes)
+    return dict(image=buf.getvalue(), image_id=7, file_name="x/7.png",
+                boxes=np.asarray(boxes, np.float32).reshape(n, 4),
+                labels=np.zeros(n, np.int64) if labels is None else np.asarray(labels),
+                is_crowd=np.zeros(n, bool) if crowd is None else np.asarray(crowd),
+                masks={})
+
+
+def _run(ops, element):
+    for op in ops:
+        element = op.map(element)
+    return element
+
+
+def test_train_batches_are_static_seeded_and_resumable(data):
+    a = pipeline.make_train_iterator(data, batch_size=4, seed=1)
+    b = pipeline.make_train_iterator(data, batch_size=4, seed=1)
+    c = pipeline.make_train_iterator(data, batch_size=4, seed=2)
+    first = [next(a) for _ in range(3)]
+    assert first[0]["image"].shape == (4, 64, 64, 3) and first[0]["boxes"].shape == (4, 16, 4)
+    for x, y in zip(first, [next(b) for _ in range(3)]):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    assert not np.array_equal(first[0]["image_id"], next(c)["image_id"])
+    state = a.get_state()
+    want = [next(a) for _ in range(14)]  # crosses the epoch boundary (48 / 4 = 12 batches)
+    resumed = pipeline.make_train_iterator(data, batch_size=4, seed=1)
+    resumed.set_state(state)
+    for x in want:
+        y = next(resumed)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    # Each epoch is a permutation of the split, reshuffled from epoch to epoch.
+    it = pipeline.make_train_iterator(data, batch_size=4, seed=3)
+    e1 = np.concatenate([next(it)["image_id"] for _ in range(12)])
+    e2 = np.concatenate([next(it)["image_id"] for _ in range(12)])
+    assert sorted(e1) == sorted(e2) == list(range(1, 49)) and not np.array_equal(e1, e2)
+
+
+def test_worker_processes_give_the_same_batches(data):
+    serial = pipeline.make_train_iterator(data, batch_size=4, seed=5)
+    workers = pipeline.make_train_iterator({**data, "num_workers": 1}, batch_size=4, seed=5)
+    for _ in range(2):
+        x, y = next(serial), next(workers)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_eval_iterator_pads_the_last_batch(data):
+    batches = list(pipeline.make_eval_iterator(data, batch_size=5))
+    ids = np.concatenate([b["image_id"] for b in batches])
+    assert len(batches) == 3 and (ids == -1).sum() == 3 and len(set(ids[ids >= 0])) == 12
+    pad = batches[-1]
+    assert not pad["valid"][ids[-5:] == -1].any() and (pad["image_hw"][-1] == 0).all()
+
+
+def test_flip_and_resize_geometry():
+    el = transforms.Decode(3).map(_record([[10, 5, 20, 15]]))
+    el = transforms.ResizeKeepRatio(80, 90).map(el)  # 40x60 -> scale 1.5 (long side 90)
+    assert el["image"].shape == (60, 90, 3) and el["scale"] == pytest.approx(1.5)
+    np.testing.assert_allclose(el["boxes"], [[15, 7.5, 30, 22.5]])
+
+    flipped = transforms.RandomFlip(1.0).random_map(el, np.random.default_rng(0))
+    np.testing.assert_allclose(flipped["boxes"], [[60, 7.5, 75, 22.5]])  # W = 90
+    assert transforms.rescale_size(480, 640, 800, 1333) == (800 / 480, 800, 1067)
+
+
+def test_invalid_boxes_are_dropped_and_counted(caplog):
+    rec = _record([[1, 1, 11, 11], [np.nan, 0, 5, 5], [5, 5, 5, 20], [70, 0, 90, 10],
+                   [-5, -5, 10, 10], [0, 0, np.inf, 3]])
+    with caplog.at_level(logging.WARNING):
+        el = transforms.Decode(3).map(rec)
+    np.testing.assert_allclose(el["boxes"], [[1, 1, 11, 11], [0, 0, 10, 10]])  # clipped
+    assert el["num_invalid"] == 4 and "x/7.png" in caplog.text
+    assert np.isfinite(el["boxes"]).all()
+
+
+def test_image_without_boxes():
+    ops = transforms.train_transforms(3, (64, 64), 4, min_size=None, max_size=None,
+                                      train=False)
+    el = _run(ops, _record([]))
+    assert el["boxes"].shape == (4, 4) and not el["valid"].any() and el["num_invalid"] == 0
+
+
+def test_more_boxes_than_max_boxes_are_truncated_with_a_warning(caplog):
+    boxes = [[i, i, i + 10, i + 10] for i in range(7)]
+    crowd = [True, False, False, False, False, False, False]
+    ops = transforms.train_transforms(3, (64, 64), 4, min_size=None, max_size=None,
+                                      train=False)
+    with caplog.at_level(logging.WARNING):
+        el = _run(ops, _record(boxes, crowd=crowd))
+    assert el["valid"].all() and el["num_truncated"] == 3
+    assert not el["ignore"].any()  # non-crowd boxes are kept first
+    np.testing.assert_allclose(el["boxes"][:, 0], [1, 2, 3, 4])
+    assert "max_boxes=4" in caplog.text
+
+
+def test_bad_records_are_clear_errors():
+    with pytest.raises(ValueError, match="label 5 outside"):
+        transforms.Decode(3).map(_record([[0, 0, 5, 5]], labels=[5]))
+    bad = _record([[0, 0, 5, 5]])
+    bad["image"] = b"\x89PNG broken"
+    with pytest.raises(ValueError, match="x/7.png"):
+        transforms.Decode(3).map(bad)
+    with pytest.raises(ValueError, match="larger than the padded size"):
+        _run(transforms.train_transforms(3, (32, 32), 4, min_size=None, max_size=None,
+                                         train=False), _record([[0, 0, 5, 5]]))
+
+
+def test_num_classes_mismatch_and_missing_dataset(data, tmp_path):
+    with pytest.raises(ValueError, match="num_classes=5"):
+        pipeline.make_train_iterator({**data, "num_classes": 5}, batch_size=4)
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        pipeline.num_examples({**data, "data_dir": str(tmp_path)}, "train")
+    with pytest.raises(FileNotFoundError, match="nothing is ever"):
+        pipeline.prepare({"name": "coco", "data_dir": str(tmp_path)})
