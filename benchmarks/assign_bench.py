@@ -25,10 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from jaxdet.assign import atss, fcos, max_iou  # noqa: E402
+from jaxdet.assign import anchor_bags, atss, center_region, fcos, fsaf_select, max_iou  # noqa: E402
 from jaxdet.core import priors as priors_lib  # noqa: E402
 from jaxdet.core.types import GroundTruth  # noqa: E402
 from tests.assign import numpy_ref as ref  # noqa: E402
+from tests.assign.test_center_region import mmdet_center_region  # noqa: E402
 
 IMAGE_HW = (800, 1333)
 STRIDES = (8, 16, 32, 64, 128)
@@ -42,9 +43,32 @@ def make_priors(kind: str):
         )
     if kind == "anchors9":  # RetinaNet: 3 scales x 3 ratios
         return priors_lib.make_anchors(shapes, STRIDES)
+    if kind == "anchors_stride":  # FSAF: one stride-sized square per location
+        return priors_lib.make_anchors(
+            shapes, STRIDES, octave_base_scale=1, scales_per_octave=1, ratios=(1.0,)
+        )
     if kind == "points":  # FCOS
         return priors_lib.make_points(shapes, STRIDES)
     raise ValueError(kind)
+
+
+def fsaf_assign(p, g):
+    """FSAF's whole per-image assignment: regions, the level-agnostic candidates, the
+    per-level mean of a (fixed, stand-in) per-prior loss, argmin, the final assignment."""
+    eff, ign, crowd = center_region.regions(p, g)
+    cand, _ = center_region.resolve(eff, ign, crowd, g, p.levels, num_classes=80)
+    loss = jax.numpy.abs(jax.numpy.sin(jax.numpy.arange(p.boxes.shape[0], dtype="float32")))
+    sel, _ = fsaf_select.online_select(loss, cand.gt_index, p.levels, g.boxes.shape[0],
+                                       len(p.level_sizes))
+    return center_region.resolve(eff, ign, crowd, g, p.levels, num_classes=80,
+                                 selected_level=sel)
+
+
+def fsaf_reference(p, b, v, i):
+    """mmdetection's level-agnostic CenterRegionAssigner (0.2 / 0.5), NumPy, per prior."""
+    return mmdet_center_region(np.asarray(p.boxes, np.float64), b[v & ~i].astype(np.float64),
+                               np.zeros(int((v & ~i).sum()), np.int64),
+                               b[v & i].astype(np.float64), 0.2, 0.5, 0.01, 0.5, False)
 
 
 # name -> (JAX per-image fn(priors, gt), NumPy fn(priors, boxes, valid, ignore), priors kind)
@@ -64,12 +88,43 @@ BENCHES = {
         lambda p, b, v, i: ref.atss(p.boxes, p.level_sizes, b, v, i, topk=9),
         "anchors1",
     ),
+    # FSAF: both center-region passes + online level selection (the NumPy column is
+    # mmdetection's single level-agnostic pass, so its ratio flatters NumPy).
+    "fsaf_center_region": (fsaf_assign, fsaf_reference, "anchors_stride"),
     "max_iou_retinanet9": (
         lambda p, g: max_iou.assign(p, g),
         lambda p, b, v, i: ref.max_iou(p.boxes, b, v, i),
         "anchors9",
     ),
+    # MAL / FreeAnchor: top-40 anchor bags, and the bags + P{a in A+} (80 classes; the
+    # anchors stand in for the predicted boxes).
+    "mal_bags": (
+        lambda p, g: anchor_bags.build(p, g, bag_size=40),
+        lambda p, b, v, i: _np_bags(p.boxes, b, v, i, 40),
+        "anchors9",
+    ),
+    "mal_bags_prob": (
+        lambda p, g: (anchor_bags.build(p, g, bag_size=40),
+                      anchor_bags.positive_probability(p.boxes, g, 80)),
+        lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
+        "anchors9",
+    ),
 }
+
+
+def _np_bags(priors, boxes, valid, ignore, k):
+    """FreeAnchor's bags (mmdetection: topk of bbox_overlaps(gt, anchors))."""
+    iou = ref.bbox_overlaps(boxes[valid & ~ignore], priors)
+    return np.argpartition(-iou, k, axis=1)[:, :k]
+
+
+def _np_box_prob(pred, boxes, valid, ignore, num_classes, thr=0.6):
+    """FreeAnchor's P{a in A+} (labels all 0 here)."""
+    iou = ref.bbox_overlaps(boxes[valid & ~ignore], pred)
+    t2 = np.maximum(iou.max(1, keepdims=True), thr + 1e-12)
+    out = np.zeros((len(pred), num_classes), np.float32)
+    out[:, 0] = np.clip((iou - thr) / (t2 - thr), 0, 1).max(0)
+    return out
 
 
 def random_gt(rng, batch, m):

@@ -9,9 +9,11 @@ deformable variant to the dense conv measured in the same run, and the temp
 memory of the compiled forward+backward from XLA's memory analysis against the
 size of the sampled-columns tensor [B*Ho*Wo, 9*Cin] (f32).
 
-Timings on a shared CPU are noisy: compare ratios, not absolute figures; each
-figure is the median of `--iters` calls, and `--repeats` re-runs the whole
-table (the per-repeat ratios are printed, then their median).
+Timings on a shared CPU are noisy: compare ratios, not absolute figures. All
+functions are run round-robin (`--iters` rounds), the ratio is the median of the
+per-round ratios to the dense conv, and `--repeats` re-runs the whole table
+(then the median over repeats is printed). Wall and process-CPU times are both
+reported: CPU time is less sensitive to other processes on the machine.
 """
 
 from __future__ import annotations
@@ -31,15 +33,19 @@ from jax import lax  # noqa: E402
 from jaxdet.ops.deform_conv import deform_conv2d  # noqa: E402
 
 
-def timeit(f, *args, iters=7, warmup=2) -> float:
-    for _ in range(warmup):
+def interleaved(fns: dict, iters: int) -> dict:
+    """Runs every function once per round, `iters` rounds (so that load changes
+    on a shared machine hit all of them alike); returns name -> [(wall s, cpu s)]."""
+    for f, args in fns.values():  # compile + warm up
         jax.block_until_ready(f(*args))
-    ts = []
+        jax.block_until_ready(f(*args))
+    res = {k: [] for k in fns}
     for _ in range(iters):
-        t = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e3)
+        for k, (f, args) in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            jax.block_until_ready(f(*args))
+            res[k].append((time.perf_counter() - t, time.process_time() - c))
+    return res
 
 
 def temp_bytes(f, *args) -> int | None:
@@ -111,25 +117,36 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     built = {v: make(v) for v in variants}
     print(f"backend={jax.default_backend()} devices={jax.devices()} jax={jax.__version__}")
-    print(f"shape: x [{b},{h},{w},{cin}] -> [{b},{h},{w},{cout}], 3x3, pad 1")
-    ratios: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
-    for rep in range(args.repeats):
-        d_f = timeit(dense_fwd, x, wt, iters=args.iters)
-        d_fb = timeit(dense_fb, x, wt, iters=args.iters)
-        print(f"[repeat {rep}] dense lax.conv: fwd {d_f:8.1f} ms   fwd+bwd {d_fb:8.1f} ms")
-        for v in variants:
-            fwd, fb, _, _ = built[v]
-            t_f = timeit(fwd, x, off, mask, wt, iters=args.iters)
-            t_fb = timeit(fb, x, off, mask, wt, iters=args.iters)
-            ratios[v].append((t_f / d_f, t_fb / d_fb))
-            print(
-                f"[repeat {rep}] {v:24s}: fwd {t_f:8.1f} ms ({t_f / d_f:5.2f}x)   "
-                f"fwd+bwd {t_fb:8.1f} ms ({t_fb / d_fb:5.2f}x)"
-            )
-    print("median ratios over repeats (deform / dense, same process):")
+    print(
+        f"shape: x [{b},{h},{w},{cin}] -> [{b},{h},{w},{cout}], 3x3, pad 1, "
+        f"offsets ~ N(0, {args.offset_scale}) px"
+    )
+    fns = {"dense fwd": (dense_fwd, (x, wt)), "dense fwd+bwd": (dense_fb, (x, wt))}
     for v in variants:
-        r = np.array(ratios[v])
-        print(f"  {v:24s}: fwd {np.median(r[:, 0]):5.2f}x   fwd+bwd {np.median(r[:, 1]):5.2f}x")
+        fwd, fb, _, _ = built[v]
+        fns[f"{v} fwd"] = (fwd, (x, off, mask, wt))
+        fns[f"{v} fwd+bwd"] = (fb, (x, off, mask, wt))
+    summary: dict[str, list] = {k: [] for k in fns}
+    for rep in range(args.repeats):
+        res = interleaved(fns, args.iters)
+        print(
+            f"[repeat {rep}] median of {args.iters} interleaved rounds "
+            "(ratio = median of per-round ratios to the dense conv of the same round)"
+        )
+        for k in fns:
+            r = np.array(res[k]) * 1e3
+            base = np.array(res["dense fwd" if k.endswith(" fwd") else "dense fwd+bwd"]) * 1e3
+            rw = np.median(r[:, 0] / base[:, 0])
+            rc = np.median(r[:, 1] / base[:, 1])
+            summary[k].append((np.median(r[:, 0]), np.median(r[:, 1]), rw, rc))
+            print(
+                f"  {k:32s} wall {np.median(r[:, 0]):8.1f} ms ({rw:5.2f}x)   "
+                f"CPU {np.median(r[:, 1]):8.1f} ms ({rc:5.2f}x)"
+            )
+    print(f"median over {args.repeats} repeats (target: deform fwd+bwd <= 1.5x dense, wall):")
+    for k in fns:
+        m = np.median(np.array(summary[k]), axis=0)
+        print(f"  {k:32s} wall {m[0]:8.1f} ms ({m[2]:5.2f}x)   CPU {m[1]:8.1f} ms ({m[3]:5.2f}x)")
 
     if not args.no_memory:
         cols_bytes = b * h * w * 9 * cin * 4

@@ -66,8 +66,14 @@ def main() -> None:
         sr = int(sr[2:])
         f = jax.jit(
             lambda f, r_, b_, sr=sr, method=method: roi_align(
-                f, r_, b_, output_size=7, spatial_scale=1 / stride, sampling_ratio=sr,
-                aligned=True, method=method,
+                f,
+                r_,
+                b_,
+                output_size=7,
+                spatial_scale=1 / stride,
+                sampling_ratio=sr,
+                aligned=True,
+                method=method,
             )
         )
         t0 = time.perf_counter()

@@ -7,7 +7,6 @@ import importlib
 import ml_collections
 
 
-
 def tiny_config(detector: str, data_dir: str, **train) -> ml_collections.ConfigDict:
     """The method's tiny config shrunk further: 64 px images, width 8, batch 4.
 

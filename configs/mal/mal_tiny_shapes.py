@@ -1,4 +1,5 @@
-# Multiple Anchor Learning (MAL), tiny ResNet-18/16 + FPN P3-P5, on the built-in `shapes` dataset (CPU).
+# Multiple Anchor Learning (MAL), tiny ResNet-18/16 + FPN P3-P5, on the built-in `shapes`
+# dataset (CPU).
 # The RetinaNet of configs/retinanet/retinanet_tiny_shapes.py trained with MAL's bag loss and
 # selection-depression. FreeAnchor-like baseline (same bag loss, no selection-depression):
 #   --config.mal.selection=False --config.mal.depression=none

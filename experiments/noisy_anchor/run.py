@@ -5,10 +5,12 @@ how well each detector's score ranks its boxes' localisation: the Pearson and
 Spearman correlation between a detection's score and its IoU with the matched GT
 (the same-class GT it overlaps most), over the val split.
 
-  python experiments/noisy_anchor/run.py [--steps 3000] [--workdir runs/noisy_anchor]
+  python experiments/noisy_anchor/run.py [--steps 3000] [--topk 50] \
+      [--workdir runs/noisy_anchor] [--out experiments/noisy_anchor]
 
-Writes results.json, score_iou.png and the table in README.md (between markers),
-all beside this file. Training resumes from the checkpoints in --workdir.
+Writes results.json, score_iou.png and the table in README.md (between markers)
+into --out (default: beside this file). Training resumes from the checkpoints in
+--workdir.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 
-def variants(steps: int, topk: int) -> dict:
+def variants(steps: int, topk: int, score_thr: float | None = None) -> dict:
     rows = {
         "RetinaNet": retinanet_tiny_shapes.get_config(),
         f"Noisy anchors (N={topk})": noisy_anchor_tiny_shapes.get_config(),
@@ -43,6 +45,8 @@ def variants(steps: int, topk: int) -> dict:
     rows[f"Noisy anchors (N={topk})"].assigner.topk = topk
     for c in rows.values():
         c.train.num_steps = steps
+        if score_thr is not None:
+            c.test.score_thr = score_thr
     return rows
 
 
@@ -112,11 +116,11 @@ def plot(pairs: dict, results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_table(results: dict, steps: int) -> None:
+def write_table(results: dict, steps: int, score_thr: float, out: str) -> None:
     lines = [
         "<!-- results:start -->",
         f"Trained {steps} steps at batch 16 on `shapes` (128 px), same schedule for both; "
-        "val split (500 images), detections after NMS with score >= 0.05.",
+        f"val split (500 images), detections after NMS with score > {score_thr:g}.",
         "",
         "| detector | AP | AP50 | AP75 | Pearson (IoU>0) | Spearman (IoU>0) | "
         "Pearson (IoU>=0.5) | Spearman (IoU>=0.5) | dets matched / unmatched |",
@@ -131,8 +135,8 @@ def write_table(results: dict, steps: int) -> None:
             f"{c['matched']['n']} / {c['unmatched']} |"
         )
     lines += ["", "![score vs IoU](score_iou.png)", "<!-- results:end -->"]
-    readme = os.path.join(HERE, "README.md")
-    text = open(readme).read()
+    readme = os.path.join(out, "README.md")
+    text = open(readme if os.path.exists(readme) else os.path.join(HERE, "README.md")).read()
     start, end = text.index("<!-- results:start -->"), text.index("<!-- results:end -->")
     text = text[:start] + "\n".join(lines) + text[end + len("<!-- results:end -->"):]
     with open(readme, "w") as f:
@@ -144,9 +148,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--topk", type=int, default=50, help="candidate bag size N (paper 50)")
     ap.add_argument("--workdir", default="runs/noisy_anchor")
+    ap.add_argument("--out", default=HERE, help="where results.json, the PNG and README go")
+    ap.add_argument("--score-thr", type=float, default=None,
+                    help="detection score threshold (default: the configs' 0.05)")
     args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
     results, pairs = {}, {}
-    for i, (name, config) in enumerate(variants(args.steps, args.topk).items()):
+    rows = variants(args.steps, args.topk, args.score_thr)
+    score_thr = float(next(iter(rows.values())).test.score_thr)
+    for i, (name, config) in enumerate(rows.items()):
         print(f"=== {name}")
         workdir = os.path.join(args.workdir, f"v{i}")
         state, parts = loop.train(config, workdir)
@@ -157,10 +167,11 @@ def main() -> None:
         pairs[name] = (score, iou)
         results[name] = dict(coco=coco, corr=correlations(score, iou))
         print(json.dumps(results[name]["corr"]))
-        with open(os.path.join(HERE, "results.json"), "w") as f:
-            json.dump({"steps": args.steps, "topk": args.topk, "results": results}, f, indent=2)
-    plot(pairs, results, os.path.join(HERE, "score_iou.png"))
-    write_table(results, args.steps)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump({"steps": args.steps, "topk": args.topk, "score_thr": score_thr,
+                       "results": results}, f, indent=2)
+    plot(pairs, results, os.path.join(args.out, "score_iou.png"))
+    write_table(results, args.steps, score_thr, args.out)
 
 
 if __name__ == "__main__":

@@ -34,42 +34,8 @@ INF = 1e8
 REGRESS_RANGES = ((-1.0, 64.0), (64.0, 128.0), (128.0, 256.0), (256.0, 512.0), (512.0, INF))
 
 
-def assign(
-    points: Priors,
-    gt: GroundTruth,
-    *,
-    regress_ranges: tuple[tuple[float, float], ...] = REGRESS_RANGES,
-    center_sampling: bool = True,
-    center_sample_radius: float = 1.5,
-    use_ignore: bool = True,
-    chunk: int = 8,
-) -> Assignment:
-    """FCOS assignment of one image.
-
-    Args:
-      points: point priors (`centers` [N, 2], `strides` [N], `level_sizes`).
-      gt: one image's GroundTruth, leaves [M, ...].
-      regress_ranges: (lo, hi) of max(l, t, r, b) per level (paper: 64, 128,
-        256, 512 boundaries, P3-P7).
-      center_sampling: restrict positives to the GT's centre box (FCOS
-        "improvements"; mmdetection's FCOSHead defaults to False).
-      center_sample_radius: half-side of the centre box in strides (1.5).
-      use_ignore: points inside an ignore region become -2 unless positive.
-      chunk: GT rows per loop step (speed only).
-    Returns:
-      Assignment: gt_index [N] int32, quality [N] float32 (1 for positives).
-    """
-    if len(regress_ranges) != len(points.level_sizes):
-        raise ValueError(
-            f"{len(regress_ranges)} regress ranges for {len(points.level_sizes)} levels"
-        )
-    pts = common.as_f32(points.centers)
-    px, py = pts[:, 0], pts[:, 1]
-    n = px.shape[0]
-    ranges = np.repeat(np.asarray(regress_ranges, np.float32), points.level_sizes, axis=0)
-    lo, hi = jnp.asarray(ranges[:, 0]), jnp.asarray(ranges[:, 1])
-    radius = common.as_f32(points.strides) * center_sample_radius
-    boxes, match_rows, ignore_rows = common.split_gt(gt)
+def _fold_level(px, py, lo, hi, radius, boxes, rows, center_sampling, chunk):
+    """Best GT row per point of one level ([n] int32, -1 = none): mmdetection's rules."""
 
     def body(carry, box, k, live):
         best_area, best = carry
@@ -92,8 +58,56 @@ def assign(
         take = live & (inner > 0) & (reach >= lo) & (reach <= hi) & (area < best_area)
         return jnp.where(take, area, best_area), jnp.where(take, k, best)
 
-    init = (jnp.full((n,), INF, jnp.float32), jnp.full((n,), -1, jnp.int32))
-    _, best = common.fold_gts(body, init, boxes, match_rows, chunk)
+    init = (jnp.full(px.shape, INF, jnp.float32), jnp.full(px.shape, -1, jnp.int32))
+    return common.fold_gts(body, init, boxes, rows, chunk)[1]
+
+
+def assign(
+    points: Priors,
+    gt: GroundTruth,
+    *,
+    regress_ranges: tuple[tuple[float, float], ...] = REGRESS_RANGES,
+    center_sampling: bool = True,
+    center_sample_radius: float = 1.5,
+    use_ignore: bool = True,
+    chunk: int = 1,
+) -> Assignment:
+    """FCOS assignment of one image.
+
+    Args:
+      points: point priors (`centers` [N, 2], `strides` [N], `level_sizes`).
+      gt: one image's GroundTruth, leaves [M, ...].
+      regress_ranges: (lo, hi) of max(l, t, r, b) per level (paper: 64, 128,
+        256, 512 boundaries, P3-P7).
+      center_sampling: restrict positives to the GT's centre box (FCOS
+        "improvements"; mmdetection's FCOSHead defaults to False).
+      center_sample_radius: half-side of the centre box in strides (1.5).
+      use_ignore: points inside an ignore region become -2 unless positive.
+      chunk: GT rows per loop step (speed only).
+    Returns:
+      Assignment: gt_index [N] int32, quality [N] float32 (1 for positives).
+    """
+    if len(regress_ranges) != len(points.level_sizes):
+        raise ValueError(
+            f"{len(regress_ranges)} regress ranges for {len(points.level_sizes)} levels"
+        )
+    pts = common.as_f32(points.centers)
+    n = pts.shape[0]
+    boxes, match_rows, ignore_rows = common.split_gt(gt)
+    # A point strictly inside a GT has max(w, h) / 2 <= max(l, t, r, b) <= max(w, h)
+    # (also after float rounding, which is monotone), so a GT can only be taken on
+    # the levels whose range meets [s / 2, s], s = max(w, h): usually one or two.
+    # Each level folds over its own GTs only (a 1e-6 margin keeps this conservative).
+    side = jnp.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    best = []
+    for lvl, (start, size) in enumerate(zip(points.level_starts, points.level_sizes)):
+        lo, hi = (np.float32(v) for v in regress_ranges[lvl])
+        rows = match_rows & (side * (0.5 - 1e-6) <= hi) & (side * (1 + 1e-6) >= lo)
+        radius = common.as_f32(points.strides[start]) * center_sample_radius
+        px = pts[start : start + size, 0]
+        py = pts[start : start + size, 1]
+        best.append(_fold_level(px, py, lo, hi, radius, boxes, rows, center_sampling, chunk))
+    best = jnp.concatenate(best)
 
     if use_ignore:
         ignored = common.ignored_by_point(pts, boxes, ignore_rows, chunk)

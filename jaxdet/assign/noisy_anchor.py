@@ -44,11 +44,14 @@ columns by that distance; then any anchor of rank (a, b) is dominated by the
 (a + 1)(b + 1) anchors of ranks <= (a, b), so the top-N of the level and shape lie in
 the static staircase {(a, b): (a + 1)(b + 1) <= N} (207 cells for N = 50). The bag is
 the top-N of these candidates over all levels and shapes (~9k for N = 50, 9 anchors,
-5 levels, against 200k anchors of an 800 x 1333 input). Exact: the IoUs are the same
-float operations as the dense path; only which anchor wins a tie in IoU at the N-th
-place can differ. `method='dense'` (any priors): per GT the IoU with every anchor and
-`lax.top_k` (ties: lower anchor index), folded over the GT rows present, `chunk` at a
-time; it is the reference of the tests.
+5 levels, against 200k anchors of an 800 x 1333 input). Exact up to float rounding
+(the IoU formula is the dense path's; XLA may round it 1 ulp differently); which
+anchor wins a tie in IoU at the N-th place can differ from the dense path (ties are
+common: every anchor inside a larger GT has IoU = its area / the GT's area); the grid
+path prefers the lower level, then the row nearer the GT centre.
+`method='dense'` (any priors): per GT the IoU with every anchor and `lax.top_k` (ties:
+lower anchor index), folded over the GT rows present, `chunk` at a time; it is the
+reference of the tests.
 """
 
 from __future__ import annotations
@@ -80,13 +83,24 @@ def _overlap(lo: jax.Array, hi: jax.Array, glo: jax.Array, ghi: jax.Array) -> ja
     return jnp.maximum(jnp.minimum(hi, ghi) - jnp.maximum(lo, glo), 0.0)
 
 
+def _check_grid(priors: Priors, grid_shapes) -> None:
+    """Raises ValueError unless every level is an (h, w, num_base) anchor grid."""
+    if grid_shapes is None:
+        raise ValueError("method='grid' needs grid_shapes (the (h, w) of every level)")
+    shapes = tuple(tuple(int(v) for v in hw) for hw in grid_shapes)
+    sizes = tuple(h * w * priors.num_base for h, w in shapes)
+    if sizes != tuple(priors.level_sizes):
+        raise ValueError(
+            f"priors are not an anchor grid of {shapes} x {priors.num_base}: level sizes "
+            f"{tuple(priors.level_sizes)} != {sizes}"
+        )
+
+
 def _top_grid(pb, level_sizes, grid_shapes, num_base, boxes, k):
     """(iou [M, K], anchor index [M, K]) of each GT's top-K anchors, K = min(k, #candidates).
 
     See the module docstring; `boxes` [M, 4] (padding rows zeroed), all rows computed.
     """
-    if len(grid_shapes) != len(level_sizes):
-        raise ValueError(f"{len(grid_shapes)} grid shapes for {len(level_sizes)} levels")
     gx = (boxes[:, 0] + boxes[:, 2]) / 2.0
     gy = (boxes[:, 1] + boxes[:, 3]) / 2.0
     g_area = box_ops.areas(boxes)
@@ -94,8 +108,6 @@ def _top_grid(pb, level_sizes, grid_shapes, num_base, boxes, k):
     start = 0
     for size, (h, w) in zip(level_sizes, grid_shapes):
         a_ = num_base
-        if h * w * a_ != size:
-            raise ValueError(f"level of {size} priors is not a {h} x {w} x {a_} anchor grid")
         lvl = lax.slice_in_dim(pb, start, start + size).reshape(h, w, a_, 4)
         x1, x2 = lvl[0, :, :, 0], lvl[0, :, :, 2]  # [W, A]
         y1, y2 = lvl[:, 0, :, 1], lvl[:, 0, :, 3]  # [H, A]
@@ -170,21 +182,21 @@ def candidate_bags(
     if min_pos_iou < 0:
         raise ValueError(f"min_pos_iou must be >= 0, got {min_pos_iou}")
     method = method or ("grid" if grid_shapes is not None else "dense")
+    if method not in ("grid", "dense"):
+        raise ValueError(f"unknown method {method!r}; expected 'grid' or 'dense'")
+    if method == "grid":
+        _check_grid(priors, grid_shapes)
     pb = common.as_f32(priors.boxes)
     n = pb.shape[0]
     boxes, match_rows, ignore_rows = common.split_gt(gt)
     m = boxes.shape[0]
     ignored = common.ignored_by_iof(pb, boxes, ignore_rows, ignore_iof_thr, chunk)
     if method == "grid":
-        if grid_shapes is None:
-            raise ValueError("method='grid' needs grid_shapes")
         val, idx = _top_grid(
             pb, priors.level_sizes, tuple(grid_shapes), priors.num_base, boxes, int(topk)
         )
-    elif method == "dense":
-        val, idx = _top_dense(pb, boxes, match_rows, int(topk), chunk)
     else:
-        raise ValueError(f"unknown method {method!r}; expected 'grid' or 'dense'")
+        val, idx = _top_dense(pb, boxes, match_rows, int(topk), chunk)
 
     # Collisions: the highest IoU wins, then the lowest GT row.
     member = match_rows[:, None] & (val > min_pos_iou)

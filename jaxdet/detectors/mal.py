@@ -3,7 +3,8 @@ Object Detection", CVPR 2020; code DeLightCMU/MAL, a FreeAnchor derivative).
 
 Network: RetinaNet (`RetinaHead`, A = 9 anchors: 3 scales x 3 ratios, octave
 base scale 4), class prior 0.02 (MAL / FreeAnchor PRIOR_PROB), delta-xywh box
-coder with stds (0.1, 0.1, 0.2, 0.2) (maskrcnn-benchmark weights 10, 10, 5, 5).
+coder with stds (0.1, 0.1, 0.2, 0.2) (maskrcnn-benchmark weights 10, 10, 5, 5; widths
+without maskrcnn-benchmark's +1, as mmdetection's FreeAnchor, the oracle of the tests).
 
 Training (per image, vmapped; `jaxdet.assign.anchor_bags`, `jaxdet.losses.mal`):
   bags   : per GT the K = 40 anchors of highest IoU (`config.bags.bag_size`).
@@ -131,7 +132,8 @@ class MAL(DenseDetector):
             def selected_positions(out, g, bg):
                 p = self.bag_confidence(out, priors, g, bg)
                 sel = mal_loss.select_top(p, bg.valid, s)
-                hit = jnp.zeros((priors.num_priors,), jnp.int32).at[bg.index].max(sel.astype(jnp.int32))
+                hit = jnp.zeros((priors.num_priors,), jnp.int32)
+                hit = hit.at[bg.index].max(sel.astype(jnp.int32))
                 return hit.reshape(-1, a).max(axis=-1) > 0  # [num positions]
 
             cand = jax.vmap(selected_positions)(clean, gt, bags)

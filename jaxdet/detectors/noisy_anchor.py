@@ -31,6 +31,7 @@ import jax.numpy as jnp
 from jaxdet.assign import noisy_anchor as na_assign
 from jaxdet.assign import targets
 from jaxdet.core import coders
+from jaxdet.core import priors as priors_lib
 from jaxdet.core.types import Assignment, Priors, ground_truth_from_batch
 from jaxdet.detectors.dense import normalizer
 from jaxdet.detectors.retinanet import RetinaNet
@@ -39,23 +40,22 @@ from jaxdet.losses.smooth_l1 import smooth_l1_loss
 
 
 class NoisyAnchorRetinaNet(RetinaNet):
-    def assign(self, priors: Priors, gt) -> Assignment:
-        """Batched candidate bags, prediction-free (quality = anchor IoU); gt [B, M, ...]."""
+    def assign(self, priors: Priors, gt, image_hw: tuple[int, int]) -> Assignment:
+        """Batched candidate bags, prediction-free (quality = anchor IoU); gt [B, M, ...];
+        image_hw: the static padded input size (gives the anchor grid of every level)."""
         hp = self.hp
+        grid = priors_lib.feature_shapes(tuple(image_hw), self.strides)
         return jax.vmap(
             lambda g: na_assign.candidate_bags(
-                priors,
-                g,
-                topk=hp.topk,
-                min_pos_iou=hp.min_pos_iou,
-                ignore_iof_thr=hp.ignore_iof_thr,
+                priors, g, topk=hp.topk, min_pos_iou=hp.min_pos_iou,
+                ignore_iof_thr=hp.ignore_iof_thr, grid_shapes=grid,
             )
         )(gt)
 
-    def assign_with_terms(self, out, priors: Priors, gt):
+    def assign_with_terms(self, out, priors: Priors, gt, image_hw: tuple[int, int]):
         """(Assignment with quality = cleanliness, loc [B, N], cls [B, N]) from the
         stop_gradient-ed head outputs `out` ([B, N, ...])."""
-        bags = self.assign(priors, gt)
+        bags = self.assign(priors, gt, image_hw)
         deltas = jax.lax.stop_gradient(out["box_deltas"])
         pred_boxes = coders.delta_xywh_decode(
             jnp.broadcast_to(priors.boxes, deltas.shape), deltas, stds=self.box_stds
@@ -71,7 +71,7 @@ class NoisyAnchorRetinaNet(RetinaNet):
         out = self.apply(params, images)
         priors = self.priors_for(images)
         gt = ground_truth_from_batch(batch)
-        assignment, loc, cls = self.assign_with_terms(out, priors, gt)
+        assignment, loc, cls = self.assign_with_terms(out, priors, gt, images.shape[1:3])
         loss, metrics = self.noisy_losses(out, priors, gt, assignment, loc, cls)
         return loss, (metrics, det_state)
 

@@ -75,7 +75,10 @@ class DeformConv(nn.Module):
         if cin % self.groups:
             raise ValueError(f"{cin} input channels not divisible by groups={self.groups}")
         kernel = self.param(
-            "kernel", self.kernel_init, (kh, kw, cin // self.groups, self.features), self.param_dtype
+            "kernel",
+            self.kernel_init,
+            (kh, kw, cin // self.groups, self.features),
+            self.param_dtype,
         )
         bias = (
             self.param("bias", self.bias_init, (self.features,), self.param_dtype)

@@ -44,9 +44,7 @@ def sample_points(
         )
     b = feat.shape[0]
     batch = jnp.arange(b, dtype=jnp.int32).reshape((b,) + (1,) * (points.ndim - 2))
-    return bilinear_sample_batched(
-        feat, batch, points, boundary=boundary, layout=layout, impl=impl
-    )
+    return bilinear_sample_batched(feat, batch, points, boundary=boundary, layout=layout, impl=impl)
 
 
 def sample_at_offsets(
@@ -105,7 +103,9 @@ def points_to_dcn_offsets(
     """
     k = points.shape[-2]
     if k != kernel[0] * kernel[1]:
-        raise ValueError(f"{k} points per location but a {kernel} kernel has {kernel[0] * kernel[1]}")
+        raise ValueError(
+            f"{k} points per location but a {kernel} kernel has {kernel[0] * kernel[1]}"
+        )
     base = kernel_offsets(kernel, dilation, jnp.promote_types(points.dtype, jnp.float32))
     return (points - base)[..., None, :, :]
 

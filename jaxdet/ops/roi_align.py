@@ -266,9 +266,7 @@ def roi_align(
     else:
         flat = sampling.pad_map(feat).reshape(nb * (h + 2) * (w + 2), c)
         zeros = jnp.zeros((r,), jnp.int32)
-        out = _gather_core(
-            flat, zeros, batch, zeros + h, zeros + w, ysmp, xsmp, feat.dtype
-        )
+        out = _gather_core(flat, zeros, batch, zeros + h, zeros + w, ysmp, xsmp, feat.dtype)
     if valid is not None:
         out = jnp.where(valid[:, None, None, None], out, jnp.zeros((), out.dtype))
     return out
@@ -354,8 +352,12 @@ def multilevel_roi_align(
         width = take([ww for _, ww in shapes], jnp.int32)
         scale = take([1.0 / s for s in strides], rois.dtype)
         y1, x1, rh, rw = _roi_geometry(rois, scale, aligned)
-        ysmp = _axis_samples(y1, rh, oh, sampling_ratio, max_sampling_ratio, height.astype(rois.dtype))
-        xsmp = _axis_samples(x1, rw, ow, sampling_ratio, max_sampling_ratio, width.astype(rois.dtype))
+        ysmp = _axis_samples(
+            y1, rh, oh, sampling_ratio, max_sampling_ratio, height.astype(rois.dtype)
+        )
+        xsmp = _axis_samples(
+            x1, rw, ow, sampling_ratio, max_sampling_ratio, width.astype(rois.dtype)
+        )
         out = _gather_core(flat, base, batch, height, width, ysmp, xsmp, dtype)
     if valid is not None:
         out = jnp.where(valid[:, None, None, None], out, jnp.zeros((), out.dtype))

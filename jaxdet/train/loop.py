@@ -47,18 +47,23 @@ def training_length(config: Any, num_train_examples: int) -> tuple[int, int]:
     return int(round(float(config.train.epochs) * steps_per_epoch)), steps_per_epoch
 
 
+def prepare_data(config: Any) -> None:
+    """Builds the dataset if missing: on process 0 only, the others wait."""
+    if jax.process_index() == 0:
+        pipeline.prepare(config.data)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxdet: dataset prepared")
+
+
 def setup(config: Any, workdir: str, mesh=None):
     """Builds everything training needs; returns a dict of parts (used by tests too)."""
     mesh = mesh or mesh_lib.make_mesh(config.get("num_devices") or None)
     local_batch = mesh_lib.check_batch_size(int(config.train.batch_size), mesh)
+    prepare_data(config)
     train_iter = pipeline.from_config(
         config.data, batch_size=local_batch, train=True, seed=int(config.seed)
     )
-    name, data_dir, builder_config = pipeline._dataset(config.data)
-    num_train = len(
-        pipeline.data_source(name, config.data.train_split, data_dir, builder_config,
-                             with_masks=False)
-    )
+    num_train = pipeline.num_examples(config.data, config.data.train_split)
     total_steps, steps_per_epoch = training_length(config, num_train)
 
     detector = detectors.build(config)
@@ -191,13 +196,12 @@ def evaluate(
         with open(os.path.join(eval_dir, f"coco_stats_{step}.json"), "w") as f:
             json.dump(stats, f, indent=2)
         if first is not None and draw:
-            name, data_dir, builder_config = pipeline._dataset(config.data)
             n = first[0]["image"].shape[0]  # process 0's rows come first in the gather
             visualize.save_grid(
                 os.path.join(workdir, f"predictions_{step}.png"),
                 first[0],
                 jax.tree_util.tree_map(lambda a: a[:n], first[1]),
-                class_names=pipeline.category_map(name, data_dir, builder_config).names,
+                class_names=pipeline.class_names(config.data),
                 max_images=draw, mean=config.data.mean, std=config.data.std,
             )
         MetricWriter(workdir, tensorboard=False).write(step, stats, prefix="eval/")
@@ -214,6 +218,7 @@ def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
 def evaluate_checkpoint(config: Any, workdir: str, step: int | None = None) -> dict[str, float]:
     """Evaluates checkpoint `step` (default latest) of `workdir`."""
     mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
+    prepare_data(config)
     detector = detectors.build(config)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)
     step = ckpt.latest_step() if step is None else step

@@ -20,8 +20,11 @@ def _row_priors(n=6) -> Priors:
     x = 8.0 * np.arange(n, dtype=np.float32)
     boxes = np.stack([x, np.zeros(n), x + 8, np.full(n, 8.0)], -1).astype(np.float32)
     return Priors(
-        boxes=boxes, centers=np.stack([x + 4, np.full(n, 4.0)], -1).astype(np.float32),
-        strides=np.full((n,), 8.0, np.float32), levels=np.zeros((n,), np.int32), level_sizes=(n,),
+        boxes=boxes,
+        centers=np.stack([x + 4, np.full(n, 4.0)], -1).astype(np.float32),
+        strides=np.full((n,), 8.0, np.float32),
+        levels=np.zeros((n,), np.int32),
+        level_sizes=(n,),
     )
 
 
@@ -39,8 +42,9 @@ def _gt(boxes, labels=None, valid=None, ignore=None) -> GroundTruth:
 def _random_case(seed, m=7, size=96.0):
     rng = np.random.default_rng(seed)
     shapes = priors_lib.feature_shapes((int(size), int(size)), (8, 16, 32))
-    pri = priors_lib.make_anchors(shapes, (8, 16, 32), octave_base_scale=4,
-                                  scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
+    pri = priors_lib.make_anchors(
+        shapes, (8, 16, 32), octave_base_scale=4, scales_per_octave=3, ratios=(0.5, 1.0, 2.0)
+    )
     xy = rng.uniform(0, size * 0.7, (m, 2))
     wh = rng.uniform(6, size * 0.5, (m, 2))
     boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
@@ -62,8 +66,11 @@ def test_hand_computed_row():
 
 def test_padding_and_ignore_rows_get_empty_bags():
     p = _row_priors()
-    g = _gt([[4, 0, 20, 8], [0, 0, 8, 8], [16, 0, 40, 8], [1, 1, 2, 2]],
-            valid=[True, False, True, True], ignore=[False, False, True, False])
+    g = _gt(
+        [[4, 0, 20, 8], [0, 0, 8, 8], [16, 0, 40, 8], [1, 1, 2, 2]],
+        valid=[True, False, True, True],
+        ignore=[False, False, True, False],
+    )
     bags = anchor_bags.build(p, g, bag_size=4)
     np.testing.assert_array_equal(bags.valid.all(1), [True, False, False, True])
     np.testing.assert_array_equal(bags.valid.any(1), [True, False, False, True])
@@ -151,8 +158,9 @@ def test_positive_probability_matches_numpy(seed):
     gt_pick = g.boxes[rng.integers(0, len(g.boxes), len(p.boxes))]
     w = rng.uniform(0, 1, (len(p.boxes), 1))
     pred = (w * gt_pick + (1 - w) * p.boxes + rng.normal(0, 1, p.boxes.shape)).astype(np.float32)
-    pred = np.concatenate([np.minimum(pred[:, :2], pred[:, 2:]),
-                           np.maximum(pred[:, :2], pred[:, 2:]) + 1], -1)
+    pred = np.concatenate(
+        [np.minimum(pred[:, :2], pred[:, 2:]), np.maximum(pred[:, :2], pred[:, 2:]) + 1], -1
+    )
     out = np.asarray(anchor_bags.positive_probability(pred, g, 3))
     want = _np_positive_probability(pred, g, 3, 0.6)
     np.testing.assert_allclose(out, want, atol=1e-5)

@@ -16,7 +16,7 @@ from . import numpy_ref as ref
 STRIDES = (8, 16, 32, 64, 128)
 
 
-def _row_priors(n=5) -> Priors:
+def _make_row_priors(n=5) -> Priors:
     # One level of n anchors 8 x 8 in a row, centres x = 4, 12, 20, ..., y = 4.
     x = 4.0 + 8.0 * np.arange(n, dtype=np.float32)
     boxes = np.stack([x - 4, np.zeros(n), x + 4, np.full(n, 8.0)], -1).astype(np.float32)
@@ -27,6 +27,13 @@ def _row_priors(n=5) -> Priors:
         levels=np.zeros((n,), np.int32),
         level_sizes=(n,),
     )
+
+
+_ROW = _make_row_priors()
+
+
+def _row_priors() -> Priors:
+    return _ROW
 
 
 def _gt(boxes, valid=None, ignore=None) -> GroundTruth:
@@ -40,8 +47,15 @@ def _gt(boxes, valid=None, ignore=None) -> GroundTruth:
     )
 
 
+_JITTED = {}
+
+
 def _assign(p, g, **kw):
-    return jax.jit(lambda g: atss.assign(p, g, **kw))(g)
+    # One jitted function per (priors, options): compiles only once per shape.
+    key = (id(p), tuple(sorted(kw.items())))
+    if key not in _JITTED:
+        _JITTED[key] = (p, jax.jit(lambda g: atss.assign(p, g, **kw)))
+    return _JITTED[key][1](g)
 
 
 def test_hand_computed_row():
@@ -83,7 +97,7 @@ def test_equal_iou_goes_to_lower_gt_and_ignore_rows():
 def test_no_valid_gt():
     p = _row_priors()
     g = _gt([[0, 0, 8, 8], [8, 0, 16, 8]], valid=[False, True], ignore=[False, True])
-    np.testing.assert_array_equal(_assign(p, g).gt_index, [-1, -2, -1, -1, -1])
+    np.testing.assert_array_equal(_assign(p, g, topk=3).gt_index, [-1, -2, -1, -1, -1])
 
 
 def _random_points(rng, n, integer):
@@ -163,12 +177,13 @@ def test_matches_numpy_reference_grid_ties():
 
 
 def test_user_snippet_shapes():
-    feature_shapes = priors_lib.feature_shapes((96, 128), STRIDES)
-    p = priors_lib.make_anchors(
-        feature_shapes, strides=STRIDES, octave_base_scale=8, scales_per_octave=1, ratios=(1.0,)
-    )
-    gt_batch = GroundTruth(*ref.random_gt(np.random.default_rng(3), 3, 5, image_hw=(96, 128)))
+    p = _P
+    gt_batch = GroundTruth(*ref.random_gt(np.random.default_rng(3), 3, 12))
     a = jax.jit(jax.vmap(lambda g: atss.assign(p, g, topk=9)))(gt_batch)
     assert a.gt_index.shape == (3, p.num_priors) and a.gt_index.dtype == jnp.int32
     assert a.quality.shape == (3, p.num_priors) and a.quality.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(a.quality)))
+    # Priors passed as an unbatched argument (the train step's form) give the same.
+    b = jax.jit(jax.vmap(atss.assign, in_axes=(None, 0)))(p, gt_batch)
+    np.testing.assert_array_equal(a.gt_index, b.gt_index)
+    np.testing.assert_array_equal(a.quality, b.quality)

@@ -16,7 +16,7 @@ from . import numpy_ref as ref
 STRIDES = (8, 16, 32, 64, 128)
 
 
-def _row_points(n=4, stride=8.0, levels=1) -> Priors:
+def _make_row_points(n=4, stride=8.0, levels=1) -> Priors:
     # `levels` copies of a row of n points at x = 4, 12, 20, ..., y = 4.
     x = 4.0 + stride * np.arange(n, dtype=np.float32)
     pts = np.tile(np.stack([x, np.full(n, 4.0, np.float32)], -1), (levels, 1))
@@ -27,6 +27,14 @@ def _row_points(n=4, stride=8.0, levels=1) -> Priors:
         levels=np.repeat(np.arange(levels, dtype=np.int32), n),
         level_sizes=(n,) * levels,
     )
+
+
+_ROW1 = _make_row_points()
+_ROW2 = _make_row_points(levels=2)
+
+
+def _row_points(levels=1) -> Priors:
+    return _ROW1 if levels == 1 else _ROW2
 
 
 def _gt(boxes, valid=None, ignore=None) -> GroundTruth:
@@ -40,9 +48,16 @@ def _gt(boxes, valid=None, ignore=None) -> GroundTruth:
     )
 
 
+_JITTED = {}
+
+
 def _assign(p, g, **kw):
+    # One jitted function per (priors, options): compiles only once per shape.
     kw.setdefault("regress_ranges", ((-1.0, 1e8),) * len(p.level_sizes))
-    return jax.jit(lambda g: fcos.assign(p, g, **kw))(g)
+    key = (id(p), tuple(sorted(kw.items())))
+    if key not in _JITTED:
+        _JITTED[key] = (p, jax.jit(lambda g: fcos.assign(p, g, **kw)))
+    return _JITTED[key][1](g)
 
 
 def test_smallest_area_wins():
@@ -79,6 +94,11 @@ def test_regress_ranges():
     g = _gt([[0, 0, 32, 8]])
     a = _assign(p, g, center_sampling=False, regress_ranges=((-1, 20), (20, 100)))
     np.testing.assert_array_equal(a.gt_index, [-1, 0, 0, -1, 0, 0, 0, 0])
+    # Boundary of the per-level GT pruning: gt = [0,0,40,8] has max side 40 and the
+    # point x = 20 reaches exactly 20 = 40 / 2 = level 0's upper end: taken there.
+    g = _gt([[0, 0, 40, 8]])
+    a = _assign(p, g, center_sampling=False, regress_ranges=((-1, 20), (20, 100)))
+    np.testing.assert_array_equal(a.gt_index, [-1, -1, 0, -1, 0, 0, 0, 0])
 
 
 def test_ignore_regions_and_no_gt():
@@ -96,7 +116,8 @@ def test_ignore_regions_and_no_gt():
     a = _assign(p, g, center_sampling=False, use_ignore=False)
     np.testing.assert_array_equal(a.gt_index, [0, 0, -1, -1])
     g = _gt(g.boxes, valid=[False, True, False], ignore=g.ignore)
-    np.testing.assert_array_equal(_assign(p, g).gt_index, [-1, -2, -2, -2])
+    a = _assign(p, g, center_sampling=False)
+    np.testing.assert_array_equal(a.gt_index, [-1, -2, -2, -2])
 
 
 @pytest.mark.parametrize("center_sampling", [True, False])

@@ -138,7 +138,12 @@ def _batch(config, boxes, valid):
     )
 
 
-@pytest.mark.parametrize("module", [AF, AB_AF])
+# The anchor-based + anchor-free variant runs both branches; the anchor-free-only one
+# differs only by config and runs with the slow tests (`make test-slow`).
+BOTH = [pytest.param(AF, marks=pytest.mark.slow), AB_AF]
+
+
+@pytest.mark.parametrize("module", BOTH)
 def test_image_without_boxes_gives_finite_loss(module, data_dir):
     config = tiny_config(module, data_dir)
     det = detectors.build(config)
@@ -160,7 +165,7 @@ def test_image_without_boxes_gives_finite_loss(module, data_dir):
         assert float(metrics["fsaf/num_gts"]) == float(v.sum())
 
 
-@pytest.mark.parametrize("module", [AF, AB_AF])
+@pytest.mark.parametrize("module", BOTH)
 def test_train_save_restore_eval(module, data_dir, tmp_path):
     config = tiny_config(module, data_dir, num_steps=12, checkpoint_every=6, lr=0.01)
     workdir = str(tmp_path / module.rsplit(".", 1)[1])

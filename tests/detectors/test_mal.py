@@ -144,9 +144,9 @@ def _batch(config, boxes, labels, valid):
 
 
 def test_depression_modes_empty_images_and_schedules(data_dir):
-    """Finite loss and gradients with and without GT; no depression at step 0 (ratio 0)
-    so every mode gives the same loss there; at the peak ratio 'selected' depresses
-    only some positions and 'image' more."""
+    """Finite loss and gradients with and without GT; no depression at step 0 (ratio 0),
+    so 'selected' gives the loss of 'none' there; at the peak ratio 'selected' depresses
+    some positions, fewer than the whole-map variant (floor(0.5 * HW) per level)."""
     m = 5
     boxes = np.zeros((2, m, 4), np.float32)
     boxes[0, 0] = [4, 4, 40, 30]
@@ -156,13 +156,13 @@ def test_depression_modes_empty_images_and_schedules(data_dir):
     labels = np.zeros((2, m), np.int32)
     total = 12
     results = {}
-    for mode in ("selected", "image", "none"):
+    for mode in ("selected", "none"):
         config = tiny_config("mal", data_dir, num_steps=total)
         config.mal.depression = mode
         det = detectors.build(config)
         params, det_state = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
         grad_fn = jax.jit(jax.value_and_grad(
-            lambda p, b, t: det.loss_fn(p, b, None, det_state, t), has_aux=True))
+            lambda p, b, t, det=det, st=det_state: det.loss_fn(p, b, None, st, t), has_aux=True))
         for name, v in (("gt", valid), ("empty", np.zeros_like(valid))):
             batch = _batch(config, boxes, labels, v)
             for step in (0, 5):  # ratio(0) = 0; ratio(5) = 0.5 * min(5, 6) / 5 = 0.5
@@ -171,16 +171,45 @@ def test_depression_modes_empty_images_and_schedules(data_dir):
                 assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
                 results[mode, name, step] = (float(loss), jax.device_get(metrics))
     for name in ("gt", "empty"):
-        base = results["none", name, 0][0]
-        for mode in ("selected", "image"):
-            np.testing.assert_allclose(results[mode, name, 0][0], base, rtol=1e-6)
+        np.testing.assert_allclose(results["selected", name, 0][0], results["none", name, 0][0],
+                                   rtol=1e-6)
     sel = results["selected", "gt", 5][1]
-    img = results["image", "gt", 5][1]
     assert float(sel["depression_ratio"]) == pytest.approx(0.5)
-    assert 0 < float(sel["depressed_positions"]) < float(img["depressed_positions"])
+    whole_map = 32 + 8 + 2  # floor(0.5 * HW) of the 8x8, 4x4, 2x2 levels of a 64 px image
+    # metric = depressed positions per image; image 1 has no GT, so no selected anchor
+    assert 0 < 2 * float(sel["depressed_positions"]) < whole_map
     assert float(results["selected", "empty", 5][1]["depressed_positions"]) == 0.0
+    assert float(results["selected", "gt", 5][0]) != results["none", "gt", 5][0]
     # all-to-top-1: s(5) = 40 - floor(39 * 5 / 12) = 24
     assert float(sel["num_selected"]) == 24.0
+
+
+def _np_ia_feat(feat, ratio):
+    """DeLightCMU/MAL RetinaNet.IA_feat + MASK_TYPE 0 on one NHWC level."""
+    b, h, w, c = feat.shape
+    gap = feat.reshape(b, -1, c).mean(1)
+    cam = (feat * gap[:, None, None, :]).sum(-1)
+    thr = np.sort(cam.reshape(b, -1), axis=1)[:, ::-1][:, int(h * w * ratio)]
+    mask = np.where(cam > thr[:, None, None], 0.0, 1.0)[..., None]
+    return (3 * feat * mask + feat) / 4
+
+
+def test_whole_map_depression_is_the_released_code(data_dir):
+    config = tiny_config("mal", data_dir, num_steps=12)
+    config.mal.depression = "image"
+    det = detectors.build(config)
+    priors = jax.tree_util.tree_map(jnp.asarray, det.make_priors((64, 64)))
+    rng = np.random.default_rng(1)
+    feats = tuple(rng.normal(size=(2, s, s, 16)).astype(np.float32) for s in (8, 4, 2))
+    gt = _gt_batch()
+    bags = det.bags(priors, gt)
+    for step, ratio in ((0, 0.0), (2, 0.2), (5, 0.5), (8, 0.3)):
+        out, r, n = jax.jit(lambda f, t: det.depress_features(None, f, priors, gt, bags, t, 40))(
+            feats, jnp.int32(step))
+        assert float(r) == pytest.approx(ratio)
+        for f, o in zip(feats, out):
+            np.testing.assert_allclose(o, _np_ia_feat(f, ratio), rtol=1e-6)
+        assert float(n) == sum(int(s * s * ratio + 1e-4) for s in (8, 4, 2))
 
 
 def test_train_save_restore_eval(data_dir, tmp_path):

@@ -106,7 +106,8 @@ def test_assignment_and_weights(tiny):
     out = jax.jit(det.apply)(params, batch["image"])
     priors = det.priors_for(batch["image"])
     gt = ground_truth_from_batch(batch)
-    assignment, loc, cls = jax.jit(det.assign_with_terms)(out, priors, gt)
+    hw = tuple(config.data.image_size)
+    assignment, loc, cls = jax.jit(det.assign_with_terms, static_argnums=3)(out, priors, gt, hw)
     g = np.asarray(assignment.gt_index)
     # Bags of at most topk = 20 anchors for each real GT (the lone GT of image 1 keeps
     # all 20); padding rows none.
@@ -132,10 +133,11 @@ def test_soft_labels_and_weights_carry_no_gradient(tiny):
     out = jax.jit(det.apply)(params, batch["image"])
     priors = det.priors_for(batch["image"])
     gt = ground_truth_from_batch(batch)
-    frozen = jax.jit(det.assign_with_terms)(out, priors, gt)
+    hw = tuple(config.data.image_size)
+    frozen = jax.jit(det.assign_with_terms, static_argnums=3)(out, priors, gt, hw)
 
     def live(o):
-        return det.noisy_losses(o, priors, gt, *det.assign_with_terms(o, priors, gt))[0]
+        return det.noisy_losses(o, priors, gt, *det.assign_with_terms(o, priors, gt, hw))[0]
 
     def fixed(o, frozen):
         return det.noisy_losses(o, priors, gt, *frozen)[0]

@@ -33,7 +33,7 @@ def test_shapes_match_priors(mode, hw):
 def test_three_levels_only():
     fpn = FPN(out_channels=16, num_outs=3)
     feats = _inputs((100, 152))
-    outs = fpn.apply(fpn.init(jax.random.key(1), feats), feats)
+    outs = jax.jit(fpn.apply)(jax.jit(fpn.init)(jax.random.key(1), feats), feats)
     assert [o.shape[1:3] for o in outs] == feature_shapes((100, 152), STRIDES[:3])
 
 
@@ -41,8 +41,8 @@ def test_three_levels_only():
 def test_extra_levels_source_and_relu(mode):
     fpn = FPN(out_channels=8, num_outs=5, add_extra_convs=mode, relu_before_extra_convs=True)
     feats = _inputs((100, 152))
-    variables = fpn.init(jax.random.key(1), feats)
-    outs = fpn.apply(variables, feats)
+    variables = jax.jit(fpn.init)(jax.random.key(1), feats)
+    outs = jax.jit(fpn.apply)(variables, feats)
     p = variables["params"]
 
     def conv_s2(name, x):
@@ -65,5 +65,5 @@ def test_upsample_is_torch_nearest(n_in, n_out):
 def test_bf16_compute():
     fpn = FPN(out_channels=16, num_outs=5, dtype=jnp.bfloat16)
     feats = _inputs((64, 96))
-    outs = fpn.apply(fpn.init(jax.random.key(1), feats), feats)
+    outs = jax.jit(fpn.apply)(jax.jit(fpn.init)(jax.random.key(1), feats), feats)
     assert all(o.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(o))) for o in outs)

@@ -1,5 +1,7 @@
 """Dense heads: N matches the priors, output order, initial bias, Scale, dtypes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,12 +20,13 @@ C = 3
 def _features(channels=16, strides=STRIDES, batch=2, scale=1.0):
     shapes = priors.feature_shapes(HW, strides)
     keys = jax.random.split(jax.random.key(0), len(shapes))
-    return [scale * jax.random.normal(k, (batch, h, w, channels)) for k, (h, w) in zip(keys, shapes)]
+    return [scale * jax.random.normal(k, (batch, h, w, channels))
+            for k, (h, w) in zip(keys, shapes)]
 
 
 def _run(head, feats):
-    variables = head.init(jax.random.key(1), feats)
-    return variables, head.apply(variables, feats)
+    variables = jax.jit(head.init)(jax.random.key(1), feats)
+    return variables, jax.jit(head.apply)(variables, feats)
 
 
 def test_retina_head_matches_anchors():
@@ -59,7 +62,7 @@ def test_fcos_head_matches_points():
     # Per-level Scale: doubling level 0's scale doubles exactly its distances.
     p = jax.tree_util.tree_map(lambda a: a, variables["params"])
     p["scale_0"] = {"scale": jnp.float32(2.0)}
-    out2 = head.apply({"params": p}, _features(scale=10.0))
+    out2 = jax.jit(head.apply)({"params": p}, _features(scale=10.0))
     n0 = int(np.prod(priors.feature_shapes(HW, STRIDES)[0]))
     np.testing.assert_allclose(out2["box_ltrb"][:, :n0], 2 * out["box_ltrb"][:, :n0], rtol=1e-5)
     np.testing.assert_allclose(out2["box_ltrb"][:, n0:], out["box_ltrb"][:, n0:])
@@ -86,11 +89,12 @@ def test_output_order_level_then_yx_then_anchor():
     a = 3
     head = RetinaHead(num_classes=C, num_anchors=a, feat_channels=8, stacked_convs=1)
     feats = _features(channels=8, strides=(8, 16))
-    variables = head.init(jax.random.key(1), feats)
-    out, inter = head.apply(variables, feats, capture_intermediates=True)
+    variables = jax.jit(head.init)(jax.random.key(1), feats)
+    apply = jax.jit(functools.partial(head.apply, capture_intermediates=True))
+    out, inter = apply(variables, feats)
     raw = inter["intermediates"]["cls_out"]["__call__"]  # per level [B, H, W, A * C]
     start = 0
-    for lvl, r in enumerate(raw):
+    for r in raw:
         _, h, w, _ = r.shape
         for (y, x, k) in [(0, 0, 0), (0, 1, 2), (h - 1, w - 2, 1), (h - 1, w - 1, a - 1)]:
             row = start + (y * w + x) * a + k

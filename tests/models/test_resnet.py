@@ -27,7 +27,8 @@ def test_output_shapes(depth, hw):
     assert set(variables) == {"params"}
     chans = resnet.out_channels(depth, 8)
     expect = feature_shapes(hw, (8, 16, 32))
-    assert [o.shape for o in outs] == [(2, h, w, chans[l]) for (h, w), l in zip(expect, (3, 4, 5))]
+    assert [o.shape for o in outs] == [(2, h, w, chans[lvl])
+                                       for (h, w), lvl in zip(expect, (3, 4, 5))]
 
 
 def test_out_levels_and_block_count():
@@ -45,17 +46,17 @@ def test_out_levels_and_block_count():
 def test_stem_space_to_depth_matches_direct_conv(hw):
     x = jax.random.normal(jax.random.key(0), (2, *hw, 3))
     stem = StemConv(8)
-    params = stem.init(jax.random.key(1), x)
+    params = jax.jit(stem.init)(jax.random.key(1), x)
     ref = jax.lax.conv_general_dilated(x, params["params"]["kernel"], (2, 2), ((3, 3), (3, 3)),
                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    np.testing.assert_allclose(stem.apply(params, x), ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(jax.jit(stem.apply)(params, x), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_frozen_bn_and_group_norm_formulas():
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, 64)) * 3.0 + 1.0
     p = {"scale": jnp.linspace(0.5, 2.0, 64), "bias": jnp.linspace(-1.0, 1.0, 64),
          "mean": jnp.linspace(-0.3, 0.3, 64), "var": jnp.linspace(0.5, 3.0, 64)}
-    y = FrozenBatchNorm().apply({"params": p}, x)
+    y = jax.jit(FrozenBatchNorm().apply)({"params": p}, x)
     ref = (x - p["mean"]) / jnp.sqrt(p["var"] + 1e-5) * p["scale"] + p["bias"]
     np.testing.assert_allclose(y, ref, atol=1e-5)
     gp = {"scale": p["scale"], "bias": p["bias"]}
@@ -63,7 +64,7 @@ def test_frozen_bn_and_group_norm_formulas():
     mu = xg.mean(axis=(1, 2, 4), keepdims=True)
     var = xg.var(axis=(1, 2, 4), keepdims=True)
     ref = ((xg - mu) / jnp.sqrt(var + 1e-5)).reshape(x.shape) * gp["scale"] + gp["bias"]
-    np.testing.assert_allclose(GroupNorm(32).apply({"params": gp}, x), ref, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(GroupNorm(32).apply)({"params": gp}, x), ref, atol=1e-4)
 
 
 def test_train_mode_bn_is_rejected():
@@ -100,7 +101,7 @@ def test_frozen_patterns_mark_stem_stage1_and_bn():
 def test_frozen_params_get_zero_grad_and_no_update(norm):
     model = ResNet(depth=18, base_width=8, norm=norm, frozen_stages=1)
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-    params = model.init(jax.random.key(1), x)["params"]
+    params = jax.jit(model.init)(jax.random.key(1), x)["params"]
     # Non-trivial statistics so a wrong update would show.
     params = jax.tree_util.tree_map(lambda p: p + 0.1, params)
     mask = freeze.trainable_mask(params, model.frozen_patterns())
@@ -108,7 +109,7 @@ def test_frozen_params_get_zero_grad_and_no_update(norm):
     def loss(p):
         return sum(jnp.sum(jnp.sin(o)) for o in model.apply({"params": p}, x))
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     tx = freeze.masked_optimizer(optax.adamw(1e-2, weight_decay=0.1), mask)
     updates, _ = tx.update(grads, tx.init(params), params)
     new = optax.apply_updates(params, updates)
@@ -130,7 +131,7 @@ def test_frozen_params_get_zero_grad_and_no_update(norm):
 def test_bf16_compute(norm):
     model = ResNet(depth=18, base_width=32, norm=norm, dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(0), (1, 32, 32, 3))
-    variables = model.init(jax.random.key(1), x)
+    variables = jax.jit(model.init)(jax.random.key(1), x)
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(variables))
-    outs = model.apply(variables, x)
+    outs = jax.jit(model.apply)(variables, x)
     assert all(o.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(o))) for o in outs)

@@ -88,19 +88,45 @@ def case():
     return feat, rois, bidx
 
 
-@pytest.mark.parametrize("method", ["gather", "einsum"])
-@pytest.mark.parametrize("aligned", [True, False])
-@pytest.mark.parametrize("sampling_ratio", [0, 2, 1])
+REF_PARAMS = [
+    ("gather", True, 0),
+    ("gather", True, 2),
+    ("gather", False, 0),
+    ("gather", False, 1),
+    ("einsum", True, 0),
+    ("einsum", False, 2),
+] + [
+    pytest.param(m, a, s, marks=pytest.mark.slow)
+    for m, a, s in (
+        ("gather", True, 1),
+        ("gather", False, 2),
+        ("einsum", True, 1),
+        ("einsum", True, 2),
+        ("einsum", False, 0),
+        ("einsum", False, 1),
+    )
+]
+
+
+@pytest.mark.parametrize("method,aligned,sampling_ratio", REF_PARAMS)
 def test_matches_torchvision_reference(case, method, aligned, sampling_ratio):
     feat, rois, bidx = case
     ref = roi_align_ref(feat, rois, bidx, (3, 4), 0.25, sampling_ratio, aligned)
     gy, gx = num_samples(rois, (3, 4), 0.25, aligned)
     assert int(jnp.max(gy)) <= 8 and int(jnp.max(gx)) <= 8
-    out = roi_align(
-        jnp.asarray(feat), jnp.asarray(rois), jnp.asarray(bidx), output_size=(3, 4),
-        spatial_scale=0.25, sampling_ratio=sampling_ratio, aligned=aligned,
-        max_sampling_ratio=8, method=method,
-    )
+    out = jax.jit(
+        lambda f, r, b: roi_align(
+            f,
+            r,
+            b,
+            output_size=(3, 4),
+            spatial_scale=0.25,
+            sampling_ratio=sampling_ratio,
+            aligned=aligned,
+            max_sampling_ratio=8,
+            method=method,
+        )
+    )(feat, rois, bidx)
     assert out.shape == (12, 3, 4, 5)
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
 
@@ -123,7 +149,11 @@ def test_default_bound_exact_within_and_approx_beyond():
     big = np.array([[0, 0, 39, 39]], np.float32)  # ceil(39/7) = 6 > 4
     for rois, exact in ((small, True), (big, False)):
         ref = roi_align_ref(feat, rois, [0], (7, 7), 1.0, 0, True)
-        out = np.asarray(roi_align(feat, rois, jnp.zeros(1, jnp.int32), output_size=7))
+        out = np.asarray(
+            jax.jit(lambda f, r: roi_align(f, r, jnp.zeros(1, jnp.int32), output_size=7))(
+                feat, rois
+            )
+        )
         if exact:
             np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
         else:  # 4x4 instead of 6x6 points per bin: close, not equal
@@ -136,7 +166,11 @@ def test_nan_roi_only_affects_its_output(case):
     rois = rois.copy()
     rois[5, 2] = np.nan
     out = np.asarray(
-        roi_align(feat, rois, bidx, output_size=3, spatial_scale=0.25, max_sampling_ratio=8)
+        jax.jit(
+            lambda f, r, b: roi_align(
+                f, r, b, output_size=3, spatial_scale=0.25, max_sampling_ratio=8
+            )
+        )(feat, rois, bidx)
     )
     assert np.isnan(out[5]).all()
     others = np.delete(out, 5, axis=0)
@@ -174,49 +208,81 @@ def test_grad_wrt_features_matches_transpose():
     rois = _random_rois(rng, 5, 6, 7, max_size=5)
     bidx = np.array([0, 1, 1, 0, 1], np.int32)
     for method in ("gather", "einsum"):
-        f = lambda x, m=method: roi_align(x, rois, bidx, output_size=2, method=m)
+        f = lambda x, m=method: roi_align(x, rois, bidx, output_size=2, sampling_ratio=2, method=m)
         # linear in feat: check the VJP against the dense Jacobian via jvp
         g = rng.normal(size=(5, 2, 2, 3)).astype(np.float32)
         (vjp,) = jax.vjp(f, jnp.asarray(feat))[1](jnp.asarray(g))
         t = rng.normal(size=feat.shape).astype(np.float32)
         jvp = jax.jvp(f, (jnp.asarray(feat),), (jnp.asarray(t),))[1]
-        np.testing.assert_allclose(
-            float(jnp.vdot(vjp, t)), float(jnp.vdot(g, jvp)), rtol=1e-4
-        )
+        np.testing.assert_allclose(float(jnp.vdot(vjp, t)), float(jnp.vdot(g, jvp)), rtol=1e-4)
 
 
 def test_bf16_features():
     rng = np.random.default_rng(4)
     feat = rng.normal(size=(1, 8, 8, 4)).astype(np.float32)
     rois = _random_rois(rng, 6, 8, 8, max_size=6)
-    ref = roi_align_ref(feat.astype(jnp.bfloat16).astype(np.float32), rois, [0] * 6, (2, 2), 1, 0, True)
-    out = roi_align(jnp.asarray(feat, jnp.bfloat16), rois, jnp.zeros(6, jnp.int32), output_size=2)
+    ref = roi_align_ref(
+        feat.astype(jnp.bfloat16).astype(np.float32), rois, [0] * 6, (2, 2), 1, 0, True
+    )
+    out = jax.jit(lambda f, r: roi_align(f, r, jnp.zeros(6, jnp.int32), output_size=2))(
+        jnp.asarray(feat, jnp.bfloat16), rois
+    )
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(out, np.float32), ref, rtol=2e-2, atol=2e-2)
 
 
 def test_map_roi_levels_mmdet_rule():
     rois = np.array(
-        [[0, 0, 50, 50], [0, 0, 111, 112], [0, 0, 112, 112], [0, 0, 224, 224],
-         [0, 0, 448, 448], [0, 0, 2000, 2000], [0, 0, 0, 0]], np.float32,
+        [
+            [0, 0, 50, 50],
+            [0, 0, 111, 112],
+            [0, 0, 112, 112],
+            [0, 0, 224, 224],
+            [0, 0, 448, 448],
+            [0, 0, 2000, 2000],
+            [0, 0, 0, 0],
+        ],
+        np.float32,
     )
     np.testing.assert_array_equal(np.asarray(map_roi_levels(rois, 4)), [0, 0, 1, 2, 3, 3, 0])
 
 
-@pytest.mark.parametrize("method", ["gather", "einsum"])
+@pytest.mark.parametrize("method", ["gather", pytest.param("einsum", marks=pytest.mark.slow)])
 def test_multilevel_matches_per_level_reference(method):
     rng = np.random.default_rng(5)
     strides = (4, 8, 16, 32)
     img = 256
     feats = [rng.normal(size=(2, img // s, img // s, 3)).astype(np.float32) for s in strides]
-    rois = _random_rois(rng, 16, img, img, min_size=8, max_size=300)
+    # square-ish RoIs of all scales (elongated ones would exceed the sample bound)
+    size = np.exp(rng.uniform(np.log(8), np.log(300), 16))
+    aspect = rng.uniform(0.6, 1.6, 16)
+    x1, y1 = rng.uniform(-8, img - 8, 16), rng.uniform(-8, img - 8, 16)
+    rois = np.stack([x1, y1, x1 + size * aspect, y1 + size / aspect], 1).astype(np.float32)
     bidx = rng.integers(0, 2, 16).astype(np.int32)
     lvls = np.asarray(map_roi_levels(rois, 4))
-    out = multilevel_roi_align(
-        [jnp.asarray(f) for f in feats], rois, bidx, strides=strides, output_size=3,
-        sampling_ratio=0, max_sampling_ratio=32, method=method,
-    )
+    gy, gx = (np.asarray(g) for g in num_samples(rois, 3, 1.0 / np.asarray(strides)[lvls]))
+    bound = int(max(gy.max(), gx.max()))
+    assert bound <= 12
+    out = jax.jit(
+        lambda fs, r, b: multilevel_roi_align(
+            fs,
+            r,
+            b,
+            strides=strides,
+            output_size=3,
+            sampling_ratio=0,
+            max_sampling_ratio=12,
+            method=method,
+        )
+    )(feats, rois, bidx)
     for i in range(16):
-        ref = roi_align_ref(feats[lvls[i]], rois[i : i + 1], bidx[i : i + 1], (3, 3),
-                            1.0 / strides[lvls[i]], 0, True)
+        ref = roi_align_ref(
+            feats[lvls[i]],
+            rois[i : i + 1],
+            bidx[i : i + 1],
+            (3, 3),
+            1.0 / strides[lvls[i]],
+            0,
+            True,
+        )
         np.testing.assert_allclose(np.asarray(out[i]), ref[0], rtol=1e-5, atol=1e-5)

@@ -46,8 +46,12 @@ def bilinear_clamp_ref(img, y, x):
         x_high = x_low + 1
     ly, lx = y - y_low, x - x_low
     hy, hx = 1 - ly, 1 - lx
-    return (hy * hx * img[y_low, x_low] + hy * lx * img[y_low, x_high]
-            + ly * hx * img[y_high, x_low] + ly * lx * img[y_high, x_high])
+    return (
+        hy * hx * img[y_low, x_low]
+        + hy * lx * img[y_low, x_high]
+        + ly * hx * img[y_high, x_low]
+        + ly * lx * img[y_high, x_high]
+    )
 
 
 REFS = {"zero": bilinear_zero_ref, "clamp": bilinear_clamp_ref}
@@ -56,8 +60,21 @@ REFS = {"zero": bilinear_zero_ref, "clamp": bilinear_clamp_ref}
 def _points(rng, n, h, w):
     pts = np.stack([rng.uniform(-3, h + 2, n), rng.uniform(-3, w + 2, n)], -1)
     special = np.array(
-        [[0, 0], [h - 1, w - 1], [-1, 2], [2, -1], [h, 1], [1, w], [-0.5, -0.5],
-         [h - 0.5, w - 0.5], [-1.0001, 1], [1e6, 1], [-1e6, -1e6], [3, 2], [2.5, 3]],
+        [
+            [0, 0],
+            [h - 1, w - 1],
+            [-1, 2],
+            [2, -1],
+            [h, 1],
+            [1, w],
+            [-0.5, -0.5],
+            [h - 0.5, w - 0.5],
+            [-1.0001, 1],
+            [1e6, 1],
+            [-1e6, -1e6],
+            [3, 2],
+            [2.5, 3],
+        ],
         np.float64,
     )
     return np.concatenate([pts, special]).astype(np.float32)
@@ -69,7 +86,7 @@ def test_matches_reference(boundary, layout):
     rng = np.random.default_rng(0)
     feat = rng.normal(size=(5, 7, 3)).astype(np.float32)
     pts = _points(rng, 80, 5, 7)
-    out = bilinear_sample(jnp.asarray(feat), jnp.asarray(pts), boundary=boundary, layout=layout)
+    out = jax.jit(lambda f, p: bilinear_sample(f, p, boundary=boundary, layout=layout))(feat, pts)
     ref = np.stack([REFS[boundary](feat.astype(np.float64), *p.astype(np.float64)) for p in pts])
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
 
@@ -80,12 +97,15 @@ def test_batched_and_leading_dims(layout):
     feat = rng.normal(size=(3, 4, 6, 2)).astype(np.float32)
     pts = rng.uniform(-2, 6, size=(3, 5, 4, 2)).astype(np.float32)
     bidx = np.array([2, 0, 1])[:, None, None]
-    out = bilinear_sample_batched(feat, bidx, pts, layout=layout)
+    out = jax.jit(lambda f, b, p: bilinear_sample_batched(f, b, p, layout=layout))(feat, bidx, pts)
     assert out.shape == (3, 5, 4, 2)
+    single = jax.jit(lambda f, p: bilinear_sample(f, p, layout=layout))
     for i in range(3):
         np.testing.assert_allclose(
-            np.asarray(out[i]), np.asarray(bilinear_sample(feat[bidx[i, 0, 0]], pts[i])),
-            rtol=1e-6, atol=1e-6,
+            np.asarray(out[i]),
+            np.asarray(single(feat[bidx[i, 0, 0]], pts[i])),
+            rtol=1e-6,
+            atol=1e-6,
         )
 
 
@@ -94,7 +114,10 @@ def test_nan_and_inf_points():
     pts = jnp.array([[1.5, 1.5], [np.nan, 1.0], [1.0, np.nan], [np.inf, 1.0], [-np.inf, 2.0]])
     for boundary in ("zero", "clamp"):
         for layout in ("rows", "packed"):
-            out = np.asarray(bilinear_sample(feat, pts, boundary=boundary, layout=layout))
+            f = jax.jit(
+                lambda f, p, b=boundary, lo=layout: bilinear_sample(f, p, boundary=b, layout=lo)
+            )
+            out = np.asarray(f(feat, pts))
             np.testing.assert_allclose(out[0], 1.0)
             assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
             np.testing.assert_array_equal(out[3:], 0.0)
@@ -109,7 +132,7 @@ def test_gradients(boundary, layout):
         # keep points away from integer coordinates (kinks of the interpolant)
         pts = rng.uniform(-1.8, 5.8, size=(12, 2))
         pts = pts + 0.25 * (np.abs(pts - np.round(pts)) < 0.05)
-        f = lambda a, p: bilinear_sample(a, p, boundary=boundary, layout=layout)
+        f = jax.jit(lambda a, p: bilinear_sample(a, p, boundary=boundary, layout=layout))
         check_grads(f, (feat, jnp.asarray(pts)), order=1, modes=["rev", "fwd"], eps=1e-6)
 
 
@@ -121,8 +144,10 @@ def test_gradient_of_feat_is_transpose():
     f = lambda a: bilinear_sample(a, pts)
     g = jnp.asarray(rng.normal(size=(30, 4)), jnp.float32)
     t = jnp.asarray(rng.normal(size=feat.shape), jnp.float32)
-    (vjp,) = jax.vjp(f, feat)[1](g)
-    np.testing.assert_allclose(float(jnp.vdot(vjp, t)), float(jnp.vdot(g, f(t))), rtol=1e-5)
+    vjp = jax.jit(lambda a, g: jax.vjp(f, a)[1](g)[0])(feat, g)
+    np.testing.assert_allclose(
+        float(jnp.vdot(vjp, t)), float(jnp.vdot(g, jax.jit(f)(t))), rtol=1e-5
+    )
 
 
 def test_jit_vmap():
@@ -139,9 +164,9 @@ def test_bf16_map_f32_accumulation():
     feat = rng.normal(size=(6, 6, 8)).astype(np.float32)
     fb = jnp.asarray(feat, jnp.bfloat16)
     pts = jnp.asarray(rng.uniform(-1, 6, size=(20, 2)), jnp.float32)
-    out = bilinear_sample(fb, pts)
+    out = jax.jit(bilinear_sample)(fb, pts)
     assert out.dtype == jnp.bfloat16
-    ref = bilinear_sample(fb.astype(jnp.float32), pts)
+    ref = jax.jit(bilinear_sample)(fb.astype(jnp.float32), pts)
     np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(ref), rtol=1e-2, atol=1e-2)
 
 

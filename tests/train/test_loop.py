@@ -81,7 +81,8 @@ def test_two_devices_match_one_device(tmp_path):
         assert jax.device_count() == 2, jax.devices()
         out = []
         for n in (1, 2):
-            config = tiny_config("atss", {str(tmp_path / "tfds")!r}, num_steps=3, checkpoint_every=3)
+            config = tiny_config("atss", {str(tmp_path / "tfds")!r}, num_steps=3,
+                                 checkpoint_every=3)
             parts = loop.setup(config, {str(tmp_path)!r} + f"/w{{n}}", mesh=mesh_lib.make_mesh(n))
             state, _ = loop.train(config, {str(tmp_path)!r} + f"/w{{n}}", parts=parts)
             out.append(jax.tree_util.tree_leaves(jax.tree_util.tree_map(np.asarray, state.params)))
