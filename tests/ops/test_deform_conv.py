@@ -236,6 +236,24 @@ def test_nan_offsets_only_affect_their_pixels():
         assert np.isfinite(out[~bad]).all()
 
 
+def test_nan_offsets_packed_layout_and_dcnv2():
+    """The packed (TPU/GPU) gather layout and DCNv2 masks keep NaN local too."""
+    x, off, wt, mask, kw = _make("dcnv2", seed=9)
+    off = off.copy()
+    off[0, 1, 2, 1, 3, 1] = np.nan  # offset group 1 of pixel (0, 1, 2)
+    mask = mask.copy()
+    mask[1, 4, 0, 0, 5] = np.nan
+    f = jax.jit(lambda x, o, w, m: deform_conv2d(x, o, w, m, layout="packed", **kw))
+    out = np.asarray(f(x, off, wt, mask))
+    # Cin = Cout = 4, offset groups 2, groups 2: offset / mask group g feeds input
+    # channels 2g:2g+2, read only by conv group g, which writes channels 2g:2g+2.
+    bad = np.zeros(out.shape, bool)
+    bad[0, 1, 2, 2:] = True
+    bad[1, 4, 0, :2] = True
+    assert np.isnan(out[bad]).all()
+    assert np.isfinite(out[~bad]).all()
+
+
 def test_shape_errors_at_trace_time():
     x = jnp.zeros((1, 2, 2, 4))
     wt = jnp.zeros((3, 3, 4, 4))

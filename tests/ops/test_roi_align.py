@@ -286,3 +286,49 @@ def test_multilevel_matches_per_level_reference(method):
             True,
         )
         np.testing.assert_allclose(np.asarray(out[i]), ref[0], rtol=1e-5, atol=1e-5)
+
+
+def test_vmap_over_maps_and_rois(case):
+    """roi_align under jit(vmap): a leading axis over (maps, RoIs) equals per-item calls."""
+    feat, rois, bidx = case
+    feats = np.stack([feat, 2.0 * feat[::-1]])
+    roiss = np.stack([rois, rois[::-1] + 1.5])
+    bidxs = np.stack([bidx, bidx[::-1]])
+    f = lambda f, r, b: roi_align(
+        f, r, b, output_size=3, spatial_scale=0.25, sampling_ratio=2, max_sampling_ratio=8
+    )
+    out = jax.jit(jax.vmap(f))(feats, roiss, bidxs)
+    assert out.shape == (2, 12, 3, 3, 5)
+    for i in range(2):
+        ref = roi_align_ref(feats[i], roiss[i], bidxs[i], (3, 3), 0.25, 2, True)
+        np.testing.assert_allclose(np.asarray(out[i]), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gather", "einsum"])
+def test_multilevel_bad_input_under_jit(method):
+    """multilevel_roi_align: a NaN RoI gives NaN in its own output only; padded
+    (invalid) rows give 0 and keep their garbage out; R = 0 works under jit."""
+    rng = np.random.default_rng(6)
+    strides = (4, 8)
+    feats = [rng.normal(size=(2, 64 // s, 64 // s, 3)).astype(np.float32) for s in strides]
+    rois = _random_rois(rng, 8, 64, 64, min_size=4, max_size=40)
+    bidx = rng.integers(0, 2, 8).astype(np.int32)
+    valid = np.arange(8) != 6
+    bad = rois.copy()
+    bad[2, 3] = np.nan  # a valid RoI with a NaN coordinate
+    bad[6] = np.nan  # an invalid (padding) row full of garbage
+    f = jax.jit(
+        lambda fs, r, b, v: multilevel_roi_align(
+            fs, r, b, strides=strides, output_size=2, valid=v, max_sampling_ratio=12, method=method
+        )
+    )
+    out = np.asarray(f(feats, bad, bidx, valid))
+    assert out.shape == (8, 2, 2, 3)
+    assert np.isnan(out[2]).all()
+    assert (out[6] == 0).all()
+    good = np.array([i not in (2, 6) for i in range(8)])
+    assert np.isfinite(out[good]).all()
+    clean = np.asarray(f(feats, rois, bidx, valid))
+    np.testing.assert_allclose(out[good], clean[good], rtol=1e-6, atol=1e-6)
+    empty = f(feats, np.zeros((0, 4), np.float32), np.zeros((0,), np.int32), np.zeros(0, bool))
+    assert empty.shape == (0, 2, 2, 3)
