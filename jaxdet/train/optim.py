@@ -59,14 +59,14 @@ def make_optimizer(
     parts = []
     if cfg.get("grad_clip"):
         parts.append(optax.clip_by_global_norm(float(cfg.grad_clip)))
-    # torch SGD's weight decay adds wd * p to the gradient before momentum.
-    if cfg.weight_decay:
-        parts.append(optax.add_decayed_weights(float(cfg.weight_decay)))
     name = cfg.get("name", "sgd")
     if name == "sgd":
+        # torch SGD's weight decay adds wd * p to the gradient before momentum.
+        if cfg.weight_decay:
+            parts.append(optax.add_decayed_weights(float(cfg.weight_decay)))
         parts.append(optax.sgd(schedule, momentum=float(cfg.momentum), nesterov=False))
-    elif name == "adamw":
-        parts = parts[:1] + [optax.adamw(schedule, weight_decay=float(cfg.weight_decay))]
+    elif name == "adamw":  # decoupled weight decay inside adamw
+        parts.append(optax.adamw(schedule, weight_decay=float(cfg.weight_decay)))
     else:
         raise ValueError(f"unknown optimizer.name {name!r} (sgd | adamw)")
     tx = optax.chain(*parts)
