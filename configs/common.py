@@ -41,11 +41,14 @@ def data_shapes(image_size: int = 128, builder_config: str = "default"
 
 
 def data_coco(coco_dir: str = "") -> ml_collections.ConfigDict:
-    """COCO 2017 from a local COCO-format directory (instances_{train,val}2017.json)."""
+    """COCO 2017 from a local COCO-format directory (instances_{train,val}2017.json).
+
+    builder_config 'boxes' stores no masks (box detectors); 'default' stores them
+    (set with_masks=True too for mask heads)."""
     return ml_collections.ConfigDict(
         dict(
             name="coco_dir",
-            builder_config="default",
+            builder_config="boxes",
             data_dir=os.path.join(REPO, "data", "tfds"),
             coco_dir=coco_dir,
             train_split="train",

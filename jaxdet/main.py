@@ -18,6 +18,7 @@ import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
@@ -31,6 +32,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        # Library INFO logs (orbax's per-save lines, tfds) drown the progress lines;
+        # `--verbosity=0` brings them back.
+        absl_logging.set_verbosity(absl_logging.WARNING)
     from jaxdet.train import mesh as mesh_lib
 
     mesh_lib.maybe_initialize_distributed(force=_MULTIHOST.value)

@@ -26,7 +26,8 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import grain
@@ -107,7 +108,11 @@ def prepare(data: Any, data_dir: str | None = None, builder_config: str | None =
             raise ValueError("data.name='coco_dir' needs data.coco_dir (a COCO-format dir)")
         builder = coco_dir.CocoDir(coco_dir=src, data_dir=ddir, config=bc,
                                    file_format="array_record")  # fmt: skip
+    print(f"Preparing dataset {name}/{bc} under {ddir} (first use only) ...", flush=True)
+    t0 = time.time()
+    tfds.disable_progress_bar()
     builder.download_and_prepare()
+    print(f"Prepared {builder.data_dir} in {time.time() - t0:.0f} s", flush=True)
     if name == "coco_dir":
         builder.write_metadata()
     return str(builder.data_dir)
@@ -243,8 +248,7 @@ def make_eval_iterator(data: Any = None, *, batch_size: int, split: str | None =
     builder_config=... and any field (min_size, max_boxes, with_masks, ...) as kwargs."""
     if data is None:
         data = {}
-    data = {k: (data.get(k) if not isinstance(data, Mapping) else data[k])
-            for k in _DEFAULTS.keys() | {"name"} if k in data}  # fmt: skip
+    data = {k: data[k] for k in (*_DEFAULTS, "name") if k in data}  # a mutable copy
     for k in ("name", "data_dir", "builder_config", "coco_dir"):
         if overrides.get(k) is not None:
             data[k] = overrides.pop(k)
