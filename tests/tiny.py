@@ -34,6 +34,11 @@ def tiny_config(detector: str, data_dir: str, **train) -> ml_collections.ConfigD
     config.train.checkpoint_every = train.pop("checkpoint_every", 3)
     config.train.async_checkpoint = False
     config.train.tensorboard = False
+    # The tests check mechanics (resume, NaN stop, devices), not the recipe: plain SGD
+    # for every method (the ATSS demo config itself trains with AdamW).
+    config.optimizer.name = "sgd"
+    config.optimizer.momentum = 0.9
+    config.optimizer.weight_decay = 1e-4
     config.optimizer.warmup_steps = 0
     config.optimizer.lr = train.pop("lr", 0.01)
     if "regress_ranges" in config.get("assigner", {}):

@@ -1,13 +1,21 @@
 # ATSS, tiny ResNet-18/16 + FPN P3-P5, on the built-in `shapes` dataset (CPU, minutes).
 # Run (this is `make demo`):
 #   python -m jaxdet.main --config=configs/atss/atss_tiny_shapes.py --workdir=runs/demo
+#
+# Trained from scratch (no pretrained weights exist offline) with AdamW, which converges
+# much faster here than SGD in a short schedule. Measured on shapes val (batch 16, cosine):
+# SGD lr 0.02, 2500 steps: AP 0.577; AdamW lr 2e-3, 2000 steps: 0.657; AdamW lr 4e-3,
+# 1800 steps: 0.670 (this config).
 import ml_collections
 
 from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
-    train, optimizer = common.schedule_tiny(num_steps=5000)
+    train, optimizer = common.schedule_tiny(num_steps=1800)
+    optimizer.name = "adamw"
+    optimizer.lr = 0.004
+    optimizer.weight_decay = 0.05
     config = common.base(
         "atss", common.data_shapes(128), common.model_tiny(), train, optimizer
     )
