@@ -98,21 +98,33 @@ def validate_coco_dict(data: Mapping, *, need_files: bool = True) -> None:
             raise ValueError(f"annotation {ann.get('id')} has no 4-number 'bbox'")
 
 
-def ignore_invalid_annotations(data: dict, min_box_size: float = 1.0) -> int:
-    """Marks (in place) the annotations the pipeline drops as ignore regions for COCOeval
-    (`iscrowd=1`, the only ignore flag COCOeval honours): a bbox with NaN/Inf, or under
-    `min_box_size` px wide or high after clipping to its image. They can never be
-    detected, so they are neither hits nor misses. Returns how many were marked."""
-    sizes = {im["id"]: (float(im["width"]), float(im["height"])) for im in data["images"]}
+MIN_BOX_SIZE = 1.0  # px, after clipping; mmdetection's COCO loader drops w < 1 or h < 1
+
+
+def valid_boxes(boxes, height: int, width: int, min_box_size: float = MIN_BOX_SIZE):
+    """The one rule for which annotated boxes are usable: finite, and at least
+    `min_box_size` px wide and high after clipping to the image.
+
+    boxes [n, 4] xyxy -> (keep [n] bool, clipped [n, 4] float32; NaN rows zeroed)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    finite = np.isfinite(boxes).all(axis=1)
+    clipped = np.clip(np.nan_to_num(boxes), 0, [width, height, width, height])
+    clipped = clipped.astype(np.float32)
+    size_ok = ((clipped[:, 2] - clipped[:, 0] >= min_box_size)
+               & (clipped[:, 3] - clipped[:, 1] >= min_box_size))  # fmt: skip
+    return finite & size_ok, clipped
+
+
+def ignore_invalid_annotations(data: dict, min_box_size: float = MIN_BOX_SIZE) -> int:
+    """Marks (in place) the annotations the pipeline drops (`valid_boxes`) as ignore
+    regions for COCOeval (`iscrowd=1`, the only ignore flag COCOeval honours). They can
+    never be detected, so they are neither hits nor misses. Returns how many."""
+    sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in data["images"]}
     count = 0
     for ann in data["annotations"]:
         x, y, bw, bh = (float(v) for v in ann["bbox"])
-        w, h = sizes[ann["image_id"]]
-        ok = all(math.isfinite(v) for v in (x, y, bw, bh)) and (
-            min(x + bw, w) - max(x, 0.0) >= min_box_size
-            and min(y + bh, h) - max(y, 0.0) >= min_box_size
-        )
-        if not ok:
+        keep, _ = valid_boxes([[x, y, x + bw, y + bh]], *sizes[ann["image_id"]], min_box_size)
+        if not keep[0]:
             ann["iscrowd"] = 1
             count += 1
     return count
@@ -224,8 +236,9 @@ def coco2017_to_record(ex: Mapping) -> dict:
 def records_to_coco_gt(
     records: Iterable[Mapping], categories: CategoryMap, *, use_masks: bool = False
 ) -> dict:
-    """COCO GT dict (for COCOeval) from records: boxes as stored (non-finite and
-    empty boxes left out), crowd -> iscrowd, masks -> RLE segmentation if use_masks."""
+    """COCO GT dict (for COCOeval) from records: boxes clipped, the ones `valid_boxes`
+    rejects left out (as the pipeline drops them), crowd -> iscrowd, masks -> RLE
+    segmentation if use_masks."""
     images, anns = [], []
     for r in records:
         h, w = image_size_of(r["image"])
@@ -233,15 +246,10 @@ def records_to_coco_gt(
         fname = r.get("file_name", "")
         images.append({"id": image_id, "height": h, "width": w,
                        "file_name": fname.decode() if isinstance(fname, bytes) else fname})
-        boxes = np.asarray(r["boxes"], np.float64).reshape(-1, 4)
+        keep, boxes = valid_boxes(r["boxes"], h, w)
         masks = np.asarray(r["masks"]) if use_masks else None
-        for k, box in enumerate(boxes):
-            if not np.isfinite(box).all():
-                continue
-            x1, y1 = max(box[0], 0.0), max(box[1], 0.0)
-            x2, y2 = min(box[2], w), min(box[3], h)
-            if x2 - x1 <= 0 or y2 - y1 <= 0:
-                continue
+        for k in np.nonzero(keep)[0]:
+            x1, y1, x2, y2 = (float(v) for v in boxes[k])
             ann = {"id": len(anns) + 1, "image_id": image_id,
                    "category_id": categories.category_ids[int(r["labels"][k])],
                    "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),

@@ -26,6 +26,8 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from jaxdet.data import coco
+
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -40,7 +42,7 @@ class Decode(grain.transforms.Map):
     """Record -> arrays; drops invalid boxes (see module docstring)."""
 
     def __init__(self, num_classes: int, *, with_masks: bool = False,
-                 min_box_size: float = 1.0):  # fmt: skip
+                 min_box_size: float = coco.MIN_BOX_SIZE):  # fmt: skip
         self.num_classes = int(num_classes)
         self.with_masks = with_masks
         self.min_box_size = float(min_box_size)
@@ -64,11 +66,7 @@ class Decode(grain.transforms.Map):
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"label {int(labels.max())} outside [0, {self.num_classes}) in "
                              f"{_name(element)}: check config.data.num_classes")  # fmt: skip
-        finite = np.isfinite(boxes).all(axis=1)
-        clipped = np.clip(np.nan_to_num(boxes), 0, [w, h, w, h]).astype(np.float32)
-        size_ok = ((clipped[:, 2] - clipped[:, 0] >= self.min_box_size)
-                   & (clipped[:, 3] - clipped[:, 1] >= self.min_box_size))  # fmt: skip
-        keep = finite & size_ok
+        keep, clipped = coco.valid_boxes(boxes, h, w, self.min_box_size)
         num_invalid = int((~keep).sum())
         if num_invalid:
             logging.warning("dropped %d invalid box(es) (NaN/Inf, degenerate or outside the "
