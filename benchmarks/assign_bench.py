@@ -25,11 +25,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from jaxdet.assign import anchor_bags, atss, center_region, fcos, fsaf_select, max_iou  # noqa: E402
+from jaxdet.assign import (  # noqa: E402
+    anchor_bags,
+    atss,
+    center_region,
+    fcos,
+    fsaf_select,
+    hambox,
+    max_iou,
+    noisy_anchor,
+)
 from jaxdet.core import priors as priors_lib  # noqa: E402
 from jaxdet.core.types import GroundTruth  # noqa: E402
 from tests.assign import numpy_ref as ref  # noqa: E402
 from tests.assign.test_center_region import mmdet_center_region  # noqa: E402
+from tests.assign.test_noisy_anchor import reference_bags  # noqa: E402
 
 IMAGE_HW = (800, 1333)
 STRIDES = (8, 16, 32, 64, 128)
@@ -46,6 +56,10 @@ def make_priors(kind: str):
     if kind == "anchors_stride":  # FSAF: one stride-sized square per location
         return priors_lib.make_anchors(
             shapes, STRIDES, octave_base_scale=1, scales_per_octave=1, ratios=(1.0,)
+        )
+    if kind == "anchors_hambox":  # HAMBox: one square anchor of 0.68 * 4 * stride
+        return priors_lib.make_anchors(
+            shapes, STRIDES, octave_base_scale=2.72, scales_per_octave=1, ratios=(1.0,)
         )
     if kind == "points":  # FCOS
         return priors_lib.make_points(shapes, STRIDES)
@@ -109,7 +123,44 @@ BENCHES = {
         lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
         "anchors9",
     ),
+    # Learning from noisy anchors: top-50 candidate bags (grid search over the 9-anchor
+    # layout) + cleanliness from the predicted boxes (stand-in: anchors grown 1.2x) and
+    # scores (80 classes).
+    "noisy_anchor": (
+        lambda p, g: noisy_anchor.assign(
+            p, g, _stand_in_boxes(p.boxes), _stand_in_scores(p.boxes.shape[0], 80), topk=50,
+            grid_shapes=priors_lib.feature_shapes(IMAGE_HW, STRIDES)),
+        lambda p, b, v, i: reference_bags(np.asarray(p.boxes), b, v, i, 50),
+        "anchors9",
+    ),
+    # The same on the spine's setting (one anchor per location, N = 22,300).
+    "noisy_anchor_a1": (
+        lambda p, g: noisy_anchor.assign(
+            p, g, _stand_in_boxes(p.boxes), _stand_in_scores(p.boxes.shape[0], 80), topk=50,
+            grid_shapes=priors_lib.feature_shapes(IMAGE_HW, STRIDES)),
+        lambda p, b, v, i: reference_bags(np.asarray(p.boxes), b, v, i, 50),
+        "anchors1",
+    ),
+    # HAMBox: matching at 0.35 + online compensation (K = 5, T2 = 0.5) from the regressed
+    # boxes (stand-in: anchors grown 1.2x), one 0.68 x 4 x stride anchor per location.
+    "hambox": (
+        lambda p, g: hambox.assign(p, g, _stand_in_boxes(p.boxes)),
+        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, np.asarray(_stand_in_boxes(p.boxes))),
+        "anchors_hambox",
+    ),
 }
+
+
+def _stand_in_boxes(boxes):
+    """Predicted boxes for the prediction-aware assigners: each prior grown 1.2x."""
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    half = (boxes[:, 2:] - boxes[:, :2]) * 0.6
+    return jax.numpy.concatenate([c - half, c + half], -1)
+
+
+def _stand_in_scores(n, num_classes):
+    return jax.nn.sigmoid(jax.numpy.sin(jax.numpy.arange(n * num_classes, dtype="float32"))
+                          .reshape(n, num_classes))
 
 
 def _np_bags(priors, boxes, valid, ignore, k):

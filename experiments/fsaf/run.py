@@ -8,7 +8,8 @@
    `--with-heuristic` adds the anchor-free branch trained with the heuristic (Table 1's
    baseline row).
 
-  python experiments/fsaf/run.py [--steps 3000] [--workdir runs/fsaf] [--with-heuristic]
+  python experiments/fsaf/run.py [--steps 1000] [--recipe adamw|config] \
+      [--workdir runs/fsaf] [--with-heuristic]
 
 Writes results.json and fsaf.png beside this file and the tables into README.md
 (between the results markers). Re-running with the same workdir resumes / reuses the
@@ -27,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from configs.fsaf import fsaf_ab_af_tiny_shapes, fsaf_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
+from experiments import recipe  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 FSAF_KEYS = ("fsaf/mismatch", "fsaf/sel_l0", "fsaf/sel_l1", "fsaf/sel_l2",
@@ -45,7 +47,7 @@ def variants(args) -> dict:
         c.fsaf.selection = "heuristic"
         rows["FSAF anchor-free (heuristic)"] = ("af_heuristic", c)
     for _, c in rows.values():
-        c.train.num_steps = args.steps
+        recipe.apply(c, args.steps, args.recipe)
         c.train.log_every = max(1, args.steps // 100)
         c.train.checkpoint_every = max(args.steps // 3, 1)
         c.data.val_split = args.val_split
@@ -121,10 +123,10 @@ def plot(results: dict, curves: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_tables(results: dict, curves: dict, steps: int) -> None:
+def write_tables(results: dict, curves: dict, steps: str) -> None:
     lines = [
         "<!-- results:start -->",
-        f"Trained {steps} steps at batch 16 on `shapes` (128 px), same schedule for all.",
+        f"Trained {steps} on `shapes` (128 px), same schedule for all.",
         "",
         "| detector | AP | AP50 | AP75 | APs | APm | APl |",
         "|---|---|---|---|---|---|---|",
@@ -163,7 +165,7 @@ def write_tables(results: dict, curves: dict, steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3000)
+    recipe.add_arguments(ap)
     ap.add_argument("--workdir", default="runs/fsaf")
     ap.add_argument("--with-heuristic", action="store_true",
                     help="also train the anchor-free branch with the size heuristic")
@@ -172,7 +174,8 @@ def main() -> None:
     results, curves = {}, {}
     for name, (slug, config) in variants(args).items():
         print(f"=== {name}", flush=True)
-        workdir = os.path.join(args.workdir, slug)
+        workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe)
+                   if slug == "retina" else os.path.join(args.workdir, slug))
         results[name] = loop.train_and_evaluate(config, workdir)
         c = read_curves(workdir)
         if c:
@@ -181,7 +184,7 @@ def main() -> None:
             json.dump({"steps": args.steps, "val_split": args.val_split, "results": results,
                        "curves": curves}, f, indent=1)
     plot(results, curves, os.path.join(HERE, "fsaf.png"))
-    write_tables(results, curves, args.steps)
+    write_tables(results, curves, recipe.describe(args.steps, args.recipe))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ RetinaNet vs the same network trained with the anchor-bag loss alone
 selection-depression (all-to-top-1 selection, and anchor depression). All use the
 tiny ResNet-18/16 + FPN P3-P5 on `shapes` (128 px) and one schedule.
 
-  python experiments/mal/run.py [--steps 3000] [--workdir runs/mal] [--no-ablation]
+  python experiments/mal/run.py [--steps 1000] [--recipe adamw|config] \
+      [--workdir runs/mal] [--no-ablation]
 
 Rows: RetinaNet; FreeAnchor-like; MAL selection only (the paper's "anchor
 selection" ablation row; `--no-ablation` drops it); MAL (selection + depression on
@@ -26,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from configs.mal import mal_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
+from experiments import recipe  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 CURVE_KEYS = ("num_selected", "depression_ratio", "bag_max_conf", "loss_pos", "loss_neg",
@@ -49,7 +51,7 @@ def variants(args) -> dict:
     if args.with_image_depression:
         rows["MAL (whole-map depression, released code)"] = ("mal_image", mal(True, "image"))
     for _, c in rows.values():
-        c.train.num_steps = args.steps
+        recipe.apply(c, args.steps, args.recipe)
         c.train.log_every = max(1, args.steps // 100)
         c.train.checkpoint_every = max(args.steps // 3, 1)
         c.data.val_split = args.val_split
@@ -129,10 +131,10 @@ def plot(results: dict, curves: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_table(results: dict, steps: int, val_split: str) -> None:
+def write_table(results: dict, steps: str, val_split: str) -> None:
     lines = [
         "<!-- results:start -->",
-        f"Trained {steps} steps at batch 16 on `shapes` (128 px), same schedule for all; "
+        f"Trained {steps} on `shapes` (128 px), same schedule for all; "
         f"evaluated on `{val_split}`.",
         "",
         "| detector | AP | AP50 | AP75 | APs | APm | APl | AR100 |",
@@ -154,7 +156,7 @@ def write_table(results: dict, steps: int, val_split: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3000)
+    recipe.add_arguments(ap)
     ap.add_argument("--workdir", default="runs/mal")
     ap.add_argument("--val-split", default="val")
     ap.add_argument("--no-ablation", dest="ablation", action="store_false")
@@ -163,7 +165,8 @@ def main() -> None:
     results, curves = {}, {}
     for name, (tag, config) in variants(args).items():
         print(f"=== {name}")
-        workdir = os.path.join(args.workdir, tag)
+        workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe)
+                   if tag == "retina" else os.path.join(args.workdir, tag))
         stats = loop.train_and_evaluate(config, workdir)
         results[name] = {k: float(v) for k, v in stats.items()}
         curves[name] = read_curves(workdir)
@@ -171,7 +174,7 @@ def main() -> None:
             json.dump({"steps": args.steps, "val_split": args.val_split, "results": results,
                        "curves": curves}, f, indent=1)
     plot(results, curves, os.path.join(HERE, "mal.png"))
-    write_table(results, args.steps, args.val_split)
+    write_table(results, recipe.describe(args.steps, args.recipe), args.val_split)
 
 
 if __name__ == "__main__":

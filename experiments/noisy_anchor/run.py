@@ -5,7 +5,8 @@ how well each detector's score ranks its boxes' localisation: the Pearson and
 Spearman correlation between a detection's score and its IoU with the matched GT
 (the same-class GT it overlaps most), over the val split.
 
-  python experiments/noisy_anchor/run.py [--steps 3000] [--topk 50] \
+  python experiments/noisy_anchor/run.py [--steps 1000] [--recipe adamw|config] \
+      [--topk 50] \
       [--workdir runs/noisy_anchor] [--out experiments/noisy_anchor]
 
 Writes results.json, score_iou.png and the table in README.md (between markers)
@@ -33,18 +34,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from configs.noisy_anchor import noisy_anchor_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
+from experiments import recipe  # noqa: E402
 from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 
-def variants(steps: int, topk: int, score_thr: float | None = None) -> dict:
+def variants(steps: int, topk: int, score_thr: float | None = None,
+             recipe_name: str = "adamw") -> dict:
     rows = {
         "RetinaNet": retinanet_tiny_shapes.get_config(),
         f"Noisy anchors (N={topk})": noisy_anchor_tiny_shapes.get_config(),
     }
     rows[f"Noisy anchors (N={topk})"].assigner.topk = topk
     for c in rows.values():
-        c.train.num_steps = steps
+        recipe.apply(c, steps, recipe_name)
         if score_thr is not None:
             c.test.score_thr = score_thr
     return rows
@@ -116,10 +119,10 @@ def plot(pairs: dict, results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_table(results: dict, steps: int, score_thr: float, out: str) -> None:
+def write_table(results: dict, steps: str, score_thr: float, out: str) -> None:
     lines = [
         "<!-- results:start -->",
-        f"Trained {steps} steps at batch 16 on `shapes` (128 px), same schedule for both; "
+        f"Trained {steps} on `shapes` (128 px), same schedule for both; "
         f"val split (500 images), detections after NMS with score > {score_thr:g}.",
         "",
         "| detector | AP | AP50 | AP75 | Pearson (IoU>0) | Spearman (IoU>0) | "
@@ -145,7 +148,7 @@ def write_table(results: dict, steps: int, score_thr: float, out: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3000)
+    recipe.add_arguments(ap)
     ap.add_argument("--topk", type=int, default=50, help="candidate bag size N (paper 50)")
     ap.add_argument("--workdir", default="runs/noisy_anchor")
     ap.add_argument("--out", default=HERE, help="where results.json, the PNG and README go")
@@ -154,11 +157,12 @@ def main() -> None:
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     results, pairs = {}, {}
-    rows = variants(args.steps, args.topk, args.score_thr)
+    rows = variants(args.steps, args.topk, args.score_thr, args.recipe)
     score_thr = float(next(iter(rows.values())).test.score_thr)
     for i, (name, config) in enumerate(rows.items()):
         print(f"=== {name}")
-        workdir = os.path.join(args.workdir, f"v{i}")
+        workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe)
+                   if name == "RetinaNet" else os.path.join(args.workdir, f"v{i}"))
         state, parts = loop.train(config, workdir)
         coco = loop.evaluate(
             config, parts["detector"], state.params, parts["mesh"], workdir, step=int(state.step)
@@ -171,7 +175,7 @@ def main() -> None:
             json.dump({"steps": args.steps, "topk": args.topk, "score_thr": score_thr,
                        "results": results}, f, indent=2)
     plot(pairs, results, os.path.join(args.out, "score_iou.png"))
-    write_table(results, args.steps, score_thr, args.out)
+    write_table(results, recipe.describe(args.steps, args.recipe), score_thr, args.out)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ jaxdet.detectors.sampling_free, in every run's metrics.jsonl), evaluates each,
 and writes results.json, cls_loss.png and the table in README.md (between the
 results markers).
 
-  python experiments/sampling_free/run.py [--steps 3000] [--workdir runs/sampling_free]
+  python experiments/sampling_free/run.py [--steps 1000] [--recipe adamw|config] \
+      [--workdir runs/sampling_free]
   python experiments/sampling_free/run.py --estimate-prior   # pi of each base on shapes
 """
 
@@ -29,6 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.sampling_free import sampling_free_tiny_shapes as sf_config  # noqa: E402
+from experiments import recipe  # noqa: E402
 from jaxdet import detectors  # noqa: E402
 from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.losses import guided  # noqa: E402
@@ -44,11 +46,11 @@ VARIANTS = {
 COLORS = ("tab:blue", "tab:red", "tab:orange", "tab:green")
 
 
-def variant_configs(steps: int, log_every: int) -> dict:
+def variant_configs(steps: int, log_every: int, recipe_name: str = "adamw") -> dict:
     rows = {}
     for name, (cls_loss, prior, use_guided) in VARIANTS.items():
         c = sf_config.get_config("retinanet")
-        c.train.num_steps = steps
+        recipe.apply(c, steps, recipe_name)
         c.train.log_every = log_every
         c.train.checkpoint_every = max(steps, 1)
         sf = c.sampling_free
@@ -129,10 +131,10 @@ def plot(curves: dict, results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_table(results: dict, curves: dict, steps: int, prior: float) -> None:
+def write_table(results: dict, curves: dict, steps: str, prior: float) -> None:
     lines = [
         "<!-- results:start -->",
-        f"RetinaNet (tiny), {steps} steps at batch 16 on `shapes` (128 px), pi = {prior:g} for",
+        f"RetinaNet (tiny), {steps} on `shapes` (128 px), pi = {prior:g} for",
         "the optimal bias. fg / bg: the BCE foreground / background terms (/ num_pos) at the",
         "first logged step and averaged over the last 10% of the logged steps.",
         "",
@@ -163,7 +165,7 @@ def write_table(results: dict, curves: dict, steps: int, prior: float) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3000)
+    recipe.add_arguments(ap)
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--workdir", default="runs/sampling_free")
     ap.add_argument("--only", nargs="*", help="variant names to (re)run; others are read back")
@@ -176,7 +178,7 @@ def main() -> None:
             print(f"{base}: pi = {pi:.3g}, per class = {[f'{p:.3g}' for p in per_class]}")
         return
 
-    configs = variant_configs(args.steps, args.log_every)
+    configs = variant_configs(args.steps, args.log_every, args.recipe)
     prior = float(sf_config.SHAPES_PRIOR["retinanet"])
     results_path = os.path.join(HERE, "results.json")
     old = {}
@@ -198,7 +200,7 @@ def main() -> None:
         with open(results_path, "w") as f:
             json.dump({"steps": args.steps, "prior_prob": prior, "results": results}, f, indent=2)
     plot(curves, results, os.path.join(HERE, "cls_loss.png"))
-    write_table(results, curves, args.steps, prior)
+    write_table(results, curves, recipe.describe(args.steps, args.recipe), prior)
 
 
 if __name__ == "__main__":

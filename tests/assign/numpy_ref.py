@@ -232,3 +232,42 @@ def random_gt(rng, batch, m, image_hw=(128, 160), *, p_valid=0.8, p_ignore=0.15,
     boxes[~valid] = np.nan
     labels[~valid] = -7
     return boxes, labels, valid, ignore
+
+
+def hambox(
+    priors,
+    boxes,
+    valid,
+    ignore,
+    pred_boxes,
+    *,
+    pos_iou_thr=0.35,
+    k=5,
+    iou_thr=0.5,
+    count_matched=True,
+    best_anchor_all_ties=True,
+    ignore_iof_thr=0.5,
+):
+    """HAMBox's two stages by the paper's definition, GT by GT:
+    (gt_index [N], quality [N], compensated [N])."""
+    gi, _ = max_iou(priors, boxes, valid, ignore, pos_iou_thr=pos_iou_thr,
+                    neg_iou_thr=pos_iou_thr, min_pos_iou=0.0,
+                    gt_max_assign_all=best_anchor_all_ties,
+                    ignore_iof_thr=ignore_iof_thr)
+    n = len(gi)
+    quality = np.where(gi >= 0, 1.0, 0.0).astype(F32)
+    comp = np.zeros(n, bool)
+    gts, rows, _ = _split(boxes, valid, ignore)
+    if len(gts) == 0 or k <= 0:
+        return gi, quality, comp
+    iou = bbox_overlaps(gts, pred_boxes)  # [G, N]
+    free = np.nonzero(gi == -1)[0]
+    best = {int(a): int(np.argmax(iou[:, a])) for a in free}  # first max = lowest row
+    out = gi.copy()
+    for g in range(len(gts)):
+        budget = max(k - int(np.sum(gi == rows[g])), 0) if count_matched else k
+        cands = [a for a in free if best[a] == g and iou[g, a] >= iou_thr]
+        cands.sort(key=lambda a: (-iou[g, a], a))
+        for a in cands[:budget]:
+            out[a], quality[a], comp[a] = rows[g], iou[g, a], True
+    return out, quality, comp
