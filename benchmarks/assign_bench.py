@@ -85,7 +85,8 @@ def fsaf_reference(p, b, v, i):
                                b[v & i].astype(np.float64), 0.2, 0.5, 0.01, 0.5, False)
 
 
-# name -> (JAX per-image fn(priors, gt), NumPy fn(priors, boxes, valid, ignore), priors kind)
+# name -> (JAX per-image fn(priors, gt), NumPy fn(priors, boxes, valid, ignore), priors kind
+#          [, True: the JAX fn takes the whole batch itself, no vmap])
 BENCHES = {
     "max_iou": (
         lambda p, g: max_iou.assign(p, g),
@@ -101,6 +102,15 @@ BENCHES = {
         lambda p, g: atss.assign(p, g, topk=9),
         lambda p, b, v, i: ref.atss(p.boxes, p.level_sizes, b, v, i, topk=9),
         "anchors1",
+    ),
+    # ATSS with the lattice-window candidate search (`atss.assign_batch`, batched: the
+    # exact block search runs only when some GT of the batch needs it).
+    "atss_grid": (
+        lambda p, g: atss.assign_batch(p, g, topk=9,
+                                       grid_shapes=priors_lib.feature_shapes(IMAGE_HW, STRIDES)),
+        lambda p, b, v, i: ref.atss(p.boxes, p.level_sizes, b, v, i, topk=9),
+        "anchors1",
+        True,
     ),
     # FSAF: both center-region passes + online level selection (the NumPy column is
     # mmdetection's single level-agnostic pass, so its ratio flatters NumPy).
@@ -191,8 +201,8 @@ def random_gt(rng, batch, m):
     )
 
 
-def time_jax(fn, priors, gt, repeats):
-    f = jax.jit(jax.vmap(lambda g: fn(priors, g)))
+def time_jax(fn, priors, gt, repeats, batched=False):
+    f = jax.jit(lambda g: fn(priors, g)) if batched else jax.jit(jax.vmap(lambda g: fn(priors, g)))
     t0 = time.perf_counter()
     jax.block_until_ready(f(gt))
     compile_s = time.perf_counter() - t0
@@ -236,11 +246,11 @@ def main():
     )
     cache = {}
     for name in args.only:
-        jax_fn, np_fn, kind = BENCHES[name]
+        jax_fn, np_fn, kind, *batched = BENCHES[name]
         if kind not in cache:
             cache[kind] = make_priors(kind)
         p = cache[kind]
-        t_jax, cpu_jax, compile_s = time_jax(jax_fn, p, gt, args.repeats)
+        t_jax, cpu_jax, compile_s = time_jax(jax_fn, p, gt, args.repeats, bool(batched))
         t_np = time_numpy(np_fn, p, gt_np, min(args.numpy_images, args.batch))
         ms_jax = 1e3 * t_jax / args.batch
         print(

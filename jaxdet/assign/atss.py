@@ -28,10 +28,20 @@ farther than the k-th nearest prior, so the k blocks with the smallest minima
 (ties: lower block index, which is lower prior index) contain them all. IoUs are
 computed for the [M, k * levels] candidates only. `method='dense'` is the
 plain version (full distances, one top-k per level), kept for tests.
+
+`method='grid'` (and `assign_batch` with `grid_shapes`) uses the anchor layout of
+`make_anchors`: the centres of a level sit on a regular lattice, so a GT's k nearest
+priors are among the (2r+1)^2 locations around its centre. The window result is
+checked at run time (its k-th distance must be strictly below the distance to any
+prior outside the window; ignored priors or a GT centre outside the lattice can break
+that), and where the check fails the block search is used, so the result is exact.
 """
 
 from __future__ import annotations
 
+import math
+
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -110,61 +120,93 @@ def _level_topk_blocks(px, py, gx, gy, k, block):
     return _pick(d, idx, real, k)
 
 
-def assign(
-    priors: Priors,
-    gt: GroundTruth,
-    *,
-    topk: int = 9,
-    ignore_iof_thr: float = 0.5,
-    method: str = "blocks",
-    block: int = 16,
-    chunk: int = 8,
-) -> Assignment:
-    """ATSS assignment of one image.
+def _level_topk_grid(px, py, rx, ry, gx, gy, k, shape, num_base, radius):
+    """The k nearest priors of a level laid out as make_anchors does ((i * w + j) * A + a,
+    centres on a regular lattice), searched in a (2r+1)^2 window of locations around
+    the GT centre. px, py: the level's centres with ignored priors at +inf; rx, ry: the
+    real centres (lattice geometry). Returns ([M, k] indices, [M] exact): exact iff the
+    k-th nearest prior in the window is strictly nearer than every prior outside it,
+    i.e. the window result equals the full search."""
+    h, w = shape
+    a = num_base
+    x0, y0 = rx[0], ry[0]
+    sx = rx[a] - x0 if w > 1 else jnp.float32(1.0)
+    sy = ry[w * a] - y0 if h > 1 else jnp.float32(1.0)
+    wx, wy = min(2 * radius + 1, w), min(2 * radius + 1, h)
+    j0 = jnp.clip(jnp.round((gx - x0) / sx).astype(jnp.int32) - radius, 0, w - wx)  # [M]
+    i0 = jnp.clip(jnp.round((gy - y0) / sy).astype(jnp.int32) - radius, 0, h - wy)
+    cols = j0[:, None] + jnp.arange(wx)  # [M, wx]
+    rows = i0[:, None] + jnp.arange(wy)
+    loc = rows[:, :, None] * w + cols[:, None, :]  # [M, wy, wx]: increasing prior index
+    idx = (loc[..., None] * a + jnp.arange(a)).reshape(gx.shape[0], -1)
+    d = _distance(px[idx], py[idx], gx[:, None], gy[:, None])
+    _, pick = lax.top_k(-d, k)
+    kth = jnp.max(jnp.take_along_axis(d, pick, axis=1), axis=1)
+    # Nearest possible distance of a prior outside the window (per side; none: inf),
+    # less a margin for the lattice formula's rounding.
+    inf = jnp.float32(jnp.inf)
+    left = jnp.where(j0 > 0, gx - (x0 + (j0 - 1) * sx), inf)
+    right = jnp.where(j0 + wx < w, x0 + (j0 + wx) * sx - gx, inf)
+    top = jnp.where(i0 > 0, gy - (y0 + (i0 - 1) * sy), inf)
+    bottom = jnp.where(i0 + wy < h, y0 + (i0 + wy) * sy - gy, inf)
+    outside = jnp.minimum(jnp.minimum(left, right), jnp.minimum(top, bottom))
+    exact = kth < outside - 1e-3 * jnp.maximum(sx, sy)
+    return jnp.take_along_axis(idx, pick, axis=1), exact
 
-    Args:
-      priors: anchors of all levels (`priors.boxes` [N, 4], `level_sizes`); ATSS
-        uses one square anchor of 8 * stride per location.
-      gt: one image's GroundTruth, leaves [M, ...].
-      topk: candidates per level and GT (paper: 9).
-      ignore_iof_thr: IoF with an ignore region above which a prior is ignored;
-        jaxdet default 0.5 handles crowd boxes, <= 0 disables (mmdetection's -1).
-      method: 'blocks' (fast, exact) or 'dense' (reference).
-      block: priors per block for 'blocks'; levels of at most `block * topk`
-        priors are searched densely.
-      chunk: GT rows per loop step of the ignore-region fold (speed only).
-    Returns:
-      Assignment: gt_index [N] int32, quality [N] float32 (IoU with the matched GT).
-    """
-    if method not in ("blocks", "dense"):
-        raise ValueError(f"unknown method {method!r}; expected 'blocks' or 'dense'")
+
+def _grid_radius(k: int, num_base: int) -> int:
+    """Window half-size (in locations) that holds the k nearest priors of a GT (the
+    ceil(sqrt(ceil(k / A)))^2 locations around its centre) when the centre lies up to
+    one stride beyond the lattice: with center_offset 0 the last centres sit up to a
+    stride inside the image border, so GT centres there are common."""
+    side = math.ceil(math.sqrt(math.ceil(k / num_base)))
+    return side // 2 + 2
+
+
+def _prepare(priors: Priors, gt: GroundTruth, ignore_iof_thr: float, chunk: int) -> dict:
     pb = common.as_f32(priors.boxes)
-    n = pb.shape[0]
     boxes, match_rows, ignore_rows = common.split_gt(gt)
-    m = boxes.shape[0]
     ignored = common.ignored_by_iof(pb, boxes, ignore_rows, ignore_iof_thr, chunk)
-
     # Centres as mmdetection computes them (from the boxes, in float32).
     cx = (pb[:, 0] + pb[:, 2]) / 2.0
     cy = (pb[:, 1] + pb[:, 3]) / 2.0
-    gx = (boxes[:, 0] + boxes[:, 2]) / 2.0
-    gy = (boxes[:, 1] + boxes[:, 3]) / 2.0
-    # Ignored priors are infinitely far from every GT.
-    far_x = jnp.where(ignored, jnp.inf, cx)
-    far_y = jnp.where(ignored, jnp.inf, cy)
+    return dict(
+        boxes=boxes, match_rows=match_rows, ignored=ignored, cx=cx, cy=cy,
+        gx=(boxes[:, 0] + boxes[:, 2]) / 2.0, gy=(boxes[:, 1] + boxes[:, 3]) / 2.0,
+        # Ignored priors are infinitely far from every GT.
+        far_x=jnp.where(ignored, jnp.inf, cx), far_y=jnp.where(ignored, jnp.inf, cy),
+    )
 
-    candidates = []
-    for start, size in zip(priors.level_starts, priors.level_sizes):
+
+def _candidates(priors: Priors, prep: dict, topk: int, method: str, block: int,
+                grid_shapes=None, grid_radius: int | None = None):
+    """([M, K] candidate indices of all levels, exact scalar bool)."""
+    gx, gy = prep["gx"], prep["gy"]
+    candidates, exact = [], jnp.bool_(True)
+    for lvl, (start, size) in enumerate(zip(priors.level_starts, priors.level_sizes)):
         k = min(topk, size)
-        lx = lax.slice_in_dim(far_x, start, start + size)
-        ly = lax.slice_in_dim(far_y, start, start + size)
+        lx = lax.slice_in_dim(prep["far_x"], start, start + size)
+        ly = lax.slice_in_dim(prep["far_y"], start, start + size)
         if method == "dense" or size <= block * k:
             idx = _level_topk_dense(lx, ly, gx, gy, k)
+        elif method == "grid":
+            rx = lax.slice_in_dim(prep["cx"], start, start + size)
+            ry = lax.slice_in_dim(prep["cy"], start, start + size)
+            r = grid_radius if grid_radius is not None else _grid_radius(k, priors.num_base)
+            idx, ok = _level_topk_grid(lx, ly, rx, ry, gx, gy, k, tuple(grid_shapes[lvl]),
+                                       priors.num_base, r)
+            exact = exact & jnp.all(ok | ~prep["match_rows"])
         else:
             idx = _level_topk_blocks(lx, ly, gx, gy, k, block)
         candidates.append(idx + start)
-    cand = jnp.concatenate(candidates, axis=1)  # [M, K]
+    return jnp.concatenate(candidates, axis=1), exact
 
+
+def _select(pb: jnp.ndarray, prep: dict, cand: jnp.ndarray) -> Assignment:
+    """Adaptive threshold, centre test and collisions on the candidates [M, K]."""
+    n = pb.shape[0]
+    boxes, match_rows, cx, cy = prep["boxes"], prep["match_rows"], prep["cx"], prep["cy"]
+    m = boxes.shape[0]
     iou = box_ops.aligned_iou(pb[cand], boxes[:, None, :])  # [M, K]
     thr = jnp.mean(iou, axis=1) + jnp.std(iou, axis=1, ddof=1)
     ccx, ccy = cx[cand], cy[cand]
@@ -182,5 +224,96 @@ def assign(
     wins = pos.reshape(-1) & (val == best[flat])
     winner = jnp.full((n,), m, jnp.int32).at[flat].min(jnp.where(wins, rows, m))
 
-    gt_index = jnp.where(winner < m, winner, common.unmatched(ignored))
+    gt_index = jnp.where(winner < m, winner, common.unmatched(prep["ignored"]))
     return common.finish(gt_index, best)
+
+
+def _check_grid(priors: Priors, grid_shapes) -> None:
+    if grid_shapes is None:
+        raise ValueError("method='grid' needs grid_shapes (or priors.feature_shapes)")
+    sizes = tuple(int(h) * int(w) * priors.num_base for h, w in grid_shapes)
+    if sizes != tuple(priors.level_sizes):
+        raise ValueError(f"grid_shapes {tuple(grid_shapes)} x {priors.num_base} anchors give "
+                         f"level sizes {sizes}, priors have {tuple(priors.level_sizes)}")
+
+
+def assign(
+    priors: Priors,
+    gt: GroundTruth,
+    *,
+    topk: int = 9,
+    ignore_iof_thr: float = 0.5,
+    method: str = "blocks",
+    block: int = 16,
+    grid_shapes=None,
+    grid_radius: int | None = None,
+    chunk: int = 8,
+) -> Assignment:
+    """ATSS assignment of one image.
+
+    Args:
+      priors: anchors of all levels (`priors.boxes` [N, 4], `level_sizes`); ATSS
+        uses one square anchor of 8 * stride per location.
+      gt: one image's GroundTruth, leaves [M, ...].
+      topk: candidates per level and GT (paper: 9).
+      ignore_iof_thr: IoF with an ignore region above which a prior is ignored;
+        jaxdet default 0.5 handles crowd boxes, <= 0 disables (mmdetection's -1).
+      method: 'blocks' (fast, exact), 'grid' (window search on the anchor lattice,
+        falls back to 'blocks' when the window cannot be proven to hold the top-k;
+        needs `grid_shapes`; under vmap use `assign_batch`, where the fallback is
+        decided once per batch) or 'dense' (reference).
+      block: priors per block for 'blocks'; levels of at most `block * topk`
+        priors are searched densely.
+      grid_shapes: static (h, w) of every level for 'grid' (default:
+        `priors.feature_shapes`, which `make_anchors` sets).
+      grid_radius: window half-size in locations for 'grid' (default: enough for
+        `topk`, see `_grid_radius`).
+      chunk: GT rows per loop step of the ignore-region fold (speed only).
+    Returns:
+      Assignment: gt_index [N] int32, quality [N] float32 (IoU with the matched GT).
+    """
+    if method not in ("blocks", "dense", "grid"):
+        raise ValueError(f"unknown method {method!r}; expected 'blocks', 'grid' or 'dense'")
+    pb = common.as_f32(priors.boxes)
+    prep = _prepare(priors, gt, ignore_iof_thr, chunk)
+    if method == "grid":
+        grid_shapes = grid_shapes or priors.feature_shapes
+        _check_grid(priors, grid_shapes)
+        cand, exact = _candidates(priors, prep, topk, "grid", block, grid_shapes, grid_radius)
+        cand = lax.cond(exact, lambda: cand,
+                        lambda: _candidates(priors, prep, topk, "blocks", block)[0])
+    else:
+        cand, _ = _candidates(priors, prep, topk, method, block)
+    return _select(pb, prep, cand)
+
+
+def assign_batch(
+    priors: Priors,
+    gt: GroundTruth,
+    *,
+    topk: int = 9,
+    ignore_iof_thr: float = 0.5,
+    grid_shapes=None,
+    block: int = 16,
+    grid_radius: int | None = None,
+    chunk: int = 8,
+) -> Assignment:
+    """ATSS for a batch, gt leaves [B, M, ...] -> Assignment [B, N]; the same results
+    as `jax.vmap(assign)`. With `grid_shapes` (default: `priors.feature_shapes`, set
+    by `make_anchors`) the candidates come from the lattice
+    window search and the exact block search runs only if some GT of the batch needs
+    it (one `lax.cond` on a batch-wide flag, so only one branch executes); without,
+    it is `jax.vmap` of the block method."""
+    pb = common.as_f32(priors.boxes)
+    prep = jax.vmap(lambda g: _prepare(priors, g, ignore_iof_thr, chunk))(gt)
+    blocks = lambda: jax.vmap(lambda p: _candidates(priors, p, topk, "blocks", block)[0])(prep)
+    grid_shapes = grid_shapes or priors.feature_shapes
+    if grid_shapes is None:
+        cand = blocks()
+    else:
+        _check_grid(priors, grid_shapes)
+        cand, exact = jax.vmap(
+            lambda p: _candidates(priors, p, topk, "grid", block, grid_shapes, grid_radius)
+        )(prep)
+        cand = lax.cond(jnp.all(exact), lambda: cand, blocks)
+    return jax.vmap(lambda p, c: _select(pb, p, c))(prep, cand)

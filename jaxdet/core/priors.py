@@ -101,6 +101,7 @@ def make_anchors(
         levels=np.concatenate(all_levels),
         level_sizes=tuple(sizes),
         num_base=num_base,
+        feature_shapes=tuple((int(h), int(w)) for h, w in feature_shapes),
     )
 
 
@@ -130,4 +131,5 @@ def make_points(
         levels=np.concatenate(lv),
         level_sizes=tuple(sizes),
         num_base=1,
+        feature_shapes=tuple((int(h), int(w)) for h, w in feature_shapes),
     )

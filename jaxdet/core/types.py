@@ -55,6 +55,9 @@ class Priors:
     levels:  [N] int32 level index (0 = first level, e.g. P3).
     level_sizes: static tuple, number of priors per level (sum = N).
     num_base: static int, priors per location (anchors per position).
+    feature_shapes: static ((h, w), ...) of every level when the priors form a grid
+             of `num_base` priors per location, row-major (make_anchors /
+             make_points); None otherwise. Lets assigners search the lattice.
     """
 
     boxes: Array
@@ -63,6 +66,9 @@ class Priors:
     levels: Array
     level_sizes: tuple[int, ...] = flax.struct.field(pytree_node=False)
     num_base: int = flax.struct.field(pytree_node=False, default=1)
+    feature_shapes: tuple[tuple[int, int], ...] | None = flax.struct.field(
+        pytree_node=False, default=None
+    )
 
     @property
     def num_priors(self) -> int:

@@ -64,8 +64,8 @@ class RetinaNet(DenseDetector):
                 ignore_iof_thr=hp.ignore_iof_thr,
             )
         elif hp.name == "atss":
-            fn = lambda g: atss_assign.assign(
-                priors, g, topk=hp.topk, ignore_iof_thr=hp.ignore_iof_thr
+            return atss_assign.assign_batch(
+                priors, gt, topk=hp.topk, ignore_iof_thr=hp.ignore_iof_thr
             )
         else:
             raise ValueError(f"unknown assigner.name {hp.name!r} (max_iou | atss)")

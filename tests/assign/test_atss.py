@@ -187,3 +187,79 @@ def test_user_snippet_shapes():
     b = jax.jit(jax.vmap(atss.assign, in_axes=(None, 0)))(p, gt_batch)
     np.testing.assert_array_equal(a.gt_index, b.gt_index)
     np.testing.assert_array_equal(a.quality, b.quality)
+
+
+_GRID = priors_lib.feature_shapes((128, 160), STRIDES)
+_GRID_FNS = [
+    jax.jit(jax.vmap(lambda g: atss.assign(_P, g, block=3, method="grid", grid_shapes=_GRID))),
+    jax.jit(lambda g: atss.assign_batch(_P, g, block=3, grid_shapes=_GRID)),
+    jax.jit(lambda g: atss.assign_batch(_P, g, block=3)),
+]
+
+
+def test_grid_search_matches_numpy_reference():
+    """The lattice-window search (per image and batched, with its fallback) gives
+    mmdetection's result, on random boxes (with ignore regions) and lattice ties."""
+    for seed in range(3):
+        gt_np = ref.random_gt(np.random.default_rng(seed), 6, 12)
+        _check_against_reference(_P, gt_np, [f(GroundTruth(*gt_np)) for f in _GRID_FNS])
+    rng = np.random.default_rng(7)
+    b, m = 6, 12
+    x1, y1 = rng.integers(0, 36, (b, m)) * 4, rng.integers(0, 28, (b, m)) * 4
+    w, h = rng.integers(1, 16, (b, m)) * 4, rng.integers(1, 16, (b, m)) * 4
+    boxes = np.stack([x1, y1, x1 + w, y1 + h], -1).astype(np.float32)
+    gt_np = (boxes, np.zeros((b, m), np.int32), rng.uniform(size=(b, m)) < 0.9,
+             np.zeros((b, m), bool))
+    _check_against_reference(_P, gt_np, [f(GroundTruth(*gt_np)) for f in _GRID_FNS])
+
+
+def test_grid_window_is_exact_without_ignore_and_falls_back_with_it():
+    # Boxes inside the 160 x 128 image (as the input pipeline clips them). GT centres
+    # far outside the lattice may need the fallback (their nearest priors spread along
+    # the border): the random cases above cover that.
+    rng = np.random.default_rng(1)
+    wh = rng.uniform(2, 100, (4, 12, 2))
+    xy = rng.uniform(0, 1, (4, 12, 2)) * (np.array([160, 128]) - wh)
+    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    labels = np.zeros((4, 12), np.int32)
+    valid = np.ones((4, 12), bool)
+    gt = GroundTruth(boxes, labels, valid, np.zeros_like(valid))
+    exact = jax.jit(jax.vmap(lambda g: atss._candidates(
+        _P, atss._prepare(_P, g, 0.5, 8), 9, "grid", 3, _GRID)[1]))(gt)
+    assert np.all(np.asarray(exact))
+    # A crowd region covering the whole image ignores every prior: the window cannot
+    # hold 9 non-ignored priors, the check fails, and the block search decides.
+    big = boxes.copy()
+    big[:, -1] = [0, 0, 160, 128]
+    ign = np.zeros_like(valid)
+    ign[:, -1] = True
+    valid2 = valid.copy()
+    valid2[:, -1] = True
+    gt2 = GroundTruth(big, labels, valid2, ign)
+    exact = jax.jit(jax.vmap(lambda g: atss._candidates(
+        _P, atss._prepare(_P, g, 0.5, 8), 9, "grid", 3, _GRID)[1]))(gt2)
+    assert not np.any(np.asarray(exact))
+    _check_against_reference(_P, (big, labels, valid2, ign), [f(gt2) for f in _GRID_FNS])
+
+
+def test_grid_search_with_nine_anchors_per_location():
+    shapes = priors_lib.feature_shapes((96, 128), STRIDES[:3])
+    p = priors_lib.make_anchors(shapes, STRIDES[:3])  # 3 scales x 3 ratios
+    gt_np = ref.random_gt(np.random.default_rng(5), 4, 10, image_hw=(96, 128))
+    gt = GroundTruth(*gt_np)
+    for k in (9, 20):
+        want = jax.jit(jax.vmap(lambda g, k=k: atss.assign(p, g, topk=k, method="dense")))(gt)
+        got = jax.jit(lambda g, k=k: atss.assign_batch(p, g, topk=k, block=2,
+                                                       grid_shapes=shapes))(gt)
+        np.testing.assert_array_equal(got.gt_index, want.gt_index)
+        np.testing.assert_array_equal(got.quality, want.quality)
+
+
+def test_grid_needs_matching_grid_shapes():
+    import pytest
+
+    with pytest.raises(ValueError, match="grid_shapes"):
+        atss.assign(_row_priors(), _gt([[0, 0, 8, 8]]), method="grid")  # not a make_anchors grid
+    assert _P.feature_shapes == tuple(_GRID)
+    with pytest.raises(ValueError, match="level sizes"):
+        atss.assign(_P, _gt([[0, 0, 8, 8]]), method="grid", grid_shapes=_GRID[:2] * 3)
