@@ -56,13 +56,29 @@ class Checkpointer:
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"]
 
-    def restore_params(self, step: int | None = None) -> Any:
-        """Restores only the parameters (for eval), without a template."""
+    def restore_params(self, step: int | None = None, sharding: Any | None = None) -> Any:
+        """Restores the train state of `step` (default latest) without a template, for
+        eval: shapes and dtypes come from the checkpoint's metadata, and every array is
+        placed with `sharding` (default: the first local device), so a checkpoint saved
+        on another topology (a pod, several processes or devices) restores here."""
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        reader = ocp.CheckpointManager(
+            self.directory, item_handlers={"state": ocp.StandardCheckpointHandler()}
+        )
+        meta = reader.item_metadata(step)["state"]
+        reader.close()
+        sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def target(leaf):
+            if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+                return jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype, sharding=sharding)
+            return leaf
+
+        abstract = jax.tree_util.tree_map(target, meta)
         restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
         )
         return restored["state"]
 
