@@ -2,7 +2,8 @@
 RetinaNet with one anchor per location and max-IoU assignment, the same
 detector with ATSS assignment, and FCOS, trained with one schedule on `shapes`.
 
-  python experiments/atss_gap/run.py [--steps 3000] [--workdir runs/atss_gap]
+  python experiments/atss_gap/run.py [--steps 1000] [--recipe adamw|config] \
+      [--workdir runs/atss_gap]
 
 Writes the AP table into experiments/atss_gap/README.md (between markers) and
 results.json beside it.
@@ -20,10 +21,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from configs.fcos import fcos_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
+from experiments import recipe  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 
-def variants(steps: int):
+def variants(steps: int, recipe_name: str = "adamw"):
     def retina(assigner: str):
         c = retinanet_tiny_shapes.get_config()
         c.anchor.scales_per_octave = 1
@@ -39,15 +41,15 @@ def variants(steps: int):
         "FCOS (centre sampling)": fcos_tiny_shapes.get_config(),
     }
     for c in rows.values():
-        c.train.num_steps = steps
+        recipe.apply(c, steps, recipe_name)
         c.test.nms_iou = 0.6
     return rows
 
 
-def write_table(results: dict, steps: int) -> None:
+def write_table(results: dict, steps: str) -> None:
     lines = [
         "<!-- results:start -->",
-        f"Trained {steps} steps at batch 16 on `shapes` (128 px), same schedule for all.",
+        f"Trained {steps} on `shapes` (128 px), same schedule for all.",
         "",
         "| detector | AP | AP50 | AP75 | APs | APm | APl |",
         "|---|---|---|---|---|---|---|",
@@ -68,17 +70,17 @@ def write_table(results: dict, steps: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3000)
+    recipe.add_arguments(ap)
     ap.add_argument("--workdir", default="runs/atss_gap")
     args = ap.parse_args()
     results = {}
-    for i, (name, config) in enumerate(variants(args.steps).items()):
+    for i, (name, config) in enumerate(variants(args.steps, args.recipe).items()):
         print(f"=== {name}")
         stats = loop.train_and_evaluate(config, os.path.join(args.workdir, f"v{i}"))
         results[name] = stats
         with open(os.path.join(HERE, "results.json"), "w") as f:
             json.dump({"steps": args.steps, "results": results}, f, indent=2)
-    write_table(results, args.steps)
+    write_table(results, recipe.describe(args.steps, args.recipe))
 
 
 if __name__ == "__main__":
