@@ -98,7 +98,7 @@ def plot(results: dict, curves: dict, path: str) -> None:
             ax2.step(s, v, color="C3", where="post", label="depression ratio r(t)")
             ax2.set_ylabel("r(t)")
             ax2.set_ylim(0, 0.6)
-            ax2.legend(loc="upper center", fontsize=8)
+            ax2.legend(loc="upper left", bbox_to_anchor=(0.0, 0.9), fontsize=8)
         ax.legend(loc="upper right", fontsize=8)
     ax.set_xlabel("step")
     ax.set_title("selection-depression schedules")
