@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from configs.fcos import fcos_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
-from experiments import recipe  # noqa: E402
+from experiments import recipe, report  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 
@@ -60,12 +60,7 @@ def write_table(results: dict, steps: str) -> None:
             f"{s['APs']:.3f} | {s['APm']:.3f} | {s['APl']:.3f} |"
         )
     lines.append("<!-- results:end -->")
-    readme = os.path.join(HERE, "README.md")
-    text = open(readme).read()
-    start, end = text.index("<!-- results:start -->"), text.index("<!-- results:end -->")
-    text = text[:start] + "\n".join(lines) + text[end + len("<!-- results:end -->"):]
-    with open(readme, "w") as f:
-        f.write(text)
+    report.write_results(os.path.join(HERE, "README.md"), lines)
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from configs.fsaf import fsaf_ab_af_tiny_shapes, fsaf_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
-from experiments import recipe  # noqa: E402
+from experiments import recipe, report  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 FSAF_KEYS = ("fsaf/mismatch", "fsaf/sel_l0", "fsaf/sel_l1", "fsaf/sel_l2",
@@ -155,12 +155,7 @@ def write_tables(results: dict, curves: dict, steps: str) -> None:
             f"{_window_mean(c['fsaf/mismatch'], 0.9, 1.0):.3f} | {sel} | {heur} |"
         )
     lines += ["", "![FSAF](fsaf.png)", "<!-- results:end -->"]
-    readme = os.path.join(HERE, "README.md")
-    text = open(readme).read()
-    start, end = text.index("<!-- results:start -->"), text.index("<!-- results:end -->")
-    text = text[:start] + "\n".join(lines) + text[end + len("<!-- results:end -->"):]
-    with open(readme, "w") as f:
-        f.write(text)
+    report.write_results(os.path.join(HERE, "README.md"), lines)
 
 
 def main() -> None:

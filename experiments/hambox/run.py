@@ -36,7 +36,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from configs.hambox import hambox_tiny_shapes  # noqa: E402
-from experiments import recipe  # noqa: E402
+from experiments import recipe, report  # noqa: E402
 from jaxdet.core.types import ground_truth_from_batch  # noqa: E402
 from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
@@ -51,16 +51,6 @@ def variants(steps: int, recipe_name: str) -> dict:
     baseline.assigner.k = 0
     return {"Baseline (IoU 0.35 matching)": ("baseline", baseline),
             "HAMBox (K=5)": ("hambox", base)}
-
-
-def np_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[K, 4] x [M, 4] -> [K, M] IoU (xyxy)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)
-    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-6)
 
 
 def analyse(config, det, params) -> dict:
@@ -90,7 +80,7 @@ def analyse(config, det, params) -> dict:
             if not len(rows):
                 continue
             gb, gl = np.asarray(b["boxes"][i])[rows], np.asarray(b["labels"][i])[rows]
-            iou = np_iou(boxes[i], gb)  # [N, G]
+            iou = report.np_iou(boxes[i], gb)  # [N, G]
             best = iou.argmax(1)
             best_iou = iou.max(1)
             cls_score = scores[i][np.arange(len(best)), gl[best]]
@@ -102,7 +92,7 @@ def analyse(config, det, params) -> dict:
             correct += ok.sum()
             correct_from_unmatched += (ok & unmatched).sum()
             v = dets.valid[i]
-            d_iou = np_iou(dets.boxes[i][v], gb)
+            d_iou = report.np_iou(dets.boxes[i][v], gb)
             d_iou = np.where(dets.classes[i][v][:, None] == gl[None, :], d_iou, 0.0)
             d_best = d_iou.argmax(1) if d_iou.shape[0] else np.zeros(0, int)
             d_hit = (d_iou.max(1) >= 0.5) if d_iou.shape[0] else np.zeros(0, bool)
@@ -203,12 +193,7 @@ def write_table(results: dict, schedule: str, score_thr: float) -> None:
                  f"{s[k]['missed']:.0%} (n={s[k]['n']})" for k in SIZE_LABELS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "![HAMBox analyses](hambox.png)", "<!-- results:end -->"]
-    readme = os.path.join(HERE, "README.md")
-    text = open(readme).read()
-    start, end = text.index("<!-- results:start -->"), text.index("<!-- results:end -->")
-    text = text[:start] + "\n".join(lines) + text[end + len("<!-- results:end -->"):]
-    with open(readme, "w") as f:
-        f.write(text)
+    report.write_results(os.path.join(HERE, "README.md"), lines)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from configs.mal import mal_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
-from experiments import recipe  # noqa: E402
+from experiments import recipe, report  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 CURVE_KEYS = ("num_selected", "depression_ratio", "bag_max_conf", "loss_pos", "loss_neg",
@@ -146,12 +146,7 @@ def write_table(results: dict, steps: str, val_split: str) -> None:
             f"{s['APs']:.3f} | {s['APm']:.3f} | {s['APl']:.3f} | {s['AR100']:.3f} |"
         )
     lines += ["", "![MAL experiment](mal.png)", "<!-- results:end -->"]
-    readme = os.path.join(HERE, "README.md")
-    text = open(readme).read()
-    start, end = text.index("<!-- results:start -->"), text.index("<!-- results:end -->")
-    text = text[:start] + "\n".join(lines) + text[end + len("<!-- results:end -->"):]
-    with open(readme, "w") as f:
-        f.write(text)
+    report.write_results(os.path.join(HERE, "README.md"), lines)
 
 
 def main() -> None:

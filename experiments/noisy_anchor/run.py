@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from configs.noisy_anchor import noisy_anchor_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
-from experiments import recipe  # noqa: E402
+from experiments import recipe, report  # noqa: E402
 from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
@@ -51,16 +51,6 @@ def variants(steps: int, topk: int, score_thr: float | None = None,
         if score_thr is not None:
             c.test.score_thr = score_thr
     return rows
-
-
-def np_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[K, 4] x [M, 4] -> [K, M] IoU (xyxy)."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)
-    return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-6)
 
 
 def score_iou_pairs(config, detector, params) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +70,7 @@ def score_iou_pairs(config, detector, params) -> tuple[np.ndarray, np.ndarray]:
             boxes, sc, cl = dets.boxes[i][keep], dets.scores[i][keep], dets.classes[i][keep]
             g = b["valid"][i] & ~b["ignore"][i]
             gb, gl = b["boxes"][i][g], b["labels"][i][g]
-            iou = np_iou(boxes, gb) if len(gb) else np.zeros((len(boxes), 0))
+            iou = report.np_iou(boxes, gb) if len(gb) else np.zeros((len(boxes), 0))
             iou = np.where(cl[:, None] == gl[None, :], iou, 0.0)
             scores.append(sc)
             ious.append(iou.max(axis=1) if iou.shape[1] else np.zeros(len(boxes)))
@@ -138,12 +128,8 @@ def write_table(results: dict, steps: str, score_thr: float, out: str) -> None:
             f"{c['matched']['n']} / {c['unmatched']} |"
         )
     lines += ["", "![score vs IoU](score_iou.png)", "<!-- results:end -->"]
-    readme = os.path.join(out, "README.md")
-    text = open(readme if os.path.exists(readme) else os.path.join(HERE, "README.md")).read()
-    start, end = text.index("<!-- results:start -->"), text.index("<!-- results:end -->")
-    text = text[:start] + "\n".join(lines) + text[end + len("<!-- results:end -->"):]
-    with open(readme, "w") as f:
-        f.write(text)
+    report.write_results(os.path.join(out, "README.md"), lines,
+                         template=os.path.join(HERE, "README.md"))
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs.sampling_free import sampling_free_tiny_shapes as sf_config  # noqa: E402
-from experiments import recipe  # noqa: E402
+from experiments import recipe, report  # noqa: E402
 from jaxdet import detectors  # noqa: E402
 from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.losses import guided  # noqa: E402
@@ -155,12 +155,7 @@ def write_table(results: dict, curves: dict, steps: str, prior: float) -> None:
             f"{s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} |"
         )
     lines.append("<!-- results:end -->")
-    readme = os.path.join(HERE, "README.md")
-    text = open(readme).read()
-    start, end = text.index("<!-- results:start -->"), text.index("<!-- results:end -->")
-    text = text[:start] + "\n".join(lines) + text[end + len("<!-- results:end -->") :]
-    with open(readme, "w") as f:
-        f.write(text)
+    report.write_results(os.path.join(HERE, "README.md"), lines)
 
 
 def main() -> None:
