@@ -46,3 +46,23 @@ def tiny_config(detector: str, data_dir: str, **train) -> ml_collections.ConfigD
     for k, v in train.items():
         config.train[k] = v
     return config
+
+
+def synthetic_batch(config, boxes, labels, valid, seed: int = 0) -> dict:
+    """A training batch of noise images with the given padded GT: boxes [B, M, 4],
+    labels [B, M], valid [B, M] (no ignore rows), images of config.data.image_size."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    h, w = config.data.image_size
+    valid = np.asarray(valid, bool)
+    b = valid.shape[0]
+    rng = np.random.default_rng(seed)
+    return dict(
+        image=jnp.asarray(rng.normal(size=(b, h, w, 3)), jnp.float32),
+        image_hw=jnp.asarray(np.tile([h, w], (b, 1)), jnp.int32),
+        boxes=jnp.asarray(boxes, jnp.float32),
+        labels=jnp.asarray(labels, jnp.int32),
+        valid=jnp.asarray(valid),
+        ignore=jnp.zeros(valid.shape, bool),
+    )

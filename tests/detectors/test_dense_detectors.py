@@ -13,7 +13,7 @@ import pytest
 
 from jaxdet import detectors
 from jaxdet.train import loop
-from tests.tiny import tiny_config
+from tests.tiny import synthetic_batch, tiny_config
 
 DETECTORS = ("atss", "retinanet", "fcos")
 
@@ -21,20 +21,6 @@ DETECTORS = ("atss", "retinanet", "fcos")
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _batch(config, boxes, labels, valid):
-    h, w = config.data.image_size
-    b = boxes.shape[0]
-    rng = np.random.default_rng(0)
-    return dict(
-        image=jnp.asarray(rng.normal(size=(b, h, w, 3)), jnp.float32),
-        image_hw=jnp.asarray(np.tile([h, w], (b, 1)), jnp.int32),
-        boxes=jnp.asarray(boxes, jnp.float32),
-        labels=jnp.asarray(labels, jnp.int32),
-        valid=jnp.asarray(valid),
-        ignore=jnp.zeros(valid.shape, bool),
-    )
 
 
 @pytest.mark.parametrize("name", DETECTORS)
@@ -73,7 +59,7 @@ def test_image_without_boxes_gives_finite_loss(name, data_dir):
     valid = np.zeros((2, m), bool)
     valid[0, 0] = True
     for v in (valid, np.zeros_like(valid)):  # also: a batch with no box at all
-        batch = _batch(config, boxes, np.zeros((2, m), np.int32), v)
+        batch = synthetic_batch(config, boxes, np.zeros((2, m), np.int32), v)
         grad_fn = jax.jit(jax.value_and_grad(
             lambda p, b=batch: det.loss_fn(p, b, jax.random.PRNGKey(1), det_state, 0)[0]
         ))

@@ -16,7 +16,7 @@ from jaxdet import detectors
 from jaxdet.assign import center_region
 from jaxdet.core.types import GroundTruth
 from jaxdet.train import loop
-from tests.tiny import tiny_config
+from tests.tiny import synthetic_batch, tiny_config
 
 AF = "configs.fsaf.fsaf_tiny_shapes"
 AB_AF = "configs.fsaf.fsaf_ab_af_tiny_shapes"
@@ -124,20 +124,6 @@ def test_branches_are_merged_before_nms(data_dir):
     np.testing.assert_allclose(float(d.scores[0, 0]), jax.nn.sigmoid(3.0), rtol=1e-6)
 
 
-def _batch(config, boxes, valid):
-    h, w = config.data.image_size
-    b = boxes.shape[0]
-    rng = np.random.default_rng(0)
-    return dict(
-        image=jnp.asarray(rng.normal(size=(b, h, w, 3)), jnp.float32),
-        image_hw=jnp.asarray(np.tile([h, w], (b, 1)), jnp.int32),
-        boxes=jnp.asarray(boxes, jnp.float32),
-        labels=jnp.zeros(valid.shape, jnp.int32),
-        valid=jnp.asarray(valid),
-        ignore=jnp.zeros(valid.shape, bool),
-    )
-
-
 # The anchor-based + anchor-free variant runs both branches; the anchor-free-only one
 # differs only by config and runs with the slow tests (`make test-slow`).
 BOTH = [pytest.param(AF, marks=pytest.mark.slow), AB_AF]
@@ -154,7 +140,7 @@ def test_image_without_boxes_gives_finite_loss(module, data_dir):
     valid = np.zeros((2, m), bool)
     valid[0, 0] = True
     for v in (valid, np.zeros_like(valid)):
-        batch = _batch(config, boxes, v)
+        batch = synthetic_batch(config, boxes, np.zeros(np.shape(v), np.int32), v)
         grad_fn = jax.jit(jax.value_and_grad(
             lambda p, b=batch: det.loss_fn(p, b, jax.random.PRNGKey(1), det_state, 0),
             has_aux=True,

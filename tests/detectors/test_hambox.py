@@ -17,26 +17,12 @@ from jaxdet import detectors
 from jaxdet.core import coders
 from jaxdet.core.types import ground_truth_from_batch
 from jaxdet.train import loop
-from tests.tiny import tiny_config
+from tests.tiny import synthetic_batch, tiny_config
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _batch(config, boxes, labels, valid, seed=0):
-    h, w = config.data.image_size
-    b = boxes.shape[0]
-    rng = np.random.default_rng(seed)
-    return dict(
-        image=jnp.asarray(rng.normal(size=(b, h, w, 3)), jnp.float32),
-        image_hw=jnp.asarray(np.tile([h, w], (b, 1)), jnp.int32),
-        boxes=jnp.asarray(boxes, jnp.float32),
-        labels=jnp.asarray(labels, jnp.int32),
-        valid=jnp.asarray(valid),
-        ignore=jnp.zeros(valid.shape, bool),
-    )
 
 
 def _two_box_batch(config):
@@ -47,7 +33,7 @@ def _two_box_batch(config):
     valid = np.zeros((2, 4), bool)
     valid[0, :2] = valid[1, 0] = True
     labels = np.array([[0, 2, 0, 0], [1, 0, 0, 0]], np.int32)
-    return _batch(config, boxes, labels, valid)
+    return synthetic_batch(config, boxes, labels, valid)
 
 
 def test_train_save_restore_eval(data_dir, tmp_path):
@@ -89,7 +75,7 @@ def test_image_without_boxes_gives_finite_loss(tiny):
     valid = np.zeros((2, 4), bool)
     valid[0, 0] = True
     for v in (valid, np.zeros_like(valid)):
-        batch = _batch(config, boxes, np.zeros((2, 4), np.int32), v)
+        batch = synthetic_batch(config, boxes, np.zeros((2, 4), np.int32), v)
         (loss, (metrics, _)), grads = loss_and_grad(params, batch)
         assert np.isfinite(float(loss))
         assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
@@ -99,8 +85,8 @@ def test_image_without_boxes_gives_finite_loss(tiny):
 def test_compensation_from_regressed_boxes(tiny):
     """Head outputs whose every regression lands on GT 0 of its image: GT 0 ends with
     max(K, n_matched) anchors, the compensated ones at regressed IoU 1; GT 1 of image 0
-    keeps its stage-1 anchors; the 6 px GT of image 1 has one matched anchor (its best,
-    below T1) and gains 4."""
+    keeps its stage-1 anchors; the 6 px GT of image 1 has only its best anchors (below
+    T1) and gains the rest up to K."""
     config, det, params, _ = tiny
     batch = _two_box_batch(config)
     out = dict(jax.jit(det.apply)(params, batch["image"]))
@@ -117,7 +103,8 @@ def test_compensation_from_regressed_boxes(tiny):
     assert np.sum(c[0] & (g[0] == 0)) == max(5 - n0, 0)
     np.testing.assert_allclose(q[0][c[0]], 1.0, atol=1e-4)
     assert np.sum(g[0] == 1) == np.sum(g1[0] == 1) >= 1 and not np.any(c[0] & (g[0] == 1))
-    assert np.sum(g1[1] == 0) == 1 and np.sum(g[1] == 0) == 5 and c[1].sum() == 4
+    n1 = np.sum(g1[1] == 0)  # its best anchors: the 6 px box lies inside several, tied
+    assert n1 >= 1 and np.sum(g[1] == 0) == max(5, n1) and c[1].sum() == max(5 - n1, 0)
     assert np.all(g[c] >= 0) and np.all(g1[c] == -1)  # compensated = stage-1 negatives
     assert not np.any(g[0] >= 2) and not np.any(g[1] >= 1)  # padding rows never match
     loss, metrics = det.hambox_losses(out, priors, gt, final, comp)

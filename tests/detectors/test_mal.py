@@ -16,7 +16,7 @@ import pytest
 from jaxdet import detectors
 from jaxdet.core.types import GroundTruth
 from jaxdet.train import loop
-from tests.tiny import tiny_config
+from tests.tiny import synthetic_batch, tiny_config
 
 from ..assign import numpy_ref as ref
 
@@ -131,18 +131,6 @@ def test_config_errors(data_dir):
     detectors.build(config)
 
 
-def _batch(config, boxes, labels, valid):
-    h, w = config.data.image_size
-    b = boxes.shape[0]
-    rng = np.random.default_rng(0)
-    return dict(
-        image=jnp.asarray(rng.normal(size=(b, h, w, 3)), jnp.float32),
-        image_hw=jnp.asarray(np.tile([h, w], (b, 1)), jnp.int32),
-        boxes=jnp.asarray(boxes, jnp.float32), labels=jnp.asarray(labels, jnp.int32),
-        valid=jnp.asarray(valid), ignore=jnp.zeros(valid.shape, bool),
-    )
-
-
 def test_depression_modes_empty_images_and_schedules(data_dir):
     """Finite loss and gradients with and without GT; no depression at step 0 (ratio 0),
     so 'selected' gives the loss of 'none' there; at the peak ratio 'selected' depresses
@@ -164,7 +152,7 @@ def test_depression_modes_empty_images_and_schedules(data_dir):
         grad_fn = jax.jit(jax.value_and_grad(
             lambda p, b, t, det=det, st=det_state: det.loss_fn(p, b, None, st, t), has_aux=True))
         for name, v in (("gt", valid), ("empty", np.zeros_like(valid))):
-            batch = _batch(config, boxes, labels, v)
+            batch = synthetic_batch(config, boxes, labels, v)
             for step in (0, 5):  # ratio(0) = 0; ratio(5) = 0.5 * min(5, 6) / 5 = 0.5
                 (loss, (metrics, _)), grads = grad_fn(params, batch, jnp.int32(step))
                 assert np.isfinite(float(loss))

@@ -16,26 +16,12 @@ from configs.noisy_anchor import noisy_anchor_r50_fpn_1x_coco
 from jaxdet import detectors
 from jaxdet.core.types import ground_truth_from_batch
 from jaxdet.train import loop
-from tests.tiny import tiny_config
+from tests.tiny import synthetic_batch, tiny_config
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _batch(config, boxes, labels, valid, seed=0):
-    h, w = config.data.image_size
-    b = boxes.shape[0]
-    rng = np.random.default_rng(seed)
-    return dict(
-        image=jnp.asarray(rng.normal(size=(b, h, w, 3)), jnp.float32),
-        image_hw=jnp.asarray(np.tile([h, w], (b, 1)), jnp.int32),
-        boxes=jnp.asarray(boxes, jnp.float32),
-        labels=jnp.asarray(labels, jnp.int32),
-        valid=jnp.asarray(valid),
-        ignore=jnp.zeros(valid.shape, bool),
-    )
 
 
 def _two_box_batch(config):
@@ -46,7 +32,7 @@ def _two_box_batch(config):
     valid = np.zeros((2, 4), bool)
     valid[0, :2] = valid[1, 0] = True
     labels = np.array([[0, 2, 0, 0], [1, 0, 0, 0]], np.int32)
-    return _batch(config, boxes, labels, valid)
+    return synthetic_batch(config, boxes, labels, valid)
 
 
 def test_train_save_restore_eval(data_dir, tmp_path):
@@ -93,7 +79,7 @@ def test_image_without_boxes_gives_finite_loss(tiny):
     valid = np.zeros((2, m), bool)
     valid[0, 0] = True
     for v in (valid, np.zeros_like(valid)):  # also: a batch with no box at all
-        batch = _batch(config, boxes, np.zeros((2, m), np.int32), v)
+        batch = synthetic_batch(config, boxes, np.zeros((2, m), np.int32), v)
         (loss, (metrics, _)), grads = loss_and_grad(params, batch)
         assert np.isfinite(float(loss))
         assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
