@@ -61,7 +61,10 @@ def _bce_np(x, t):
     return np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
 
 
-@pytest.mark.parametrize("base", BASES)
+# One base in the default run (the loss code is shared); FCOS and ATSS bases: slow.
+@pytest.mark.parametrize(
+    "base", [b if b == "retinanet" else pytest.param(b, marks=pytest.mark.slow) for b in BASES]
+)
 def test_loss_terms_by_hand(base, data_dir):
     config = _config(data_dir, base)
     det = detectors.build(config)
