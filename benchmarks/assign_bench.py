@@ -136,21 +136,11 @@ BENCHES = {
     # Learning from noisy anchors: top-50 candidate bags (grid search over the 9-anchor
     # layout) + cleanliness from the predicted boxes (stand-in: anchors grown 1.2x) and
     # scores (80 classes).
-    "noisy_anchor": (
-        lambda p, g: noisy_anchor.assign(
-            p, g, _stand_in_boxes(p.boxes), _stand_in_scores(p.boxes.shape[0], 80), topk=50,
-            grid_shapes=priors_lib.feature_shapes(IMAGE_HW, STRIDES)),
-        lambda p, b, v, i: reference_bags(np.asarray(p.boxes), b, v, i, 50),
-        "anchors9",
-    ),
+    "noisy_anchor": (lambda p, g: _noisy_assign(p, g), lambda p, b, v, i: _noisy_ref(p, b, v, i),
+                     "anchors9"),
     # The same on the spine's setting (one anchor per location, N = 22,300).
-    "noisy_anchor_a1": (
-        lambda p, g: noisy_anchor.assign(
-            p, g, _stand_in_boxes(p.boxes), _stand_in_scores(p.boxes.shape[0], 80), topk=50,
-            grid_shapes=priors_lib.feature_shapes(IMAGE_HW, STRIDES)),
-        lambda p, b, v, i: reference_bags(np.asarray(p.boxes), b, v, i, 50),
-        "anchors1",
-    ),
+    "noisy_anchor_a1": (lambda p, g: _noisy_assign(p, g), lambda p, b, v, i: _noisy_ref(p, b, v, i),
+                        "anchors1"),
     # HAMBox: matching at 0.35 + online compensation (K = 5, T2 = 0.5) from the regressed
     # boxes (stand-in: anchors grown 1.2x), one 0.68 x 4 x stride anchor per location.
     "hambox": (
@@ -159,6 +149,16 @@ BENCHES = {
         "anchors_hambox",
     ),
 }
+
+
+def _noisy_assign(p, g):
+    return noisy_anchor.assign(p, g, _stand_in_boxes(p.boxes),
+                               _stand_in_scores(p.boxes.shape[0], 80), topk=50,
+                               grid_shapes=priors_lib.feature_shapes(IMAGE_HW, STRIDES))
+
+
+def _noisy_ref(p, boxes, valid, ignore):
+    return reference_bags(np.asarray(p.boxes), boxes, valid, ignore, 50)
 
 
 def _stand_in_boxes(boxes):
