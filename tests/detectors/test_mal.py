@@ -4,9 +4,7 @@ FreeAnchorRetinaHead, selection-depression on/off, a few-step end-to-end run
 
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +14,7 @@ import pytest
 from jaxdet import detectors
 from jaxdet.core.types import GroundTruth
 from jaxdet.train import loop
-from tests.tiny import synthetic_batch, tiny_config
+from tests.tiny import synthetic_batch, tiny_config, train_tiny
 
 from ..assign import numpy_ref as ref
 
@@ -201,15 +199,8 @@ def test_whole_map_depression_is_the_released_code(data_dir):
 
 
 def test_train_save_restore_eval(data_dir, tmp_path):
-    config = tiny_config("mal", data_dir, num_steps=12, checkpoint_every=6, lr=0.01)
     workdir = str(tmp_path / "mal")
-    state, parts = loop.train(config, workdir)
-    assert int(state.step) == 12
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        rows = [json.loads(line) for line in f]
-    losses = [r["train/loss"] for r in rows if "train/loss" in r]
-    assert len(losses) == 12 and all(np.isfinite(losses))
-    assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+    config, state, parts, rows = train_tiny("mal", data_dir, workdir)
     selected = [r["train/num_selected"] for r in rows if "train/num_selected" in r]
     assert selected[0] == 40 and selected[-1] < selected[0]
     stats = loop.evaluate_checkpoint(config, workdir)
