@@ -37,7 +37,8 @@ def test_two_processes_train_and_evaluate(tmp_path):
     for i in range(2):
         env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                    JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1",
+                   XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                             f"--xla_force_host_platform_device_count=1",
                    PYTHONPATH=REPO)
         outs.append(str(tmp_path / f"out{i}.json"))
         procs.append(subprocess.Popen(
