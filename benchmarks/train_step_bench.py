@@ -4,7 +4,9 @@ R50-FPN at 2x512x512, on random inputs with realistic GT.
   python benchmarks/train_step_bench.py [--skip-r50] [--steps 20]
 
 Prints, per setting: compile time (s), median step time (ms), images/s, the
-compiled step's temp memory (XLA memory analysis) and the process peak RSS.
+compiled step's temp memory (XLA memory analysis) and the process peak RSS; each
+setting runs twice, with XLA's conv kernel gradients and with jaxdet.ops.conv's
+(the default), and the ratio of the two step times is printed.
 The reference figure for the R50 setting on this 2-core CPU is torchvision's
 RetinaNet R50-FPN train step at 2x512x512: about 2.2 s; the ratio is printed
 against that constant, so it is only meaningful on this machine.
@@ -27,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.atss import atss_r50_fpn_1x_coco, atss_tiny_shapes  # noqa: E402
 from jaxdet import detectors  # noqa: E402
+from jaxdet.ops import conv  # noqa: E402
 from jaxdet.train import optim  # noqa: E402
 from jaxdet.train.step import create_train_state, train_step  # noqa: E402
 
@@ -84,16 +87,29 @@ def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -
     return med
 
 
+def bench_both(name: str, get_config, batch_size: int, hw: tuple[int, int], steps: int):
+    """The step with XLA's conv kernel gradients, then with jaxdet.ops.conv's ('auto')."""
+    times = {}
+    for mode in ("xla", "auto"):
+        conv.KERNEL_GRAD = mode
+        times[mode] = bench(f"{name} [{mode}]", get_config(), batch_size, hw, steps)
+    conv.KERNEL_GRAD = "auto"
+    print(f"  conv kernel grad: XLA / jaxdet.ops.conv step time = "
+          f"{times['xla'] / times['auto']:.2f}x")
+    return times["auto"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--skip-r50", action="store_true")
     args = ap.parse_args()
     print(f"devices: {jax.devices()}")
-    bench("ATSS tiny (16 x 128x128)", atss_tiny_shapes.get_config(), 16, (128, 128), args.steps)
+    bench_both("ATSS tiny (16 x 128x128)", atss_tiny_shapes.get_config, 16, (128, 128),
+               args.steps)
     if not args.skip_r50:
-        med = bench("ATSS R50-FPN (2 x 512x512)", atss_r50_fpn_1x_coco.get_config(), 2,
-                    (512, 512), max(args.steps // 4, 3))
+        med = bench_both("ATSS R50-FPN (2 x 512x512)", atss_r50_fpn_1x_coco.get_config, 2,
+                         (512, 512), max(args.steps // 4, 3))
         print(f"R50 step / torchvision reference ({TORCHVISION_R50_STEP_S} s): "
               f"{med / TORCHVISION_R50_STEP_S:.2f}x")
 

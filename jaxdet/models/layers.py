@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.ops import conv as conv_ops
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -138,7 +140,8 @@ def conv(
     """A square conv with torch's symmetric padding `kernel // 2`.
 
     Output size ceil(H / stride) for odd kernels, as `priors.feature_shapes`
-    assumes, and the same sampling grid as torch (so imported weights match).
+    assumes, and the same sampling grid as torch (so imported weights match). The
+    kernel gradient is `jaxdet.ops.conv`'s (fast on CPU).
     """
     p = kernel // 2
     return nn.Conv(
@@ -151,6 +154,7 @@ def conv(
         param_dtype=jnp.float32,
         kernel_init=kernel_init,
         bias_init=bias_init,
+        conv_general_dilated=conv_ops.conv_general_dilated,
         name=name,
     )
 

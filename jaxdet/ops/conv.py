@@ -1,0 +1,183 @@
+"""2-D convolution and 3x3 max pooling with backward passes that are fast on XLA:CPU.
+
+XLA:CPU runs a forward NHWC x HWIO convolution on Eigen's fast path, but the kernel
+gradient it derives (a convolution with the batch and feature roles exchanged) is
+2-3.5x slower than the same contraction written as kh * kw matmuls of shifted input
+slices against the output gradient: `benchmarks/conv_bench.py` prints the ratio per
+shape. Likewise `reduce_window` max pooling's backward (select-and-scatter) is ~2.5x
+slower than a max over the nine strided slices.
+
+- `conv_general_dilated`: drop-in for `lax.conv_general_dilated` (the `nn.Conv` hook).
+  Plain 2-D NHWC / HWIO convs on CPU get the slice-matmul kernel gradient when
+  `Cin * Cout >= 512` (below that XLA's own is as fast), and 1x1 convs without padding
+  are a matmul on the strided input (2-5x faster forward and backward); anything else (dilation,
+  groups, other layouts, GPU / TPU, where cuDNN / the TPU compiler do this well) is
+  `lax.conv_general_dilated` unchanged. Forward and input gradient are XLA's.
+- `max_pool`: max pooling with -inf padding (torch `MaxPool2d` / `nn.max_pool`) as a
+  max over strided slices. Gradient: equal to `nn.max_pool`'s except where several
+  window entries tie for the max (the gradient is then split among them instead of
+  going to the first); after a ReLU the ties are zeros, whose gradient the ReLU drops.
+
+`KERNEL_GRAD` ('auto' | 'slices' | 'xla') picks at trace time; 'auto' = 'slices' on
+CPU, 'xla' = plain `lax.conv_general_dilated` everywhere. They give the same values up
+to float summation order.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+KERNEL_GRAD = "auto"
+_NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs of NHWC/HWIO
+_MIN_CIN_COUT = 512
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, jax.lax.ConvDimensionNumbers):
+        specs = (dimension_numbers.lhs_spec, dimension_numbers.rhs_spec,
+                 dimension_numbers.out_spec)
+        return tuple(tuple(s) for s in specs) == _NHWC
+    return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
+
+
+def _fast_paths() -> bool:
+    """Whether the matmul paths apply (KERNEL_GRAD, backend); checked at trace time."""
+    mode = KERNEL_GRAD
+    if mode not in ("auto", "slices", "xla"):
+        raise ValueError(f"KERNEL_GRAD={mode!r}; expected 'auto', 'slices' or 'xla'")
+    return mode == "slices" or (mode == "auto" and jax.default_backend() == "cpu")
+
+
+def _use_slices(rhs_shape: Sequence[int]) -> bool:
+    """Slice-matmul kernel gradient for this [kh, kw, Cin, Cout] kernel?"""
+    big = rhs_shape[2] * rhs_shape[3] >= _MIN_CIN_COUT
+    return _fast_paths() and (KERNEL_GRAD == "slices" or big)
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+) -> jax.Array:
+    """`lax.conv_general_dilated` with the CPU-fast kernel gradient (see module doc).
+
+    The fast path: lhs [B, H, W, Cin], rhs [kh, kw, Cin, Cout] (NHWC / HWIO), explicit
+    padding pairs, no dilation, one group. Returns [B, Ho, Wo, Cout].
+    """
+    plain = (
+        _is_nhwc(dimension_numbers)
+        and lhs.ndim == 4
+        and not isinstance(padding, str)
+        and all(d == 1 for d in (lhs_dilation or (1, 1)))
+        and all(d == 1 for d in (rhs_dilation or (1, 1)))
+        and feature_group_count == 1
+        and batch_group_count == 1
+        and preferred_element_type is None
+    )
+    if not plain or not _fast_paths():
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+            precision=precision, preferred_element_type=preferred_element_type,
+        )
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
+        # A 1x1 conv is a matmul (2-5x faster than XLA:CPU's conv, forward and backward).
+        sh, sw = (int(s) for s in window_strides)
+        return jnp.einsum("bhwc,co->bhwo", lhs[:, ::sh, ::sw], rhs[0, 0], precision=precision)
+    if not _use_slices(rhs.shape):
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers,
+            precision=precision,
+        )
+    return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+
+
+def _xla_conv(x, w, strides, pads, precision):
+    return jax.lax.conv_general_dilated(
+        x, w, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_nhwc(x, w, strides, pads, precision):
+    return _xla_conv(x, w, strides, pads, precision)
+
+
+def _conv_fwd(x, w, strides, pads, precision):
+    return _xla_conv(x, w, strides, pads, precision), (x, w)
+
+
+def _conv_bwd(strides, pads, precision, res, dy):
+    x, w = res
+    _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, precision), x)
+    (dx,) = input_vjp(dy)
+    return dx, kernel_grad(x, dy, w.shape, strides, pads).astype(w.dtype)
+
+
+_conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
+
+
+def kernel_grad(
+    x: jax.Array,
+    dy: jax.Array,
+    kernel_shape: Sequence[int],
+    strides: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+) -> jax.Array:
+    """d(conv)/d(kernel) as kh * kw matmuls: dW[i, j] = X_ij^T dY.
+
+    x [B, H, W, Cin], dy [B, Ho, Wo, Cout] -> [kh, kw, Cin, Cout] (dtype of x), where
+    X_ij [B * Ho * Wo, Cin] is the padded input shifted by tap (i, j) at the stride.
+    Products accumulate in float32.
+    """
+    kh, kw, cin, cout = kernel_shape
+    sh, sw = strides
+    _, ho, wo, _ = dy.shape
+    # lax.pad: the pads may be negative (a crop), like the conv's own padding.
+    zero = jnp.zeros((), x.dtype)
+    xp = jax.lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    dyf = dy.reshape(-1, cout)
+    taps = []
+    for i in range(kh):
+        for j in range(kw):
+            xs = xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+            taps.append(
+                jnp.einsum("nc,no->co", xs.reshape(-1, cin), dyf,
+                           preferred_element_type=jnp.float32)
+            )
+    return jnp.stack(taps).reshape(kh, kw, cin, cout).astype(x.dtype)
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
+    """Square max pooling with -inf padding, x [B, H, W, C] -> [B, Ho, Wo, C].
+
+    Ho = (H + 2 * padding - window) // stride + 1 (torch `MaxPool2d`, ceil_mode=False).
+    """
+    b, h, w, c = x.shape
+    ho = (h + 2 * padding - window) // stride + 1
+    wo = (w + 2 * padding - window) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+                 constant_values=-jnp.inf)
+    out = None
+    for i in range(window):
+        for j in range(window):
+            s = xp[:, i : i + stride * (ho - 1) + 1 : stride,
+                   j : j + stride * (wo - 1) + 1 : stride]
+            out = s if out is None else jnp.maximum(out, s)
+    return out

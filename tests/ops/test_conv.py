@@ -1,0 +1,136 @@
+"""jaxdet.ops.conv: the slice-matmul kernel gradient and the slice max pool equal XLA's."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdet.models import layers
+from jaxdet.ops import conv
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.fixture
+def slices_mode(monkeypatch):
+    monkeypatch.setattr(conv, "KERNEL_GRAD", "slices")
+
+
+def _xla(x, w, s, pads):
+    return jax.lax.conv_general_dilated(x, w, s, pads, dimension_numbers=NHWC)
+
+
+@pytest.mark.parametrize(
+    "b,h,w,cin,cout,k,s,pads",
+    [
+        (2, 9, 7, 3, 5, 3, (1, 1), ((1, 1), (1, 1))),
+        (2, 9, 7, 4, 6, 3, (2, 2), ((1, 1), (1, 1))),  # odd size, stride 2
+        (1, 8, 8, 2, 3, 1, (2, 2), ((0, 0), (0, 0))),  # 1x1 / 2 shortcut
+        (2, 10, 11, 3, 4, 4, (1, 1), ((0, 0), (0, 0))),  # even kernel, VALID
+        (1, 12, 12, 2, 2, 7, (2, 2), ((3, 3), (3, 3))),  # stem-like
+        (1, 6, 7, 2, 2, 3, (2, 1), ((0, 2), (1, 0))),  # asymmetric pads and strides
+        (1, 6, 6, 2, 2, 3, (1, 1), ((-1, 1), (1, -1))),  # negative padding = a crop
+    ],
+)
+def test_conv_value_and_grads_equal_xla(slices_mode, b, h, w, cin, cout, k, s, pads):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(b, h, w, cin)), jnp.float32)
+    kern = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
+    ours = jax.jit(lambda x_, k_: conv.conv_general_dilated(x_, k_, s, pads,
+                                                            dimension_numbers=NHWC))
+    y = _xla(x, kern, s, pads)
+    np.testing.assert_allclose(ours(x, kern), y, rtol=1e-5, atol=1e-5)  # 1x1: a matmul
+    dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    want = jax.vjp(lambda a, c: _xla(a, c, s, pads), x, kern)[1](dy)
+    got = jax.jit(lambda a, c, d: jax.vjp(ours, a, c)[1](d))(x, kern, dy)
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_grad_by_hand():
+    # 1x1 input channel, 2x2 kernel, VALID: dW[i, j] = sum over outputs of x[o + (i, j)] dy[o].
+    x = jnp.arange(9.0).reshape(1, 3, 3, 1)
+    dy = jnp.ones((1, 2, 2, 1))
+    dw = conv.kernel_grad(x, dy, (2, 2, 1, 1), (1, 1), ((0, 0), (0, 0)))
+    want = np.array([[0 + 1 + 3 + 4, 1 + 2 + 4 + 5], [3 + 4 + 6 + 7, 4 + 5 + 7 + 8]], np.float32)
+    np.testing.assert_array_equal(dw[..., 0, 0], want)
+
+
+def test_bf16_kernel_grad_keeps_dtype_and_is_close(slices_mode):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.bfloat16)
+    kern = jnp.asarray(rng.normal(size=(3, 3, 16, 32)) * 0.1, jnp.bfloat16)
+    pads = ((1, 1), (1, 1))
+    f = lambda k_: jnp.sum(conv.conv_general_dilated(x, k_, (1, 1), pads,
+                                                     dimension_numbers=NHWC).astype(jnp.float32))
+    g = jax.grad(f)(kern)
+    assert g.dtype == jnp.bfloat16
+    ref = jax.grad(lambda k_: jnp.sum(_xla(x.astype(jnp.float32), k_, (1, 1), pads)))(
+        kern.astype(jnp.float32))
+    np.testing.assert_allclose(np.asarray(g, np.float32), ref, rtol=2e-2, atol=2e-1)
+
+
+def test_other_convs_fall_back_to_xla(slices_mode):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)), jnp.float32)
+    kern = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)  # 2 groups
+    kw = dict(dimension_numbers=NHWC, feature_group_count=2, rhs_dilation=(2, 2))
+    ours = conv.conv_general_dilated(x, kern, (1, 1), "SAME", **kw)
+    want = jax.lax.conv_general_dilated(x, kern, (1, 1), "SAME", **kw)
+    np.testing.assert_array_equal(ours, want)
+
+
+def test_xla_mode_is_plain_lax(monkeypatch):
+    monkeypatch.setattr(conv, "KERNEL_GRAD", "xla")
+    f = lambda x_, k_: conv.conv_general_dilated(x_, k_, (1, 1), ((0, 0), (0, 0)),
+                                                 dimension_numbers=NHWC)
+    hlo = jax.jit(f).lower(jnp.ones((1, 4, 4, 8)), jnp.ones((1, 1, 8, 8))).as_text()
+    assert "convolution" in hlo and "dot_general" not in hlo
+
+
+def test_auto_uses_xla_for_small_convs(monkeypatch):
+    monkeypatch.setattr(conv, "KERNEL_GRAD", "auto")
+    assert not conv._use_slices((3, 3, 16, 16))
+    assert conv._use_slices((3, 3, 32, 32)) == (jax.default_backend() == "cpu")
+    monkeypatch.setattr(conv, "KERNEL_GRAD", "fast")
+    with pytest.raises(ValueError, match="KERNEL_GRAD"):
+        conv._use_slices((3, 3, 32, 32))
+
+
+def test_flax_conv_layer_under_vmap_matches_plain_nn_conv(slices_mode):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(3, 2, 10, 10, 8)), jnp.float32)  # vmapped over axis 0
+    ours = layers.conv(16, 3, 2, use_bias=True, dtype=jnp.float32,
+                       kernel_init=nn.initializers.normal(1.0))
+    plain = nn.Conv(16, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+                    kernel_init=nn.initializers.normal(1.0))
+    params = ours.init(jax.random.PRNGKey(0), x[0])
+    assert jax.tree.structure(params) == jax.tree.structure(plain.init(jax.random.PRNGKey(0),
+                                                                       x[0]))
+
+    def loss(module, p):
+        return jnp.sum(jax.vmap(lambda xi: module.apply(p, xi))(x) ** 2)
+
+    g_ours = jax.jit(jax.grad(lambda p: loss(ours, p)))(params)
+    g_plain = jax.grad(lambda p: loss(plain, p))(params)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_plain)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("hw", [(9, 8), (16, 16), (5, 7)])
+def test_max_pool_equals_nn_max_pool(hw):
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(2, *hw, 3)), jnp.float32)  # no ties
+    ref = lambda x_: nn.max_pool(x_, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    np.testing.assert_array_equal(conv.max_pool(x), ref(x))
+    g = jax.jit(jax.grad(lambda x_: jnp.sum(conv.max_pool(x_) ** 3)))(x)
+    np.testing.assert_array_equal(g, jax.grad(lambda x_: jnp.sum(ref(x_) ** 3))(x))
+
+
+def test_max_pool_by_hand_and_ties_keep_the_gradient_mass():
+    x = jnp.array([[1.0, 2, 0, 5], [3, 4, 0, 0], [0, 0, 7, 7], [0, 0, 7, 7]])[None, :, :, None]
+    np.testing.assert_array_equal(conv.max_pool(x)[0, :, :, 0], [[4, 5], [4, 7]])
+    g = jax.grad(lambda x_: jnp.sum(conv.max_pool(x_)))(x)
+    assert float(jnp.sum(g)) == pytest.approx(4.0)  # one unit of gradient per output
+    assert float(g[0, 1, 1, 0]) == pytest.approx(2.0)  # the 4 is the max of two windows
