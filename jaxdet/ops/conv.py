@@ -1,18 +1,19 @@
-"""2-D convolution and 3x3 max pooling with backward passes that are fast on XLA:CPU.
+"""2-D convolution and max pooling with backward passes that are fast on XLA:CPU.
 
 XLA:CPU runs a forward NHWC x HWIO convolution on Eigen's fast path, but the kernel
-gradient it derives (a convolution with the batch and feature roles exchanged) is
-2-3.5x slower than the same contraction written as kh * kw matmuls of shifted input
-slices against the output gradient: `benchmarks/conv_bench.py` prints the ratio per
-shape. Likewise `reduce_window` max pooling's backward (select-and-scatter) is ~2.5x
-slower than a max over the nine strided slices.
+gradient it derives (a convolution with the batch and feature roles exchanged) is up
+to ~3x slower than the same contraction written as kh * kw matmuls of shifted input
+slices against the output gradient, and a 1x1 conv is 2-10x slower forward + backward
+than a matmul; `reduce_window` max pooling's backward (select-and-scatter) is ~3x
+slower than a max over the strided slices. `benchmarks/conv_bench.py` prints each
+ratio.
 
 - `conv_general_dilated`: drop-in for `lax.conv_general_dilated` (the `nn.Conv` hook).
-  Plain 2-D NHWC / HWIO convs on CPU get the slice-matmul kernel gradient when
-  `Cin * Cout >= 512` (below that XLA's own is as fast), and 1x1 convs without padding
-  are a matmul on the strided input (2-5x faster forward and backward); anything else (dilation,
-  groups, other layouts, GPU / TPU, where cuDNN / the TPU compiler do this well) is
-  `lax.conv_general_dilated` unchanged. Forward and input gradient are XLA's.
+  On CPU, plain 2-D NHWC / HWIO convs get the slice-matmul kernel gradient when
+  `Cin * Cout >= 512` (below that XLA's own is as fast; forward and input gradient
+  stay XLA's), and 1x1 convs without padding are a matmul on the strided input.
+  Anything else (dilation, groups, other layouts, string padding, GPU / TPU, where
+  cuDNN / the TPU compiler do this well) is `lax.conv_general_dilated` unchanged.
 - `max_pool`: max pooling with -inf padding (torch `MaxPool2d` / `nn.max_pool`) as a
   max over strided slices. Gradient: equal to `nn.max_pool`'s except where several
   window entries tie for the max (the gradient is then split among them instead of
