@@ -89,24 +89,21 @@ def conv_general_dilated(
         and batch_group_count == 1
         and preferred_element_type is None
     )
-    if not plain or not _fast_paths():
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count, batch_group_count=batch_group_count,
-            precision=precision, preferred_element_type=preferred_element_type,
-        )
-    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
-        # A 1x1 conv is a matmul (2-5x faster than XLA:CPU's conv, forward and backward).
-        sh, sw = (int(s) for s in window_strides)
-        return jnp.einsum("bhwc,co->bhwo", lhs[:, ::sh, ::sw], rhs[0, 0], precision=precision)
-    if not _use_slices(rhs.shape):
-        return jax.lax.conv_general_dilated(
-            lhs, rhs, window_strides, padding, dimension_numbers=dimension_numbers,
-            precision=precision,
-        )
-    return _conv_nhwc(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+    if plain and _fast_paths():
+        pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+        strides = tuple(int(s) for s in window_strides)
+        if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
+            # A 1x1 conv is a matmul (2.5-10x faster than XLA:CPU's, forward + backward).
+            x = lhs[:, :: strides[0], :: strides[1]]
+            return jnp.einsum("bhwc,co->bhwo", x, rhs[0, 0], precision=precision)
+        if _use_slices(rhs.shape):
+            return _conv_nhwc(lhs, rhs, strides, pads, precision)
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count, batch_group_count=batch_group_count,
+        precision=precision, preferred_element_type=preferred_element_type,
+    )
 
 
 def _xla_conv(x, w, strides, pads, precision):
@@ -134,6 +131,15 @@ def _conv_bwd(strides, pads, precision, res, dy):
 _conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
 
 
+def _taps(xp: jax.Array, window: tuple[int, int], strides: tuple[int, int],
+          out_hw: tuple[int, int]):
+    """The window's shifted, strided views of padded xp: [B, Ho, Wo, C] each, row-major."""
+    (kh, kw), (sh, sw), (ho, wo) = window, strides, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
+
+
 def kernel_grad(
     x: jax.Array,
     dy: jax.Array,
@@ -148,20 +154,14 @@ def kernel_grad(
     Products accumulate in float32.
     """
     kh, kw, cin, cout = kernel_shape
-    sh, sw = strides
-    _, ho, wo, _ = dy.shape
     # lax.pad: the pads may be negative (a crop), like the conv's own padding.
     zero = jnp.zeros((), x.dtype)
     xp = jax.lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
     dyf = dy.reshape(-1, cout)
-    taps = []
-    for i in range(kh):
-        for j in range(kw):
-            xs = xp[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-            taps.append(
-                jnp.einsum("nc,no->co", xs.reshape(-1, cin), dyf,
-                           preferred_element_type=jnp.float32)
-            )
+    taps = [
+        jnp.einsum("nc,no->co", xs.reshape(-1, cin), dyf, preferred_element_type=jnp.float32)
+        for xs in _taps(xp, (kh, kw), tuple(strides), dy.shape[1:3])
+    ]
     return jnp.stack(taps).reshape(kh, kw, cin, cout).astype(x.dtype)
 
 
@@ -170,15 +170,10 @@ def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -
 
     Ho = (H + 2 * padding - window) // stride + 1 (torch `MaxPool2d`, ceil_mode=False).
     """
-    b, h, w, c = x.shape
+    _, h, w, _ = x.shape
     ho = (h + 2 * padding - window) // stride + 1
     wo = (w + 2 * padding - window) // stride + 1
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                  constant_values=-jnp.inf)
-    out = None
-    for i in range(window):
-        for j in range(window):
-            s = xp[:, i : i + stride * (ho - 1) + 1 : stride,
-                   j : j + stride * (wo - 1) + 1 : stride]
-            out = s if out is None else jnp.maximum(out, s)
-    return out
+    views = _taps(xp, (window, window), (stride, stride), (ho, wo))
+    return functools.reduce(jnp.maximum, views)
