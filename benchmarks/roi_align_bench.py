@@ -8,7 +8,9 @@ mmdetection's FPN level mapping sends to one level: adaptive sampling then needs
 at most 4 points per axis, so ``sampling_ratio=0`` is exact with the default
 ``max_sampling_ratio=4``). Variants: sampling_ratio 2 (torchvision's
 MultiScaleRoIAlign default) and 0 (adaptive, mmdetection's default), gather and
-einsum methods. Reports median ms (and compile seconds) per variant; the issue's
+einsum methods; a "-samples" suffix switches the gather method's tap form off
+(`jaxdet.ops.roi_align.TAPS`), the baseline of the tap form's ratio. Reports
+median ms (and compile seconds) per variant; the issue's
 target is <= 40 ms forward on the 2-core CPU (torchvision: 41 ms).
 """
 
@@ -25,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxdet.ops import roi_align as roi_align_lib  # noqa: E402
 from jaxdet.ops.roi_align import roi_align  # noqa: E402
 
 
@@ -47,7 +50,7 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=256)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1)
-    ap.add_argument("--variants", default="sr2-gather,sr0-gather")
+    ap.add_argument("--variants", default="sr2-gather,sr0-gather,sr0-gather-samples")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -62,8 +65,10 @@ def main() -> None:
 
     fns = {}
     for v in args.variants.split(","):
-        sr, method = v.split("-")
+        sr, method, *form = v.split("-")
         sr = int(sr[2:])
+        # "-samples": the per-sample form (4 corners per sample) instead of the tap form
+        roi_align_lib.TAPS = form != ["samples"]
         f = jax.jit(
             lambda f, r_, b_, sr=sr, method=method: roi_align(
                 f,
@@ -77,8 +82,8 @@ def main() -> None:
             )
         )
         t0 = time.perf_counter()
-        f.lower(feat, rois, bidx).compile()
-        fns[v] = (f, time.perf_counter() - t0)
+        compiled = f.lower(feat, rois, bidx).compile()  # TAPS is read while tracing
+        fns[v] = (compiled, time.perf_counter() - t0)
     print(f"backend={jax.default_backend()} jax={jax.__version__}")
     print(f"roi_align: {r} RoIs, 7x7, C={c}, map [{b},{h},{w},{c}], spatial_scale 1/8")
     res = {v: [] for v in fns}
@@ -87,14 +92,20 @@ def main() -> None:
             ms, cpu = timeit(f, feat, rois, bidx, iters=args.iters)
             res[v].append((ms, cpu))
             print(
-                f"[repeat {rep}] {v:12s}: {ms:8.1f} ms wall, {cpu:8.1f} ms CPU "
+                f"[repeat {rep}] {v:18s}: {ms:8.1f} ms wall, {cpu:8.1f} ms CPU "
                 f"(compile {comp:5.1f} s)"
             )
     print("median over repeats (wall is what the 40 ms target is about; CPU time is")
     print("the process's CPU ms, a load-independent cross-check; XLA uses both cores):")
     for v in fns:
         wall, cpu = np.median(np.array(res[v]), axis=0)
-        print(f"  {v:12s}: {wall:8.1f} ms wall   {cpu:8.1f} ms CPU   target <= 40 ms wall")
+        print(f"  {v:18s}: {wall:8.1f} ms wall   {cpu:8.1f} ms CPU   target <= 40 ms wall")
+    for v in fns:
+        if v + "-samples" in fns:
+            a = np.median(np.array(res[v]), axis=0)
+            b = np.median(np.array(res[v + "-samples"]), axis=0)
+            print(f"  {v}: per-sample / tap form = {b[0] / a[0]:.2f}x wall, "
+                  f"{b[1] / a[1]:.2f}x CPU")
 
 
 if __name__ == "__main__":

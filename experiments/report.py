@@ -11,14 +11,23 @@ import numpy as np
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def write_results(readme: str, lines: list[str], template: str | None = None) -> None:
-    """Replaces the results block of `readme` (read from `template` if given and
-    readme does not exist yet) by `lines`, which start with START and end with END."""
+def markers(tag: str = "") -> tuple[str, str]:
+    """The (start, end) markers of a README's results block; `tag` names a second block
+    (`<!-- results:start:sgd -->`)."""
+    return (START, END) if not tag else (f"<!-- results:start:{tag} -->",
+                                         f"<!-- results:end:{tag} -->")
+
+
+def write_results(readme: str, lines: list[str], template: str | None = None,
+                  tag: str = "") -> None:
+    """Replaces the results block `tag` of `readme` (read from `template` if given and
+    readme does not exist yet) by `lines`, which start and end with `markers(tag)`."""
     source = readme if os.path.exists(readme) or template is None else template
     with open(source) as f:
         text = f.read()
-    start, end = text.index(START), text.index(END)
-    text = text[:start] + "\n".join(lines) + text[end + len(END):]
+    start_marker, end_marker = markers(tag)
+    start, end = text.index(start_marker), text.index(end_marker)
+    text = text[:start] + "\n".join(lines) + text[end + len(end_marker):]
     with open(readme, "w") as f:
         f.write(text)
 

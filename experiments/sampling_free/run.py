@@ -11,7 +11,7 @@ jaxdet.detectors.sampling_free, in every run's metrics.jsonl), evaluates each,
 and writes results.json, cls_loss.png and the table in README.md (between the
 results markers).
 
-  python experiments/sampling_free/run.py [--steps 1000] [--recipe adamw|config] \
+  python experiments/sampling_free/run.py [--steps 1000] [--recipe adamw|config|sgd] \
       [--workdir runs/sampling_free]
   python experiments/sampling_free/run.py --estimate-prior   # pi of each base on shapes
 """
@@ -131,14 +131,15 @@ def plot(curves: dict, results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_table(results: dict, curves: dict, steps: str, prior: float) -> None:
+def write_table(results: dict, curves: dict, steps: str, prior: float, tag: str = "") -> None:
+    start, end = report.markers(tag)
     lines = [
-        "<!-- results:start -->",
+        start,
         f"RetinaNet (tiny), {steps} on `shapes` (128 px), pi = {prior:g} for",
         "the optimal bias. fg / bg: the BCE foreground / background terms (/ num_pos) at the",
         "first logged step and averaged over the last 10% of the logged steps.",
         "",
-        "![classification losses](cls_loss.png)",
+        f"![classification losses](cls_loss{'_' + tag if tag else ''}.png)",
         "",
         "| variant | fg first | fg last | bg first | bg last | AP | AP50 | AP75 |",
         "|---|---|---|---|---|---|---|---|",
@@ -154,8 +155,8 @@ def write_table(results: dict, curves: dict, steps: str, prior: float) -> None:
             f"{fmt(c['bce_bg'], 0)} | {last(c['bce_bg'])} | "
             f"{s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} |"
         )
-    lines.append("<!-- results:end -->")
-    report.write_results(os.path.join(HERE, "README.md"), lines)
+    lines.append(end)
+    report.write_results(os.path.join(HERE, "README.md"), lines, tag=tag)
 
 
 def main() -> None:
@@ -175,13 +176,17 @@ def main() -> None:
 
     configs = variant_configs(args.steps, args.log_every, args.recipe)
     prior = float(sf_config.SHAPES_PRIOR["retinanet"])
-    results_path = os.path.join(HERE, "results.json")
+    # The AdamW recipe writes results.json / cls_loss.png / the first README block; any
+    # other recipe its own (results_sgd.json, cls_loss_sgd.png, block `sgd`).
+    tag = "" if args.recipe == "adamw" else args.recipe
+    suffix = f"_{tag}" if tag else ""
+    results_path = os.path.join(HERE, f"results{suffix}.json")
     old = {}
     if args.only and os.path.exists(results_path):
         old = json.load(open(results_path)).get("results", {})
     results, curves = {}, {}
     for i, (name, config) in enumerate(configs.items()):
-        workdir = os.path.join(args.workdir, f"v{i}")
+        workdir = os.path.join(args.workdir + suffix, f"v{i}")
         if args.only and name not in args.only and name in old:
             results[name] = old[name]
         else:
@@ -194,8 +199,8 @@ def main() -> None:
         curves[name] = read_metrics(workdir)
         with open(results_path, "w") as f:
             json.dump({"steps": args.steps, "prior_prob": prior, "results": results}, f, indent=2)
-    plot(curves, results, os.path.join(HERE, "cls_loss.png"))
-    write_table(results, curves, recipe.describe(args.steps, args.recipe), prior)
+    plot(curves, results, os.path.join(HERE, f"cls_loss{suffix}.png"))
+    write_table(results, curves, recipe.describe(args.steps, args.recipe), prior, tag)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,14 @@ with ``max_sampling_ratio ** 2``.
 
 Methods
 -------
-- ``method="gather"`` (default on CPU/GPU): for each of the S x S sample
-  positions, four corner-row gathers (channels last) weighted and summed in one
-  fused loop, with separable (y, x) weights.
+- ``method="gather"`` (default on CPU/GPU): row gathers (channels last) weighted
+  with separable (y, x) weights and summed in one fused loop. When the samples of
+  every bin are at most a pixel apart (bins of at most S pixels, S the static
+  samples per axis: always the case within ``max_sampling_ratio``), the weights
+  are first summed onto the S + 1 map indices each bin touches per axis, so an
+  output reads (S + 1)^2 rows instead of the 4 S^2 corners of S x S samples
+  (2.6x fewer at S = 4); otherwise (one `lax.cond` for the whole call) each
+  sample's four corners are read.
 - ``method="einsum"`` (default on TPU): the same separable weights as dense
   interpolation matrices Wy [R, oh, H], Wx [R, ow, W] and
   ``out = Wy . feat[b] . Wx^T`` as two einsums (MXU-friendly; no gathers).
@@ -54,7 +59,11 @@ Array = jnp.ndarray
 
 DEFAULT_MAX_SAMPLING_RATIO = 4
 METHODS = ("auto", "gather", "einsum")
-# Static sample grids up to this size per axis are unrolled into one fused loop.
+# The tap form of `_gather_core` (False: always the per-sample form; for tests and
+# benchmarks: both give the same values).
+TAPS = True
+# Static sample grids up to this size per axis (taps: one more) are unrolled into one
+# fused loop.
 UNROLL_MAX_SAMPLES = 4
 
 
@@ -137,6 +146,27 @@ def _roi_geometry(rois: Array, spatial_scale: Array, aligned: bool):
     return y1, x1, rh, rw
 
 
+def _axis_taps(i0: Array, w0: Array, w1: Array, num_taps: int) -> tuple[Array, Array, Array]:
+    """The samples of one axis as taps: consecutive map indices per bin.
+
+    i0, w0, w1: [R, P, S] from `_axis_samples`. Returns base [R, P] int32 (the lowest
+    index any weighted sample reads), taps [R, P, T] (tap t is the summed weight of
+    index base + t) and fits [] bool: every weighted sample reads inside the T taps,
+    i.e. the tap form equals the sample form (NaN weights stay NaN in every tap).
+    """
+    live = (w0 != 0) | (w1 != 0)  # NaN counts as live
+    big = jnp.iinfo(jnp.int32).max
+    base = jnp.min(jnp.where(live, i0, big), axis=-1)
+    base = jnp.where(base == big, 0, base)
+    d = i0 - base[..., None]  # [R, P, S]
+    fits = jnp.all(~live | ((d >= 0) & (d <= num_taps - 2)))
+    t = jnp.arange(num_taps, dtype=jnp.int32)
+    taps = jnp.sum(
+        w0[..., None] * (d[..., None] == t) + w1[..., None] * (d[..., None] + 1 == t), axis=2
+    )  # [R, P, T]
+    return base, taps, fits
+
+
 def _gather_core(
     flat: Array,
     base: Array,
@@ -150,42 +180,83 @@ def _gather_core(
     """flat: padded maps flattened [N, C]; base/height/width/batch: [R] int32.
 
     out[r, p, q] = sum_{iy, ix, a, b} wy_a[r,p,iy] wx_b[r,q,ix] map[y_a, x_b].
+
+    With S samples per axis the samples of one bin read 2 S indices per axis, but
+    when they are at most one pixel apart (bins no larger than S pixels: adaptive
+    sampling within `max_sampling_ratio`, or sampling_ratio k with bins <= k) they
+    fall on S + 1 consecutive ones. The weights are then summed per index first
+    ("taps") and each output reads (S + 1)^2 rows instead of 4 S^2 (25 vs 64 for
+    S = 4). One `lax.cond` over all RoIs picks the tap form when every bin fits
+    (checked on the actual samples) and the per-sample form otherwise; both give
+    the same sum.
     """
-    yi, wy0, wy1 = ysmp  # [R, oh, S]
-    xi, wx0, wx1 = xsmp  # [R, ow, S]
+    s = ysmp[0].shape[-1]
     hp = (height + 2)[:, None, None]
     wp = (width + 2)[:, None, None]
-    # padded row index of the top-left corner for (r, p, iy) and column for (r, q, ix)
-    yrow = (batch[:, None, None] * hp + yi + 1) * wp + base[:, None, None]  # [R, oh, S]
-    xcol = xi + 1  # [R, ow, S]
-    s = yi.shape[-1]
+    # padded row offset of (batch, base) for every RoI
+    rbase = batch[:, None, None] * hp
 
-    def sample(iy, ix, acc):
-        # one sample position of every bin: 4 corner-row gathers, weighted
+    def per_sample(_):
+        yi, wy0, wy1 = ysmp  # [R, oh, S]
+        xi, wx0, wx1 = xsmp  # [R, ow, S]
+        ycols = [((rbase + yi + 1) * wp, wy0), ((rbase + yi + 2) * wp, wy1)]
+        xcols = [(xi + 1, wx0), (xi + 2, wx1)]
+        return _weighted_rows(flat, base, ycols, xcols, s, s <= UNROLL_MAX_SAMPLES, out_dtype)
+
+    if s < 2 or not TAPS:
+        return per_sample(None)
+
+    def per_tap(_):
+        t = s + 1
+        ybase, ytaps, _ = _axis_taps(*ysmp, t)
+        xbase, xtaps, _ = _axis_taps(*xsmp, t)
+        k = jnp.arange(t, dtype=jnp.int32)
+        # indices past the map read the zero padding (their weight is 0)
+        yidx = jnp.minimum(ybase[..., None] + k, hp - 2) + 1  # [R, oh, T] padded
+        xidx = jnp.minimum(xbase[..., None] + k, wp - 2) + 1
+        ycols = [((rbase + yidx) * wp, ytaps)]
+        xcols = [(xidx, xtaps)]
+        return _weighted_rows(flat, base, ycols, xcols, t, t <= UNROLL_MAX_SAMPLES + 1,
+                              out_dtype)
+
+    fits = _axis_taps(*ysmp, s + 1)[2] & _axis_taps(*xsmp, s + 1)[2]
+    return lax.cond(fits, per_tap, per_sample, None)
+
+
+def _weighted_rows(
+    flat: Array, base: Array, ycols, xcols, n: int, unroll: bool, out_dtype
+) -> Array:
+    """sum over (y term, x term) pairs and their n x n positions of
+    wy[r, p, i] * wx[r, q, j] * flat[base[r] + yrow[r, p, i] + xcol[r, q, j]].
+
+    ycols / xcols: lists of (row or column index [R, P, n], weight [R, P, n]).
+    """
+    def term(iy, ix, yrow, wy, xcol, wx):
         ry = lax.dynamic_index_in_dim(yrow, iy, axis=2, keepdims=True)  # [R, oh, 1]
-        a0 = lax.dynamic_index_in_dim(wy0, iy, axis=2, keepdims=True)
-        a1 = lax.dynamic_index_in_dim(wy1, iy, axis=2, keepdims=True)
+        a = lax.dynamic_index_in_dim(wy, iy, axis=2, keepdims=True)
         cx = lax.dynamic_index_in_dim(xcol, ix, axis=2, keepdims=False)[:, None, :]  # [R, 1, ow]
-        b0 = lax.dynamic_index_in_dim(wx0, ix, axis=2, keepdims=False)[:, None, :]
-        b1 = lax.dynamic_index_in_dim(wx1, ix, axis=2, keepdims=False)[:, None, :]
-        row = ry + cx  # [R, oh, ow]
-        for wgt, off in ((a0 * b0, 0), (a0 * b1, 1), (a1 * b0, wp), (a1 * b1, wp + 1)):
-            v = flat.at[row + off].get(mode="promise_in_bounds").astype(jnp.float32)
-            term = wgt[..., None] * v
-            acc = term if acc is None else acc + term
+        b = lax.dynamic_index_in_dim(wx, ix, axis=2, keepdims=False)[:, None, :]
+        v = flat.at[base[:, None, None] + ry + cx].get(mode="promise_in_bounds")
+        return (a * b)[..., None] * v.astype(jnp.float32)
+
+    def position(iy, ix, acc):
+        for yrow, wy in ycols:
+            for xcol, wx in xcols:
+                t = term(iy, ix, yrow, wy, xcol, wx)
+                acc = t if acc is None else acc + t
         return acc
 
-    if s <= UNROLL_MAX_SAMPLES:
-        # Fully unrolled: one fused loop with 4 * s * s gathers (fastest on CPU).
+    if unroll:
+        # Fully unrolled: one fused loop over all the gathers (fastest on CPU).
         acc = None
-        for iy in range(s):
-            for ix in range(s):
-                acc = sample(iy, ix, acc)
+        for iy in range(n):
+            for ix in range(n):
+                acc = position(iy, ix, acc)
     else:
-        # Large static grids: a loop over the s * s samples keeps compile time flat.
-        r, oh, ow = yi.shape[0], yi.shape[1], xi.shape[1]
+        # Large static grids: a loop keeps compile time flat.
+        r, oh, ow = ycols[0][0].shape[0], ycols[0][0].shape[1], xcols[0][0].shape[1]
         acc0 = jnp.zeros((r, oh, ow, flat.shape[-1]), jnp.float32)
-        acc = lax.fori_loop(0, s * s, lambda k, acc: sample(k // s, k % s, acc), acc0)
+        acc = lax.fori_loop(0, n * n, lambda k, acc: position(k // n, k % n, acc), acc0)
     return acc.astype(out_dtype)
 
 
