@@ -91,11 +91,13 @@ def main() -> None:
     ap.add_argument("--r50", action="store_true", help="also the ResNet-50 shapes")
     args = ap.parse_args()
     rng = np.random.default_rng(0)
-    print(f"devices: {jax.devices()}")
+    print(f"devices: {jax.devices()}; AVX-512: {conv._cpu_has_avx512()} ('auto' rule)")
     print(f"{'B, H, W, Cin, Cout, k, s':32s} {'XLA dW ms':>10s} {'slices ms':>10s} {'ratio':>6s}")
     for shape in TINY + (R50 if args.r50 else []):
         t_xla, t_ours = bench_conv(shape, rng)
-        use = "used" if shape[3] * shape[4] >= conv._MIN_CIN_COUT else "not used (small)"
+        b, h, w, cin, cout, k, st = shape
+        ho, wo = (h + 2 * (k // 2) - k) // st + 1, (w + 2 * (k // 2) - k) // st + 1
+        use = "used" if conv._use_slices((k, k, cin, cout), (b, ho, wo, cout)) else "not used"
         print(f"{str(shape):32s} {t_xla:10.2f} {t_ours:10.2f} {t_xla / t_ours:5.2f}x  {use}")
 
     for b, h, w, cin, cout, s in [(16, 32, 32, 16, 32, 2), (2, 128, 128, 256, 64, 1),

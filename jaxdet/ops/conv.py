@@ -11,7 +11,9 @@ ratio.
 - `conv_general_dilated`: drop-in for `lax.conv_general_dilated` (the `nn.Conv` hook).
   On CPU, plain 2-D NHWC / HWIO convs get the slice-matmul kernel gradient when
   `Cin * Cout >= 512` (below that XLA's own is as fast; forward and input gradient
-  stay XLA's), and 1x1 convs without padding are a matmul on the strided input.
+  stay XLA's) -- on CPUs with AVX-512, where XLA's small convs are faster, only from
+  64M multiply-adds per kernel tap -- and 1x1 convs without padding are a matmul on
+  the strided input.
   Anything else (dilation, groups, other layouts, string padding, GPU / TPU, where
   cuDNN / the TPU compiler do this well) is `lax.conv_general_dilated` unchanged.
 - `max_pool`: max pooling with -inf padding (torch `MaxPool2d` / `nn.max_pool`) as a
@@ -35,6 +37,24 @@ import jax.numpy as jnp
 KERNEL_GRAD = "auto"
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs of NHWC/HWIO
 _MIN_CIN_COUT = 512
+# On CPUs with AVX-512, XLA's own kernel gradient wins for small convs (measured with
+# benchmarks/conv_bench.py on a Xeon with AVX-512: 0.70-0.99x for every tiny-model
+# shape, up to 17M multiply-adds per kernel tap; 1.13-3.1x from 134M up). There the
+# tap matmuls are used from this many multiply-adds per tap (B * Ho * Wo * Cin * Cout).
+_MIN_TAP_MACS_AVX512 = 1 << 26
+
+
+@functools.cache
+def _cpu_has_avx512() -> bool:
+    """Whether the host CPU reports AVX-512F (Linux /proc/cpuinfo; False if unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "avx512f" in line.split()
+    except OSError:
+        pass
+    return False
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -55,10 +75,19 @@ def _fast_paths() -> bool:
     return mode == "slices" or (mode == "auto" and jax.default_backend() == "cpu")
 
 
-def _use_slices(rhs_shape: Sequence[int]) -> bool:
-    """Slice-matmul kernel gradient for this [kh, kw, Cin, Cout] kernel?"""
-    big = rhs_shape[2] * rhs_shape[3] >= _MIN_CIN_COUT
-    return _fast_paths() and (KERNEL_GRAD == "slices" or big)
+def _use_slices(rhs_shape: Sequence[int], out_shape: Sequence[int] | None = None) -> bool:
+    """Slice-matmul kernel gradient for this [kh, kw, Cin, Cout] kernel and
+    [B, Ho, Wo, Cout] output? ('auto': Cin * Cout >= 512; with AVX-512, at least
+    `_MIN_TAP_MACS_AVX512` multiply-adds per tap, which needs `out_shape`.)"""
+    if not _fast_paths():
+        return False
+    if KERNEL_GRAD == "slices":
+        return True
+    cin, cout = rhs_shape[2], rhs_shape[3]
+    if _cpu_has_avx512():
+        rows = 0 if out_shape is None else out_shape[0] * out_shape[1] * out_shape[2]
+        return rows * cin * cout >= _MIN_TAP_MACS_AVX512
+    return cin * cout >= _MIN_CIN_COUT
 
 
 def conv_general_dilated(
@@ -96,7 +125,9 @@ def conv_general_dilated(
             # A 1x1 conv is a matmul (2.5-10x faster than XLA:CPU's, forward + backward).
             x = lhs[:, :: strides[0], :: strides[1]]
             return jnp.einsum("bhwc,co->bhwo", x, rhs[0, 0], precision=precision)
-        if _use_slices(rhs.shape):
+        ho = (lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // strides[0] + 1
+        wo = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // strides[1] + 1
+        if _use_slices(rhs.shape, (lhs.shape[0], ho, wo, rhs.shape[3])):
             return _conv_nhwc(lhs, rhs, strides, pads, precision)
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,

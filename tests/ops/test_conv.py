@@ -89,10 +89,15 @@ def test_xla_mode_is_plain_lax(monkeypatch):
     assert "convolution" in hlo and "dot_general" not in hlo
 
 
-def test_auto_uses_xla_for_small_convs(monkeypatch):
+@pytest.mark.parametrize("avx512", [False, True])
+def test_auto_uses_xla_for_small_convs(monkeypatch, avx512):
     monkeypatch.setattr(conv, "KERNEL_GRAD", "auto")
-    assert not conv._use_slices((3, 3, 16, 16))
-    assert conv._use_slices((3, 3, 32, 32)) == (jax.default_backend() == "cpu")
+    monkeypatch.setattr(conv, "_cpu_has_avx512", lambda: avx512)
+    cpu = jax.default_backend() == "cpu"
+    tiny_out, r50_out = (16, 16, 16, 32), (2, 64, 64, 128)
+    assert not conv._use_slices((3, 3, 16, 16), tiny_out)
+    assert conv._use_slices((3, 3, 32, 32), tiny_out) == (cpu and not avx512)
+    assert conv._use_slices((3, 3, 128, 128), r50_out) == cpu
     monkeypatch.setattr(conv, "KERNEL_GRAD", "fast")
     with pytest.raises(ValueError, match="KERNEL_GRAD"):
         conv._use_slices((3, 3, 32, 32))
