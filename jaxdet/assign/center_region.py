@@ -165,22 +165,29 @@ def resolve(
     def per_class(pairs):  # [M, N] (GT, prior) pairs -> [N, C] (prior, class) pairs
         return (pairs.astype(jnp.float32).T @ onehot) > 0
 
-    # Geometric shadow: the ignoring box near the selected level, and contested priors
-    # lost to a smaller GT (mmdetection's shadowed_labels).
-    geo = per_class(ignoring & near & (owner[None] != rows[:, None]))
-    # Selection shadow: the effective region on the levels the GT does not train.
-    sel = None if selected_level is None else per_class(effective & ~at_sel)
-    own = jax.nn.one_hot(labels[jnp.maximum(owner, 0)], num_classes, dtype=bool) & pos[:, None]
+    # Geometric shadow pairs: the ignoring box near the selected level, and contested
+    # priors lost to a smaller GT (mmdetection's shadowed_labels).
+    geo_pairs = ignoring & near & (owner[None] != rows[:, None])
+    # Selection shadow pairs: the effective region on the levels the GT does not train.
+    shadow = geo_pairs if selected_level is None else geo_pairs | (effective & ~at_sel)
+    # One [N, M] x [M, C] product for both shadows; the only entry where they differ
+    # in the result is each positive prior's own class, found with an [M, N] pass:
+    # geo_own[n] = the geometric shadow covers the class of n's owner.
+    union = per_class(shadow)
+    own_label = labels[jnp.maximum(owner, 0)]
+    geo_own = jnp.any(geo_pairs & (labels[:, None] == own_label[None]), axis=0) & pos
+    own = jax.nn.one_hot(own_label, num_classes, dtype=bool) & pos[:, None]
     if foreground_dominate:
-        geo = geo & ~own
+        # the owner's class is never shadowed at its positives
         gt_index = owner
+        ignore_labels = union & ~own
     else:
-        gt_index = jnp.where(jnp.any(geo & own, axis=1), common.BACKGROUND, owner)
-    # The selection never takes a positive away from another GT (as mmdetection's
-    # reweighting, which only touches each GT's own priors).
-    ignore_labels = geo
-    if sel is not None:
-        ignore_labels = geo | (sel & ~(own & (gt_index >= 0)[:, None]))
+        # a positive shadowed in its own class becomes background (class ignored);
+        # the selection never takes a positive away from another GT (as mmdetection's
+        # reweighting, which only touches each GT's own priors)
+        gt_index = jnp.where(geo_own, common.BACKGROUND, owner)
+        kept = pos & ~geo_own
+        ignore_labels = union & ~(own & kept[:, None])
     gt_index = jnp.where(crowd, common.IGNORE, gt_index)
     return common.finish(gt_index, jnp.ones((n,), jnp.float32)), ignore_labels
 
