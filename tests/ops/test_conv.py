@@ -33,7 +33,12 @@ def _xla(x, w, s, pads):
         (1, 6, 6, 2, 2, 3, (1, 1), ((-1, 1), (1, -1))),  # negative padding = a crop
     ],
 )
-def test_conv_value_and_grads_equal_xla(slices_mode, b, h, w, cin, cout, k, s, pads):
+@pytest.mark.parametrize("blocked", [False, True])
+def test_conv_value_and_grads_equal_xla(slices_mode, monkeypatch, blocked,
+                                        b, h, w, cin, cout, k, s, pads):
+    if blocked:  # kernel_grad's scan over blocks of output rows, for any size
+        monkeypatch.setattr(conv, "BLOCK_MIN_TAP_MACS", 0)
+        monkeypatch.setattr(conv, "BLOCK_PIXELS", 2 * b * w)  # ~2 rows, a ragged last block
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(b, h, w, cin)), jnp.float32)
     kern = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
