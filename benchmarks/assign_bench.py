@@ -127,6 +127,12 @@ BENCHES = {
         lambda p, b, v, i: _np_bags(p.boxes, b, v, i, 40),
         "anchors9",
     ),
+    # The same bags on the spine's setting (one anchor per location, N = 22,300).
+    "mal_bags_a1": (
+        lambda p, g: anchor_bags.build(p, g, bag_size=40),
+        lambda p, b, v, i: _np_bags(p.boxes, b, v, i, 40),
+        "anchors1",
+    ),
     "mal_bags_prob": (
         lambda p, g: (anchor_bags.build(p, g, bag_size=40),
                       anchor_bags.positive_probability(p.boxes, g, 80)),
