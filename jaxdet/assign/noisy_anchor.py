@@ -275,6 +275,8 @@ def assign(
         topk=topk,
         min_pos_iou=min_pos_iou,
         ignore_iof_thr=ignore_iof_thr,
+        grid_shapes=grid_shapes,
+        method=method,
         chunk=chunk,
     )
     loc, cls = cleanliness_terms(bags.gt_index, gt, pred_boxes, pred_scores)

@@ -302,3 +302,11 @@ def test_jit_vmap_batch():
     out = grid(gt, pred, scores)
     q = np.asarray(out.quality)
     assert np.all((q >= 0) & (q <= 1)) and np.all(q[np.asarray(out.gt_index) < 0] == 0)
+    # assign passes grid_shapes / method on: the same bags as candidate_bags' grid path
+    # (whose tie-breaking differs from the dense path's), cleanliness on top of them.
+    bags = jax.jit(jax.vmap(lambda g: na.candidate_bags(priors, g, grid_shapes=GRID)))(gt)
+    np.testing.assert_array_equal(np.asarray(out.gt_index), np.asarray(bags.gt_index))
+    for i in range(3):
+        loc, cls = na.cleanliness_terms(bags.gt_index[i], jax.tree.map(lambda a: a[i], gt),
+                                        pred[i], scores[i])
+        np.testing.assert_allclose(q[i], np.asarray(na.cleanliness(loc, cls)), atol=1e-6)
