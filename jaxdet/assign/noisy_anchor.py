@@ -40,7 +40,8 @@ is x-interval(c) x y-interval(r), so its intersection with a GT is ix(c) * iy(r)
 with the anchor area fixed, its IoU grows with that product. ix(c) falls with the
 distance of column c's centre from the GT centre (the overlap of two intervals is a
 trapezoid symmetric about the GT centre), iy(r) likewise. Rank the rows and the
-columns by that distance; then any anchor of rank (a, b) is dominated by the
+columns by that distance (`nearest_first`, in closed form: the centres are evenly
+spaced); then any anchor of rank (a, b) is dominated by the
 (a + 1)(b + 1) anchors of ranks <= (a, b), so the top-N of the level and shape lie in
 the static staircase {(a, b): (a + 1)(b + 1) <= N} (207 cells for N = 50). The bag is
 the top-N of these candidates over all levels and shapes (~9k for N = 50, 9 anchors,
@@ -96,6 +97,37 @@ def _check_grid(priors: Priors, grid_shapes) -> None:
         )
 
 
+def nearest_first(centers: jax.Array, t: jax.Array, k: int) -> jax.Array:
+    """Indices [M, k] of the k entries of evenly spaced `centers` [n] nearest to each
+    of t [M], nearest first, without a sort.
+
+    With u = (t - c0) / step clipped to [0, n - 1], f = floor(u), the entries left of
+    u (f, f - 1, ...) are at distances frac + i and those right of it (f + 1, ...) at
+    1 - frac + j: the two runs interleave, starting with the nearer side (left when
+    frac <= 1/2), and once the shorter run ends (the map border) the longer one goes
+    on alone. Equal distances may come in either order.
+    """
+    n = centers.shape[0]
+    if n == 1:
+        return jnp.zeros((t.shape[0], k), jnp.int32)
+    step = centers[1] - centers[0]
+    u = jnp.clip((t - centers[0]) / step, 0.0, n - 1.0)
+    f = jnp.clip(jnp.floor(jnp.nan_to_num(u)), 0, n - 1).astype(jnp.int32)[:, None]
+    frac = (u[:, None] - f)
+    n_left, n_right = f + 1, n - 1 - f
+    left_first = frac <= 0.5
+    n_first = jnp.where(left_first, n_left, n_right)
+    n_second = jnp.where(left_first, n_right, n_left)
+    m = jnp.minimum(n_first, n_second)
+    q = jnp.arange(k, dtype=jnp.int32)[None, :]
+    inter = q < 2 * m
+    # side of the q-th entry (True: the first side) and its index along that run
+    first = jnp.where(inter, q % 2 == 0, n_first > m)
+    along = jnp.where(inter, q // 2, m + q - 2 * m)
+    left = first == left_first
+    return jnp.where(left, f - along, f + 1 + along)
+
+
 def _top_grid(pb, level_sizes, grid_shapes, num_base, boxes, k):
     """(iou [M, K], anchor index [M, K]) of each GT's top-K anchors, K = min(k, #candidates).
 
@@ -114,8 +146,8 @@ def _top_grid(pb, level_sizes, grid_shapes, num_base, boxes, k):
         cx = (x1[:, 0] + x2[:, 0]) / 2.0  # [W]
         cy = (y1[:, 0] + y2[:, 0]) / 2.0  # [H]
         kr, kc = min(k, h), min(k, w)
-        rows = lax.top_k(-jnp.abs(cy[None, :] - gy[:, None]), kr)[1]  # [M, kr] nearest first
-        cols = lax.top_k(-jnp.abs(cx[None, :] - gx[:, None]), kc)[1]  # [M, kc]
+        rows = nearest_first(cy, gy, kr)  # [M, kr] nearest first
+        cols = nearest_first(cx, gx, kc)  # [M, kc]
         pa, pc = staircase(kr, kc, k)
         r, c = rows[:, pa], cols[:, pc]  # [M, P]
         bx = boxes[:, None, None, :]

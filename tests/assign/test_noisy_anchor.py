@@ -310,3 +310,21 @@ def test_jit_vmap_batch():
         loc, cls = na.cleanliness_terms(bags.gt_index[i], jax.tree.map(lambda a: a[i], gt),
                                         pred[i], scores[i])
         np.testing.assert_allclose(q[i], np.asarray(na.cleanliness(loc, cls)), atol=1e-6)
+
+
+@pytest.mark.parametrize("n,c0,step", [(1, 0.0, 8.0), (2, 4.0, 8.0), (7, 0.0, 16.0),
+                                       (100, 0.0, 8.0), (13, 64.0, 128.0)])
+def test_nearest_first_orders_by_distance(n, c0, step):
+    """The closed-form ranking: k distinct indices whose distances are the k smallest,
+    in increasing order, for centres inside, between, on and beyond the grid."""
+    rng = np.random.default_rng(n)
+    c = (c0 + step * np.arange(n)).astype(np.float32)
+    t = np.concatenate([rng.uniform(-3 * step, (n + 2) * step, 100), c[:3], c[:3] + step / 2])
+    t = jnp.asarray(t, jnp.float32)
+    for k in sorted({1, min(5, n), n}):
+        got = np.asarray(jax.jit(na.nearest_first, static_argnums=2)(jnp.asarray(c), t, k))
+        assert got.shape == (t.shape[0], k) and got.min() >= 0 and got.max() < n
+        for row, tr in zip(got, np.asarray(t)):
+            d = np.abs(c - tr)
+            assert len(set(row.tolist())) == k
+            np.testing.assert_allclose(d[row], np.sort(d)[:k], atol=1e-3 * step)
