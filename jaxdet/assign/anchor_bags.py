@@ -16,9 +16,10 @@ Visual Object Detection", CVPR 2020 (DeLightCMU/MAL `free_anchor_loss_IA.py`,
 config `mal_R-50-FPN.yaml`: PRE_ANCHOR_TOPK 40, BBOX_THRESHOLD 0.6).
 
 Both functions are per image, pure, jittable and vmappable over the batch
-(`jax.vmap(lambda g: build(priors, g))(gt)`). They walk only the valid GT rows
-(`common.fold_gt_chunks`), so their cost follows the number of real GTs, not
-`max_boxes`, and no [M, N] matrix is built.
+(`jax.vmap(lambda g: build(priors, g))(gt)`). No [M, N] matrix is built:
+`build` takes each GT's candidates on the anchor grid (`jaxdet.assign.grid_topk`)
+when the priors come from `make_anchors`, and otherwise, like
+`positive_probability`, walks only the valid GT rows (`common.fold_gt_chunks`).
 
 Tie-breaking: `lax.top_k` keeps the lower anchor index among equal IoUs (torch's
 `topk(sorted=False)` leaves it unspecified); the bag is sorted by decreasing IoU.
@@ -32,7 +33,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdet.assign import common
+from jaxdet.assign import common, grid_topk
 from jaxdet.core import boxes as box_ops
 from jaxdet.core.types import GroundTruth, Priors
 
@@ -56,7 +57,12 @@ class AnchorBags(NamedTuple):
 
 
 def build(
-    priors: Priors, gt: GroundTruth, *, bag_size: int = BAG_SIZE, chunk: int = 8
+    priors: Priors,
+    gt: GroundTruth,
+    *,
+    bag_size: int = BAG_SIZE,
+    chunk: int = 8,
+    method: str = "auto",
 ) -> AnchorBags:
     """Per GT row, the `bag_size` anchors of highest IoU with it.
 
@@ -64,7 +70,12 @@ def build(
       priors: N anchors, `priors.boxes` [N, 4].
       gt: one image's GroundTruth, leaves [M, ...]; rows with valid & ~ignore get a bag.
       bag_size: K (MAL 40, FreeAnchor 50); clipped to N.
-      chunk: GT rows per loop step (speed only).
+      chunk: GT rows per loop step of the dense path (speed only).
+      method: 'grid' (`jaxdet.assign.grid_topk`: a static set of candidates per GT on
+        the anchor grid; needs `priors.feature_shapes`, i.e. `make_anchors` priors),
+        'dense' (every anchor's IoU, folded over the GT rows) or 'auto' (grid when
+        the priors carry their feature shapes). Same IoUs; among equal IoUs at the
+        K-th place the two may keep different anchors.
     Returns:
       AnchorBags with [M, K] leaves.
     """
@@ -73,6 +84,17 @@ def build(
     k = min(int(bag_size), n)
     boxes, match_rows, _ = common.split_gt(gt)
     m = boxes.shape[0]
+    if method not in ("auto", "grid", "dense"):
+        raise ValueError(f"unknown method {method!r}; expected 'auto', 'grid' or 'dense'")
+    if method == "grid" or (method == "auto" and priors.feature_shapes is not None):
+        grid_topk.check_grid(priors, priors.feature_shapes)
+        iou, index = grid_topk.top_iou(
+            pb, priors.level_sizes, priors.feature_shapes, priors.num_base,
+            jnp.where(match_rows[:, None], boxes, 0.0), k,
+        )
+        valid = jnp.broadcast_to(match_rows[:, None], (m, k))
+        return AnchorBags(index=jnp.where(valid, index, 0), valid=valid,
+                          iou=jnp.where(valid, iou, 0.0))
     cols = common.columns(pb)
     area = box_ops.areas(pb)
 

@@ -87,11 +87,12 @@ def test_bag_size_is_clipped_to_the_number_of_anchors():
     assert sorted(np.asarray(bags.index)[0].tolist()) == [0, 1, 2, 3]
 
 
+@pytest.mark.parametrize("method", ["grid", "dense"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_numpy_topk(seed):
+def test_matches_numpy_topk(seed, method):
     p, g = _random_case(seed)
     k = 40
-    bags = jax.jit(lambda g: anchor_bags.build(p, g, bag_size=k))(g)
+    bags = jax.jit(lambda g: anchor_bags.build(p, g, bag_size=k, method=method))(g)
     ov = ref.bbox_overlaps(g.boxes, p.boxes)  # [M, N]
     for i in range(len(g.boxes)):
         if not (g.valid[i] and not g.ignore[i]):
@@ -104,11 +105,18 @@ def test_matches_numpy_topk(seed):
         assert np.asarray(bags.valid[i]).all()
 
 
+def test_grid_needs_grid_priors():
+    with pytest.raises(ValueError, match="grid"):
+        anchor_bags.build(_row_priors(), _gt([[4, 0, 20, 8]]), method="grid")
+    with pytest.raises(ValueError, match="method"):
+        anchor_bags.build(_row_priors(), _gt([[4, 0, 20, 8]]), method="fast")
+
+
 def test_chunk_size_does_not_change_the_result():
     p, g = _random_case(3, m=13)
-    a = anchor_bags.build(p, g, bag_size=9, chunk=1)
+    a = anchor_bags.build(p, g, bag_size=9, chunk=1, method="dense")
     for chunk in (3, 8):
-        b = anchor_bags.build(p, g, bag_size=9, chunk=chunk)
+        b = anchor_bags.build(p, g, bag_size=9, chunk=chunk, method="dense")
         for x, y in zip(a, b):
             np.testing.assert_array_equal(x, y)
 

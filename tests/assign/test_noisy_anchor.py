@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdet.assign import grid_topk
 from jaxdet.assign import noisy_anchor as na
 from jaxdet.core import priors as priors_lib
 from jaxdet.core.types import GroundTruth, Priors
@@ -174,7 +175,8 @@ def test_grid_selects_the_same_ious_as_dense(num_base, topk):
     boxes, _, valid, _ = _random_case(np.random.default_rng(7), m=24, n_pad=0, crowd=False)
     boxes = jnp.asarray(boxes)
     val_g, idx_g = jax.jit(
-        lambda b: na._top_grid(priors.boxes, priors.level_sizes, GRID, priors.num_base, b, topk)
+        lambda b: grid_topk.top_iou(priors.boxes, priors.level_sizes, GRID, priors.num_base,
+                                    b, topk)
     )(boxes)
     val_d, _ = jax.jit(lambda b: na._top_dense(priors.boxes, b, jnp.asarray(valid), topk, 8))(boxes)
     k = min(topk, anchors.shape[0])
@@ -307,7 +309,7 @@ def test_jit_vmap_batch():
     bags = jax.jit(jax.vmap(lambda g: na.candidate_bags(priors, g, grid_shapes=GRID)))(gt)
     np.testing.assert_array_equal(np.asarray(out.gt_index), np.asarray(bags.gt_index))
     for i in range(3):
-        loc, cls = na.cleanliness_terms(bags.gt_index[i], jax.tree.map(lambda a: a[i], gt),
+        loc, cls = na.cleanliness_terms(bags.gt_index[i], jax.tree.map(lambda a, i=i: a[i], gt),
                                         pred[i], scores[i])
         np.testing.assert_allclose(q[i], np.asarray(na.cleanliness(loc, cls)), atol=1e-6)
 
@@ -322,7 +324,7 @@ def test_nearest_first_orders_by_distance(n, c0, step):
     t = np.concatenate([rng.uniform(-3 * step, (n + 2) * step, 100), c[:3], c[:3] + step / 2])
     t = jnp.asarray(t, jnp.float32)
     for k in sorted({1, min(5, n), n}):
-        got = np.asarray(jax.jit(na.nearest_first, static_argnums=2)(jnp.asarray(c), t, k))
+        got = np.asarray(jax.jit(grid_topk.nearest_first, static_argnums=2)(jnp.asarray(c), t, k))
         assert got.shape == (t.shape[0], k) and got.min() >= 0 and got.max() < n
         for row, tr in zip(got, np.asarray(t)):
             d = np.abs(c - tr)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxdet import detectors
+from jaxdet.assign import anchor_bags
 from jaxdet.core.types import GroundTruth
 from jaxdet.train import loop
 from tests.tiny import synthetic_batch, tiny_config, train_tiny
@@ -98,7 +99,11 @@ def test_free_anchor_like_loss_matches_mmdetection(data_dir):
     out = dict(cls_logits=rng.normal(-3, 1.5, (2, n, c)).astype(np.float32),
                box_deltas=rng.normal(0, 0.5, (2, n, 4)).astype(np.float32))
     gt = _gt_batch()
-    fn = jax.jit(lambda o, g: det.losses(o, priors, g, det.bags(priors, g), det.bag_size))
+    # The dense bags: the reference's stable sort keeps the lower anchor index among
+    # equal IoUs at the K-th place, as the dense path does (the grid path may not).
+    dense = lambda g: jax.vmap(
+        lambda g1: anchor_bags.build(priors, g1, bag_size=det.bag_size, method="dense"))(g)
+    fn = jax.jit(lambda o, g: det.losses(o, priors, g, dense(g), det.bag_size))
     loss, metrics = fn(out, gt)
     gts = [(gt.boxes[0, :2], gt.labels[0, :2]), (gt.boxes[1, :2], gt.labels[1, :2])]
     pos, neg = _np_free_anchor(out["cls_logits"].astype(np.float64),
@@ -111,7 +116,7 @@ def test_free_anchor_like_loss_matches_mmdetection(data_dir):
     # With the default ignore IoF 0.5, anchors on the crowd box drop out of the negative loss.
     config.bags.ignore_iof_thr = 0.5
     det2 = detectors.build(config)
-    _, m2 = jax.jit(lambda o, g: det2.losses(o, priors, g, det2.bags(priors, g), 40))(out, gt)
+    _, m2 = jax.jit(lambda o, g: det2.losses(o, priors, g, dense(g), 40))(out, gt)
     assert float(m2["loss_neg"]) < float(metrics["loss_neg"])
     np.testing.assert_allclose(m2["loss_pos"], metrics["loss_pos"], rtol=1e-6)
 
