@@ -37,16 +37,16 @@ import jax.numpy as jnp
 KERNEL_GRAD = "auto"
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs of NHWC/HWIO
 _MIN_CIN_COUT = 512
-# Output pixels (B * rows * Wo) per block of `kernel_grad`'s scan (1-2k measured best
-# for the R50 shapes on the AVX-512 Xeon), used from BLOCK_MIN_TAP_MACS multiply-adds
-# per tap (the small convs, measured fast unblocked on the AVX2 EPYC, stay whole).
-BLOCK_PIXELS = 2048
-BLOCK_MIN_TAP_MACS = 1 << 26
-# On CPUs with AVX-512, XLA's own kernel gradient wins for small convs (measured with
+# A "large" conv: at least this many multiply-adds per kernel tap (B * Ho * Wo * Cin *
+# Cout). On CPUs with AVX-512, XLA's own kernel gradient wins below it (measured with
 # benchmarks/conv_bench.py on a Xeon with AVX-512: 0.70-0.99x for every tiny-model
-# shape, up to 17M multiply-adds per kernel tap; 1.13-3.1x from 134M up). There the
-# tap matmuls are used from this many multiply-adds per tap (B * Ho * Wo * Cin * Cout).
-_MIN_TAP_MACS_AVX512 = 1 << 26
+# shape, up to 17M multiply-adds per tap; 1.13-3.1x from 134M up), so only large convs
+# take the tap matmuls there; and only large convs are blocked (below: whole maps, as
+# measured fast on the AVX2 EPYC).
+LARGE_TAP_MACS = 1 << 26
+# Output pixels (B * rows * Wo) per block of `kernel_grad`'s scan for large convs
+# (1-2k measured best for the R50 shapes on the AVX-512 Xeon).
+BLOCK_PIXELS = 2048
 
 
 @functools.cache
@@ -83,7 +83,7 @@ def _fast_paths() -> bool:
 def _use_slices(rhs_shape: Sequence[int], out_shape: Sequence[int] | None = None) -> bool:
     """Slice-matmul kernel gradient for this [kh, kw, Cin, Cout] kernel and
     [B, Ho, Wo, Cout] output? ('auto': Cin * Cout >= 512; with AVX-512, at least
-    `_MIN_TAP_MACS_AVX512` multiply-adds per tap, which needs `out_shape`.)"""
+    `LARGE_TAP_MACS` multiply-adds per tap, which needs `out_shape`.)"""
     if not _fast_paths():
         return False
     if KERNEL_GRAD == "slices":
@@ -91,7 +91,7 @@ def _use_slices(rhs_shape: Sequence[int], out_shape: Sequence[int] | None = None
     cin, cout = rhs_shape[2], rhs_shape[3]
     if _cpu_has_avx512():
         rows = 0 if out_shape is None else out_shape[0] * out_shape[1] * out_shape[2]
-        return rows * cin * cout >= _MIN_TAP_MACS_AVX512
+        return rows * cin * cout >= LARGE_TAP_MACS
     return cin * cout >= _MIN_CIN_COUT
 
 
@@ -199,7 +199,7 @@ def kernel_grad(
     xp = jax.lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
     b, ho, wo, _ = dy.shape
     rows = max(1, BLOCK_PIXELS // max(b * wo, 1))
-    if b * ho * wo * cin * cout < BLOCK_MIN_TAP_MACS:
+    if b * ho * wo * cin * cout < LARGE_TAP_MACS:
         rows = ho
 
     def tap_products(xs, dys, out_hw):

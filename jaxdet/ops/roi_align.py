@@ -206,10 +206,11 @@ def _gather_core(
     if s < 2 or not TAPS:
         return per_sample(None)
 
+    t = s + 1
+    ybase, ytaps, yfits = _axis_taps(*ysmp, t)
+    xbase, xtaps, xfits = _axis_taps(*xsmp, t)
+
     def per_tap(_):
-        t = s + 1
-        ybase, ytaps, _ = _axis_taps(*ysmp, t)
-        xbase, xtaps, _ = _axis_taps(*xsmp, t)
         k = jnp.arange(t, dtype=jnp.int32)
         # indices past the map read the zero padding (their weight is 0)
         yidx = jnp.minimum(ybase[..., None] + k, hp - 2) + 1  # [R, oh, T] padded
@@ -219,8 +220,7 @@ def _gather_core(
         return _weighted_rows(flat, base, ycols, xcols, t, t <= UNROLL_MAX_SAMPLES + 1,
                               out_dtype)
 
-    fits = _axis_taps(*ysmp, s + 1)[2] & _axis_taps(*xsmp, s + 1)[2]
-    return lax.cond(fits, per_tap, per_sample, None)
+    return lax.cond(yfits & xfits, per_tap, per_sample, None)
 
 
 def _weighted_rows(

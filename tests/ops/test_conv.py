@@ -37,7 +37,7 @@ def _xla(x, w, s, pads):
 def test_conv_value_and_grads_equal_xla(slices_mode, monkeypatch, blocked,
                                         b, h, w, cin, cout, k, s, pads):
     if blocked:  # kernel_grad's scan over blocks of output rows, for any size
-        monkeypatch.setattr(conv, "BLOCK_MIN_TAP_MACS", 0)
+        monkeypatch.setattr(conv, "LARGE_TAP_MACS", 0)
         monkeypatch.setattr(conv, "BLOCK_PIXELS", 2 * b * w)  # ~2 rows, a ragged last block
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(b, h, w, cin)), jnp.float32)
