@@ -128,8 +128,7 @@ def conv_general_dilated(
         strides = tuple(int(s) for s in window_strides)
         if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
             # A 1x1 conv is a matmul (2.5-10x faster than XLA:CPU's, forward + backward).
-            x = lhs[:, :: strides[0], :: strides[1]]
-            return jnp.einsum("bhwc,co->bhwo", x, rhs[0, 0], precision=precision)
+            return _matmul_1x1(lhs[:, :: strides[0], :: strides[1]], rhs[0, 0], precision)
         ho = (lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // strides[0] + 1
         wo = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // strides[1] + 1
         if _use_slices(rhs.shape, (lhs.shape[0], ho, wo, rhs.shape[3])):
@@ -165,6 +164,33 @@ def _conv_bwd(strides, pads, precision, res, dy):
 
 
 _conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _matmul_1x1(x, w, precision):
+    """x [B, H, W, Cin] @ w [Cin, Cout] -> [B, H, W, Cout] (a 1x1 conv on the strided input).
+
+    The backward is written out: with autodiff's einsum transpose, XLA:CPU gave the
+    kernel gradient's dot a transposed copy of dy, fused with the recomputed BN / ReLU
+    backward, in every 1x1 conv of ResNet-50 (16% of the R50-FPN train step).
+    """
+    return jnp.einsum("bhwc,co->bhwo", x, w, precision=precision)
+
+
+def _matmul_1x1_fwd(x, w, precision):
+    return _matmul_1x1(x, w, precision), (x, w)
+
+
+def _matmul_1x1_bwd(precision, res, dy):
+    x, w = res
+    cin, cout = w.shape
+    dx = jnp.einsum("bhwo,co->bhwc", dy, w, precision=precision).astype(x.dtype)
+    dw = jnp.einsum("nc,no->co", x.reshape(-1, cin), dy.reshape(-1, cout), precision=precision,
+                    preferred_element_type=jnp.float32)
+    return dx, dw.astype(w.dtype)
+
+
+_matmul_1x1.defvjp(_matmul_1x1_fwd, _matmul_1x1_bwd)
 
 
 def _taps(xp: jax.Array, window: tuple[int, int], strides: tuple[int, int],
