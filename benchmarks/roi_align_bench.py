@@ -1,6 +1,6 @@
 """roi_align forward: 512 RoIs, 7x7, 256 channels from a [2, 100, 152, 256] map.
 
-    python benchmarks/roi_align_bench.py [--repeats 3] [--rois 512]
+    python benchmarks/roi_align_bench.py [--repeats 3] [--rois 512] [--torch-python PY]
 
 The map is stride 8 of an 800x1216 image (spatial_scale 1/8). RoIs are random
 boxes whose size on the map is uniform in [4, 28] feature pixels (the range
@@ -11,13 +11,16 @@ MultiScaleRoIAlign default) and 0 (adaptive, mmdetection's default), gather and
 einsum methods; a "-samples" suffix switches the gather method's tap form off
 (`jaxdet.ops.roi_align.TAPS`), the baseline of the tap form's ratio. Reports
 median ms (and compile seconds) per variant; the issue's
-target is <= 40 ms forward on the 2-core CPU (torchvision: 41 ms).
+target is <= 40 ms forward on the 2-core CPU (torchvision: 41 ms on the machine the
+issue was written on; `--torch-python PY`, a Python with torch and torchvision, times
+`torchvision.ops.roi_align` on the same RoIs here: benchmarks/torchvision_roi_align.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -51,6 +54,8 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--variants", default="sr2-gather,sr0-gather,sr0-gather-samples")
+    ap.add_argument("--torch-python", default="",
+                    help="a Python with torch + torchvision: time torchvision.ops.roi_align")
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -100,6 +105,20 @@ def main() -> None:
     for v in fns:
         wall, cpu = np.median(np.array(res[v]), axis=0)
         print(f"  {v:18s}: {wall:8.1f} ms wall   {cpu:8.1f} ms CPU   target <= 40 ms wall")
+    if args.torch_python:
+        here = os.path.dirname(os.path.abspath(__file__))
+        out = subprocess.run(
+            [args.torch_python, os.path.join(here, "torchvision_roi_align.py"),
+             "--rois", str(r), "--channels", str(c)],
+            check=True, capture_output=True, text=True).stdout.strip().splitlines()
+        print(f"torchvision.ops.roi_align ({out[0]}), same RoIs, measured now:")
+        ref = dict(line.split("_ms=") for line in out[1:])
+        for v in fns:
+            sr = v.split("-")[0]
+            if sr in ref and v.endswith("gather"):
+                ours = np.median(np.array(res[v]), axis=0)[0]
+                print(f"  {sr}: torchvision {float(ref[sr]):.1f} ms, {v} {ours:.1f} ms, "
+                      f"torchvision / jaxdet = {float(ref[sr]) / ours:.2f}x")
     for v in fns:
         if v + "-samples" in fns:
             a = np.median(np.array(res[v]), axis=0)
