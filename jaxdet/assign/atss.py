@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdet.assign import common
+from jaxdet.assign import common, grid_topk
 from jaxdet.core import boxes as box_ops
 from jaxdet.core.types import Assignment, GroundTruth, Priors
 
@@ -228,15 +228,6 @@ def _select(pb: jnp.ndarray, prep: dict, cand: jnp.ndarray) -> Assignment:
     return common.finish(gt_index, best)
 
 
-def _check_grid(priors: Priors, grid_shapes) -> None:
-    if grid_shapes is None:
-        raise ValueError("method='grid' needs grid_shapes (or priors.feature_shapes)")
-    sizes = tuple(int(h) * int(w) * priors.num_base for h, w in grid_shapes)
-    if sizes != tuple(priors.level_sizes):
-        raise ValueError(f"grid_shapes {tuple(grid_shapes)} x {priors.num_base} anchors give "
-                         f"level sizes {sizes}, priors have {tuple(priors.level_sizes)}")
-
-
 def assign(
     priors: Priors,
     gt: GroundTruth,
@@ -278,7 +269,7 @@ def assign(
     prep = _prepare(priors, gt, ignore_iof_thr, chunk)
     if method == "grid":
         grid_shapes = grid_shapes or priors.feature_shapes
-        _check_grid(priors, grid_shapes)
+        grid_topk.check_grid(priors, grid_shapes)
         cand, exact = _candidates(priors, prep, topk, "grid", block, grid_shapes, grid_radius)
         cand = lax.cond(exact, lambda: cand,
                         lambda: _candidates(priors, prep, topk, "blocks", block)[0])
@@ -311,7 +302,7 @@ def assign_batch(
     if grid_shapes is None:
         cand = blocks()
     else:
-        _check_grid(priors, grid_shapes)
+        grid_topk.check_grid(priors, grid_shapes)
         cand, exact = jax.vmap(
             lambda p: _candidates(priors, p, topk, "grid", block, grid_shapes, grid_radius)
         )(prep)

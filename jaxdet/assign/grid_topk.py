@@ -43,9 +43,11 @@ def _overlap(lo: jax.Array, hi: jax.Array, glo: jax.Array, ghi: jax.Array) -> ja
 
 
 def check_grid(priors: Priors, grid_shapes) -> None:
-    """Raises ValueError unless every level is an (h, w, num_base) anchor grid."""
+    """Raises ValueError unless every level is an (h, w, num_base) anchor grid; for
+    concrete (untraced) boxes, also unless its row and column centres are evenly
+    spaced (what `nearest_first` and ATSS's lattice window assume)."""
     if grid_shapes is None:
-        raise ValueError("method='grid' needs grid_shapes (the (h, w) of every level)")
+        raise ValueError("method='grid' needs grid_shapes (or priors.feature_shapes)")
     shapes = tuple(tuple(int(v) for v in hw) for hw in grid_shapes)
     sizes = tuple(h * w * priors.num_base for h, w in shapes)
     if sizes != tuple(priors.level_sizes):
@@ -53,6 +55,20 @@ def check_grid(priors: Priors, grid_shapes) -> None:
             f"priors are not an anchor grid of {shapes} x {priors.num_base}: level sizes "
             f"{tuple(priors.level_sizes)} != {sizes}"
         )
+    try:
+        pb = np.asarray(priors.boxes, np.float64)
+    except jax.errors.TracerArrayConversionError:
+        return  # traced boxes: checked where they were made
+    start = 0
+    for level, ((h, w), size) in enumerate(zip(shapes, sizes)):
+        lvl = pb[start : start + size].reshape(h, w, priors.num_base, 4)
+        start += size
+        cx = (lvl[0, :, 0, 0] + lvl[0, :, 0, 2]) / 2.0
+        cy = (lvl[:, 0, 0, 1] + lvl[:, 0, 0, 3]) / 2.0
+        for name, c in (("column", cx), ("row", cy)):
+            d = np.diff(c)
+            if len(d) and not np.allclose(d, d[0], rtol=1e-5, atol=1e-3 * max(abs(d[0]), 1.0)):
+                raise ValueError(f"level {level}: anchor {name} centres are not evenly spaced")
 
 
 def nearest_first(centers: jax.Array, t: jax.Array, k: int) -> jax.Array:

@@ -213,6 +213,15 @@ def test_grid_needs_a_grid():
         na.candidate_bags(priors, gt, method="grid")
     with pytest.raises(ValueError, match="method"):
         na.candidate_bags(priors, gt, method="sparse")
+    # A grid of the right sizes whose columns are not evenly spaced: the closed-form
+    # nearest-first ranking would be wrong, so it is refused.
+    boxes = np.asarray(priors.boxes).copy()
+    n0 = priors.level_sizes[0]
+    lvl = boxes[:n0].reshape(GRID[0][0], GRID[0][1], priors.num_base, 4)
+    lvl[:, -1, :, [0, 2]] += 3.0  # shift the last column of level 0
+    bad = priors.replace(boxes=np.concatenate([lvl.reshape(-1, 4), boxes[n0:]]))
+    with pytest.raises(ValueError, match="evenly spaced"):
+        na.candidate_bags(bad, gt, grid_shapes=GRID)
 
 
 @pytest.mark.parametrize("method", ["grid", "dense"])
