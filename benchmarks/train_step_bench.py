@@ -11,9 +11,10 @@ The reference for the R50 setting is torchvision's RetinaNet R50-FPN train step 
 2x512x512 (`benchmarks/torchvision_retinanet_step.py`). With `--torch-python PY` (a
 Python with torch and torchvision, which jaxdet does not depend on) it is run right
 after, on the same machine, and the ratio is printed; without it the ratio is taken
-against `TORCHVISION_R50_STEP_S`, a figure from one machine of this class (the
-machines differ: it was 2.2 s on a 2-core AMD EPYC and 3.5 s on a 2-core Xeon with
-AVX-512, where jaxdet's step was 7.5 s and 3.8 s).
+against `TORCHVISION_R50_STEP_S`, the issue's figure from the machine it was written
+on (the machines differ: torch 2.14.1 measured 9.5 s on a 2-core AMD EPYC, where
+jaxdet's step was 5.1-7.2 s, and 3.5-3.9 s on a 2-core Xeon with AVX-512, where
+jaxdet's was 3.2 s).
 """
 
 from __future__ import annotations
