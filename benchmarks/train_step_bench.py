@@ -5,8 +5,10 @@ R50-FPN at 2x512x512, on random inputs with realistic GT.
 
 Prints, per setting: compile time (s), median step time (ms), images/s, the
 compiled step's temp memory (XLA memory analysis) and the process peak RSS; each
-setting runs twice, with XLA's conv kernel gradients and with jaxdet.ops.conv's
-(the default), and the ratio of the two step times is printed.
+setting runs three times: the default (jaxdet.ops.conv's kernel gradients, XLA:CPU's
+YNNPACK fusions as `conv.YNNPACK='auto'` decides for this CPU), with XLA's conv
+kernel gradients, and with YNNPACK flipped (off where the default keeps it, on
+where it turns it off); the ratios to the default's step time are printed.
 The reference for the R50 setting is torchvision's RetinaNet R50-FPN train step at
 2x512x512 (`benchmarks/torchvision_retinanet_step.py`). With `--torch-python PY` (a
 Python with torch and torchvision, which jaxdet does not depend on) it is run right
@@ -68,7 +70,8 @@ def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -
     schedule = optim.make_schedule(config.optimizer, 1000, 100)
     tx = optim.make_optimizer(config.optimizer, schedule, det.trainable_mask(params))
     state = create_train_state(params, det_state, tx)
-    step = jax.jit(functools.partial(train_step, detector=det, tx=tx), donate_argnums=(0,))
+    step = jax.jit(functools.partial(train_step, detector=det, tx=tx), donate_argnums=(0,),
+                   compiler_options=conv.compiler_options())
     batch = jax.device_put(random_batch(batch_size, hw, config.data.max_boxes,
                                         config.data.num_classes))
     rng = jax.random.PRNGKey(1)
@@ -95,15 +98,19 @@ def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -
 
 
 def bench_both(name: str, get_config, batch_size: int, hw: tuple[int, int], steps: int):
-    """The step with XLA's conv kernel gradients, then with jaxdet.ops.conv's ('auto')."""
+    """The default step, then with XLA's conv kernel gradients, then with YNNPACK flipped."""
+    flipped = "on" if conv.ynnpack_off() else "off"
+    runs = (("default", "auto", "auto"), ("xla kernel grads", "xla", "auto"),
+            (f"YNNPACK {flipped}", "auto", flipped))
     times = {}
-    for mode in ("xla", "auto"):
-        conv.KERNEL_GRAD = mode
-        times[mode] = bench(f"{name} [{mode}]", get_config(), batch_size, hw, steps)
-    conv.KERNEL_GRAD = "auto"
-    print(f"  conv kernel grad: XLA / jaxdet.ops.conv step time = "
-          f"{times['xla'] / times['auto']:.2f}x")
-    return times["auto"]
+    for label, kernel_grad, ynnpack in runs:
+        conv.KERNEL_GRAD, conv.YNNPACK = kernel_grad, ynnpack
+        times[label] = bench(f"{name} [{label}]", get_config(), batch_size, hw, steps)
+    conv.KERNEL_GRAD, conv.YNNPACK = "auto", "auto"
+    for label in times:
+        if label != "default":
+            print(f"  step time with {label} / default = {times[label] / times['default']:.2f}x")
+    return times["default"]
 
 
 def main() -> None:

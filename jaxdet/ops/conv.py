@@ -24,17 +24,33 @@ ratio.
 `KERNEL_GRAD` ('auto' | 'slices' | 'xla') picks at trace time; 'auto' = 'slices' on
 CPU, 'xla' = plain `lax.conv_general_dilated` everywhere. They give the same values up
 to float summation order.
+
+YNNPACK. jax 0.10's XLA:CPU hands convolutions to YNNPACK fusions (`ynn_fusion` in the
+compiled HLO). On a 2-core AMD EPYC (AVX2, no AVX-512) they ran on one thread: a 3x3
+conv [16, 16, 16, 64] -> 64 took 4.7 ms forward with them and 2.95 ms without, 26.7 ms
+against 9.4 ms forward + backward, and the tiny ATSS train step was 0.78x as long with
+them off and XLA's kernel gradients (four variants compiled in one process, timings
+interleaved). On a 2-core Xeon with AVX-512 turning them off made the step 1.06x
+slower. `benchmarks/train_step_bench.py` prints the on/off ratio. `compiler_options()`
+gives the per-jit option that turns them off
+(`xla_cpu_experimental_ynn_fusion_type=''`) where `YNNPACK` says so: 'auto' = off on
+x86 CPUs without AVX-512, 'on' / 'off' everywhere on CPU; the train and eval jits of
+`jaxdet.train.loop` pass it. With them off, small convs keep XLA's kernel gradient
+(the AVX-512 rule above), which is what measured fastest there.
 """
 
 from __future__ import annotations
 
 import functools
+import platform
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 KERNEL_GRAD = "auto"
+YNNPACK = "auto"  # 'auto' | 'on' | 'off' (module docstring)
+_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs of NHWC/HWIO
 _MIN_CIN_COUT = 512
 # A "large" conv: at least this many multiply-adds per kernel tap (B * Ho * Wo * Cin *
@@ -62,6 +78,38 @@ def _cpu_has_avx512() -> bool:
     return False
 
 
+def _is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+@functools.cache
+def _ynn_option_accepted() -> bool:
+    """Whether this jaxlib's XLA:CPU knows the YNNPACK fusion option (probed once)."""
+    try:
+        jax.jit(lambda v: v + 1, compiler_options={_YNN_OPTION: ""}).lower(
+            jax.ShapeDtypeStruct((), jnp.float32)).compile()
+    except Exception:  # XLA rejects an unknown option at compile time
+        return False
+    return True
+
+
+def ynnpack_off() -> bool:
+    """Whether jits should turn XLA:CPU's YNNPACK fusions off (`YNNPACK`, backend, CPU)."""
+    if YNNPACK not in ("auto", "on", "off"):
+        raise ValueError(f"YNNPACK={YNNPACK!r}; expected 'auto', 'on' or 'off'")
+    if YNNPACK == "on" or jax.default_backend() != "cpu":
+        return False
+    if YNNPACK == "auto" and (_cpu_has_avx512() or not _is_x86()):
+        return False
+    return _ynn_option_accepted()
+
+
+def compiler_options() -> dict[str, str] | None:
+    """`compiler_options` for `jax.jit` of a train / eval step: the YNNPACK switch
+    (module docstring), or None (XLA's defaults)."""
+    return {_YNN_OPTION: ""} if ynnpack_off() else None
+
+
 def _is_nhwc(dimension_numbers) -> bool:
     if dimension_numbers is None:
         return False
@@ -82,14 +130,15 @@ def _fast_paths() -> bool:
 
 def _use_slices(rhs_shape: Sequence[int], out_shape: Sequence[int] | None = None) -> bool:
     """Slice-matmul kernel gradient for this [kh, kw, Cin, Cout] kernel and
-    [B, Ho, Wo, Cout] output? ('auto': Cin * Cout >= 512; with AVX-512, at least
-    `LARGE_TAP_MACS` multiply-adds per tap, which needs `out_shape`.)"""
+    [B, Ho, Wo, Cout] output? ('auto': Cin * Cout >= 512; with AVX-512 or with
+    YNNPACK off, at least `LARGE_TAP_MACS` multiply-adds per tap, which needs
+    `out_shape`.)"""
     if not _fast_paths():
         return False
     if KERNEL_GRAD == "slices":
         return True
     cin, cout = rhs_shape[2], rhs_shape[3]
-    if _cpu_has_avx512():
+    if _cpu_has_avx512() or ynnpack_off():
         rows = 0 if out_shape is None else out_shape[0] * out_shape[1] * out_shape[2]
         return rows * cin * cout >= LARGE_TAP_MACS
     return cin * cout >= _MIN_CIN_COUT

@@ -23,6 +23,7 @@ from jax.experimental import multihost_utils
 from jaxdet import detectors
 from jaxdet.data import pipeline
 from jaxdet.eval import coco_eval, visualize
+from jaxdet.ops import conv
 from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import mesh as mesh_lib
 from jaxdet.train import optim
@@ -82,6 +83,7 @@ def setup(config: Any, workdir: str, mesh=None):
         ),
         out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
+        compiler_options=conv.compiler_options(),
     )
     return dict(
         mesh=mesh,
@@ -171,6 +173,7 @@ def evaluate(
             mesh_lib.data_sharded(mesh),
             mesh_lib.data_sharded(mesh),
         ),
+        compiler_options=conv.compiler_options(),
     )
     evaluator = coco_eval.evaluator_for(config.data)
     first: tuple[dict, Any] | None = None

@@ -97,6 +97,7 @@ def test_xla_mode_is_plain_lax(monkeypatch):
 @pytest.mark.parametrize("avx512", [False, True])
 def test_auto_uses_xla_for_small_convs(monkeypatch, avx512):
     monkeypatch.setattr(conv, "KERNEL_GRAD", "auto")
+    monkeypatch.setattr(conv, "YNNPACK", "on")  # the AVX2 rule with XLA's YNNPACK fusions
     monkeypatch.setattr(conv, "_cpu_has_avx512", lambda: avx512)
     cpu = jax.default_backend() == "cpu"
     tiny_out, r50_out = (16, 16, 16, 32), (2, 64, 64, 128)
@@ -144,3 +145,49 @@ def test_max_pool_by_hand_and_ties_keep_the_gradient_mass():
     g = jax.grad(lambda x_: jnp.sum(conv.max_pool(x_)))(x)
     assert float(jnp.sum(g)) == pytest.approx(4.0)  # one unit of gradient per output
     assert float(g[0, 1, 1, 0]) == pytest.approx(2.0)  # the 4 is the max of two windows
+
+
+@pytest.mark.parametrize("mode,avx512,x86,want", [
+    ("auto", False, True, True),    # the AVX2 EPYC case: off
+    ("auto", True, True, False),    # AVX-512: XLA's default
+    ("auto", False, False, False),  # ARM etc.: XLA's default
+    ("off", True, True, True),
+    ("on", False, True, False),
+])
+def test_ynnpack_switch(monkeypatch, mode, avx512, x86, want):
+    monkeypatch.setattr(conv, "YNNPACK", mode)
+    monkeypatch.setattr(conv, "_cpu_has_avx512", lambda: avx512)
+    monkeypatch.setattr(conv, "_is_x86", lambda: x86)
+    monkeypatch.setattr(conv, "_ynn_option_accepted", lambda: True)
+    want = want and jax.default_backend() == "cpu"
+    assert conv.ynnpack_off() == want
+    assert conv.compiler_options() == ({"xla_cpu_experimental_ynn_fusion_type": ""}
+                                       if want else None)
+    # with YNNPACK off, small convs keep XLA's kernel gradient (the AVX-512 rule)
+    monkeypatch.setattr(conv, "KERNEL_GRAD", "auto")
+    small = conv._use_slices((3, 3, 32, 32), (16, 16, 16, 32))
+    assert small == (jax.default_backend() == "cpu" and not avx512 and not want)
+    monkeypatch.setattr(conv, "YNNPACK", "sometimes")
+    with pytest.raises(ValueError, match="YNNPACK"):
+        conv.ynnpack_off()
+
+
+def test_ynnpack_off_option_gives_plain_xla_convs(monkeypatch):
+    """The option is accepted by this jaxlib (or the switch stays off), gives the same
+    values, and the compiled conv has no YNNPACK fusion."""
+    monkeypatch.setattr(conv, "YNNPACK", "off")
+    opts = conv.compiler_options()
+    if jax.default_backend() != "cpu" or not conv._ynn_option_accepted():
+        assert opts is None
+        return
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(4, 16, 16, 32)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(3, 3, 32, 32)), jnp.float32)
+    f = lambda x_, k_: jnp.sum(conv.conv_general_dilated(
+        x_, k_, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC) ** 2)
+    g = jax.value_and_grad(f, argnums=(0, 1))
+    off = jax.jit(g, compiler_options=opts).lower(x, k).compile()
+    assert "%ynn_fusion" not in off.as_text()
+    on = jax.jit(g)(x, k)
+    for a, b in zip(jax.tree.leaves(off(x, k)), jax.tree.leaves(on)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdet.ops import conv
 from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import loop
 from tests.tiny import tiny_config
@@ -67,6 +68,20 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
     assert ckpt.latest_step() == 2  # the step-4 save never happened
     ckpt.close()
+
+
+def test_ynnpack_off_trains_like_the_default(data_dir, tmp_path, monkeypatch):
+    """The train jit with XLA:CPU's YNNPACK fusions switched off (`conv.YNNPACK`, the
+    default on AVX2 x86) gives the parameters of XLA's defaults up to rounding."""
+    config = tiny_config("atss", data_dir, num_steps=2, checkpoint_every=2)
+    monkeypatch.setattr(conv, "YNNPACK", "on")
+    on, _ = loop.train(config, str(tmp_path / "on"))
+    monkeypatch.setattr(conv, "YNNPACK", "off")
+    off, _ = loop.train(config, str(tmp_path / "off"))
+    assert int(off.step) == 2
+    for a, b in zip(jax.tree_util.tree_leaves(_params_np(on)),
+                    jax.tree_util.tree_leaves(_params_np(off))):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
 def test_two_devices_match_one_device(tmp_path):
