@@ -8,6 +8,13 @@
   with GT i, mapped through the saturated linear function
   clip((IoU - t1) / (t2_i - t1), 0, 1), t1 = `bbox_thr` (0.6), t2_i = max(max_j
   IoU_ij, t1 + 1e-12); for each class c the max over the GTs of class c.
+  `positive_probability_batch` is the same for a batch, faster: an anchor's
+  probability is nonzero only for GTs its box overlaps at IoU > t1, i.e. for one or
+  two classes in practice, so the fold keeps `PROB_SLOTS` (class, max) pairs per
+  anchor in [N] accumulators and writes the [N, C] result once; where some anchor
+  of the batch has more nonzero classes than slots, the whole batch takes the exact
+  per-class scatter of `positive_probability` (one `lax.cond` outside the vmap, so
+  the other batches never pay for it).
 
 References: Zhang et al., "FreeAnchor: Learning to Match Anchors for Visual
 Object Detection", NeurIPS 2019 (mmdetection `FreeAnchorRetinaHead`:
@@ -30,6 +37,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -41,6 +49,7 @@ Array = jnp.ndarray
 
 BAG_SIZE = 40  # MAL PRE_ANCHOR_TOPK (FreeAnchor paper / mmdetection: 50)
 BBOX_THR = 0.6  # FreeAnchor / MAL BBOX_THRESHOLD
+PROB_SLOTS = 2  # (class, probability) pairs per anchor on the fast path
 
 
 class AnchorBags(NamedTuple):
@@ -146,9 +155,88 @@ def positive_probability(
         t2 = jnp.maximum(jnp.max(ov, axis=1, keepdims=True), t1 + 1e-12)
         prob = jnp.clip((ov - t1) / (t2 - t1), 0.0, 1.0)
         prob = jnp.where(live[:, None], prob, 0.0)
-        # Class-major accumulator: each GT updates one row (its label).
-        return acc.at[labels[ids]].max(prob)
+        # Each GT updates one column (its label). An [N, C] accumulator (a [C, N] one
+        # scatters 20% faster but makes XLA give `positive_probability_batch`'s
+        # conditional a transposed output layout, which costs its fast branch a copy).
+        return acc.at[:, labels[ids]].max(prob.T)
 
-    acc = jnp.zeros((num_classes, n), jnp.float32)
-    acc = common.fold_gt_chunks(body, acc, boxes, match_rows, chunk)
-    return acc.T
+    acc = jnp.zeros((n, num_classes), jnp.float32)
+    return common.fold_gt_chunks(body, acc, boxes, match_rows, chunk)
+
+
+def _probability_slots(
+    pred_boxes: Array, gt: GroundTruth, bbox_thr: float, slots: int, chunk: int
+) -> tuple[Array, Array, Array]:
+    """One image: (labels [S, N] int32 (-1 empty), probabilities [S, N], overflow []).
+
+    Each GT row's nonzero probabilities go to the slot of its label (max) or to the
+    first empty slot; `overflow`: some anchor had a nonzero probability for more
+    than `slots` classes (its result is then incomplete).
+    """
+    pred = common.as_f32(pred_boxes)
+    n = pred.shape[0]
+    cols = common.columns(pred)
+    area = box_ops.areas(pred)
+    boxes, match_rows, _ = common.split_gt(gt)
+    labels = jnp.asarray(gt.labels, jnp.int32)
+    t1 = float(bbox_thr)
+
+    def body(state, rows, ids, live):
+        slot_l, slot_p, over = list(state[0]), list(state[1]), state[2]
+        ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
+        t2 = jnp.maximum(jnp.max(ov, axis=1, keepdims=True), t1 + 1e-12)
+        prob = jnp.clip((ov - t1) / (t2 - t1), 0.0, 1.0)
+        for j in range(rows.shape[0]):
+            label, p = labels[ids[j]], prob[j]
+            pending = live[j] & (p > 0)
+            for k in range(slots):  # the slot of this label, if any
+                same = pending & (slot_l[k] == label)
+                slot_p[k] = jnp.where(same, jnp.maximum(slot_p[k], p), slot_p[k])
+                pending = pending & ~same
+            for k in range(slots):  # else the first empty slot
+                put = pending & (slot_l[k] < 0)
+                slot_l[k] = jnp.where(put, label, slot_l[k])
+                slot_p[k] = jnp.where(put, p, slot_p[k])
+                pending = pending & ~put
+            over = over | pending
+        return tuple(slot_l), tuple(slot_p), over
+
+    init = (
+        tuple(jnp.full((n,), -1, jnp.int32) for _ in range(slots)),
+        tuple(jnp.zeros((n,), jnp.float32) for _ in range(slots)),
+        jnp.zeros((n,), bool),
+    )
+    slot_l, slot_p, over = common.fold_gt_chunks(body, init, boxes, match_rows, chunk)
+    return jnp.stack(slot_l), jnp.stack(slot_p), jnp.any(over)
+
+
+def positive_probability_batch(
+    pred_boxes: Array,
+    gt: GroundTruth,
+    num_classes: int,
+    *,
+    bbox_thr: float = BBOX_THR,
+    slots: int = PROB_SLOTS,
+    chunk: int = 8,
+) -> Array:
+    """`positive_probability` of a batch: pred_boxes [B, N, 4], gt leaves [B, M, ...]
+    -> [B, N, C] float32, equal to `jax.vmap(positive_probability)` (module docstring:
+    `slots` (class, max) pairs per anchor, the exact scatter where a batch needs more).
+    """
+    slot_l, slot_p, over = jax.vmap(
+        lambda b, g: _probability_slots(b, g, bbox_thr, int(slots), chunk)
+    )(pred_boxes, gt)
+
+    def from_slots():
+        classes = jnp.arange(num_classes, dtype=jnp.int32)
+        out = jnp.zeros(slot_p.shape[:1] + slot_p.shape[2:] + (num_classes,), jnp.float32)
+        for s in range(slot_l.shape[1]):
+            hit = slot_l[:, s, :, None] == classes
+            out = jnp.where(hit, slot_p[:, s, :, None], out)
+        return out
+
+    def exact():
+        return jax.vmap(lambda b, g: positive_probability(b, g, num_classes, bbox_thr=bbox_thr,
+                                                          chunk=chunk))(pred_boxes, gt)
+
+    return lax.cond(jnp.any(over), exact, from_slots)

@@ -177,15 +177,16 @@ class MAL(DenseDetector):
         c = self.num_classes
         priors = jax.tree_util.tree_map(jnp.asarray, priors)
 
-        def one(o, g, bg):
+        pred = coders.delta_xywh_decode(
+            priors.boxes, jax.lax.stop_gradient(out["box_deltas"]), stds=self.box_stds
+        )
+        box_prob = anchor_bags.positive_probability_batch(pred, gt, c, bbox_thr=lc.bbox_thr)
+
+        def one(o, g, bg, box_prob):
             p = self.bag_confidence(o, priors, g, bg)
             has_bag = bg.valid[:, 0]
             pos = mal_loss.positive_bag_loss(p, bg.valid, s, lc.alpha)
             pos = jnp.sum(jnp.where(has_bag, pos, 0.0))
-            pred = coders.delta_xywh_decode(
-                priors.boxes, jax.lax.stop_gradient(o["box_deltas"]), stds=self.box_stds
-            )
-            box_prob = anchor_bags.positive_probability(pred, g, c, bbox_thr=lc.bbox_thr)
             neg = mal_loss.negative_bag_loss(o["cls_logits"], box_prob, lc.alpha, lc.gamma)
             boxes, _, ignore_rows = common.split_gt(g)
             ignored = common.ignored_by_iof(priors.boxes, boxes, ignore_rows, self.ignore_iof_thr)
@@ -193,7 +194,7 @@ class MAL(DenseDetector):
             best = jnp.max(jnp.where(bg.valid, jax.lax.stop_gradient(p), 0.0), axis=-1)
             return pos, neg, jnp.sum(has_bag), jnp.sum(best)
 
-        pos, neg, n_gt, best = jax.vmap(one)(out, gt, bags)
+        pos, neg, n_gt, best = jax.vmap(one)(out, gt, bags, box_prob)
         num_gt = normalizer(n_gt.astype(jnp.float32))
         loss_pos = jnp.sum(pos) / num_gt
         loss_neg = jnp.sum(neg) / normalizer(n_gt.astype(jnp.float32) * self.bag_size)

@@ -199,3 +199,49 @@ def test_jit_vmap_over_a_batch():
     )
     assert probs.shape == (2, len(p.boxes), 3)
     np.testing.assert_allclose(probs[1], anchor_bags.positive_probability(p.boxes, g1, 3))
+
+
+def _jittered_preds(p, g, seed):
+    """Predicted boxes: anchors pulled towards random GTs, so many pass the threshold."""
+    rng = np.random.default_rng(seed + 10)
+    gt_pick = g.boxes[rng.integers(0, len(g.boxes), len(p.boxes))]
+    w = rng.uniform(0, 1, (len(p.boxes), 1))
+    pred = (w * gt_pick + (1 - w) * p.boxes + rng.normal(0, 1, p.boxes.shape)).astype(np.float32)
+    return np.concatenate(
+        [np.minimum(pred[:, :2], pred[:, 2:]), np.maximum(pred[:, :2], pred[:, 2:]) + 1], -1
+    )
+
+
+@pytest.mark.parametrize("slots", [1, 2, 4])
+def test_positive_probability_batch_equals_the_per_image_one(slots):
+    """Slot fast path and exact fallback: equal to vmap(positive_probability) and NumPy,
+    whether or not some anchor has more nonzero classes than slots."""
+    cases = [_random_case(s, m=9) for s in range(3)]
+    p = cases[0][0]
+    # image 3: three near-identical GTs of three classes (3 nonzero classes per anchor)
+    dup = _gt([[10, 10, 50, 50], [11, 10, 50, 51], [10, 11, 51, 50]] + [[0, 0, 0, 0]] * 6,
+              labels=[0, 1, 2] + [0] * 6, valid=[True] * 3 + [False] * 6)
+    gts = [g for _, g in cases] + [dup]
+    preds = np.stack([_jittered_preds(p, g, i) for i, g in enumerate(gts)])
+    batch = jax.tree_util.tree_map(lambda *a: np.stack(a), *gts)
+    fn = jax.jit(lambda b, g: anchor_bags.positive_probability_batch(b, g, 3, slots=slots))
+    got = np.asarray(fn(preds, batch))
+    for i, g in enumerate(gts):
+        np.testing.assert_allclose(got[i], _np_positive_probability(preds[i], g, 3, 0.6),
+                                   atol=1e-5)
+    per_image = jax.vmap(lambda b, g: anchor_bags.positive_probability(b, g, 3))(preds, batch)
+    np.testing.assert_array_equal(got, per_image)
+    # a batch of the first image alone (its own choice of path)
+    few = jax.tree_util.tree_map(lambda a: a[:1], batch)
+    one = np.asarray(fn(preds[:1], few))
+    np.testing.assert_array_equal(one, per_image[:1])
+    _, _, over = anchor_bags._probability_slots(preds[3], dup, 0.6, slots, 8)
+    assert bool(over) == (slots < 3)
+
+
+def test_positive_probability_batch_without_gt_is_zero():
+    p = _row_priors()
+    g = _gt(np.zeros((2, 4)), valid=[False, True], ignore=[False, True])
+    batch = jax.tree_util.tree_map(lambda a: np.stack([a, a]), g)
+    out = anchor_bags.positive_probability_batch(np.stack([p.boxes, p.boxes]), batch, 3)
+    assert out.shape == (2, len(p.boxes), 3) and float(jnp.max(out)) == 0.0
