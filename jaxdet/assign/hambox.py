@@ -112,20 +112,26 @@ def compensate(
     budget = jnp.concatenate([budget, jnp.zeros((1,), jnp.int32)])  # row m: no GT
     seg = jnp.where(gt_index == common.BACKGROUND, best_gt, m)  # stage-1 negatives only
     seg = jnp.where((best_iou >= iou_thr) & (budget[seg] > 0), seg, m)
-    # Each GT takes its best remaining candidate (ties: the lower anchor), K rounds,
-    # with two segment reductions over the N anchors per round: no sort, no [M, N].
+    # Each GT takes its best remaining candidate (ties: the lower anchor), one per
+    # round, with two segment reductions over the N anchors per round: no sort, no
+    # [M, N]. The rounds stop once no GT with budget left has a candidate (at most K).
     order = jnp.arange(n, dtype=jnp.int32)
 
-    def one_round(r, state):
-        remaining, take = state
+    def wanted(state):
+        r, remaining, _ = state
+        return (r < k) & jnp.any(remaining & (r < budget[seg]))
+
+    def one_round(state):
+        r, remaining, take = state
         v = jnp.where(remaining, best_iou, -1.0)
         top = jax.ops.segment_max(v, seg, num_segments=m + 1)
         is_top = remaining & (v == top[seg])
         first = jax.ops.segment_min(jnp.where(is_top, order, n), seg, num_segments=m + 1)
         win = is_top & (order == first[seg]) & (r < budget[seg])
-        return remaining & ~win, take | win
+        return r + 1, remaining & ~win, take | win
 
-    _, take = jax.lax.fori_loop(0, k, one_round, (seg < m, jnp.zeros((n,), bool)))
+    _, _, take = jax.lax.while_loop(
+        wanted, one_round, (jnp.int32(0), seg < m, jnp.zeros((n,), bool)))
     gt_index = jnp.where(take, best_gt, gt_index)
     quality = jnp.where(take, best_iou, quality)
     return common.finish(gt_index, quality), take
