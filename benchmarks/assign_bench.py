@@ -28,7 +28,7 @@ import jax  # noqa: E402
 from jaxdet.assign import (  # noqa: E402
     anchor_bags,
     atss,
-    center_region,
+    center_region_grid,
     fcos,
     fsaf_select,
     hambox,
@@ -67,15 +67,16 @@ def make_priors(kind: str):
 
 
 def fsaf_assign(p, g):
-    """FSAF's whole per-image assignment: regions, the level-agnostic candidates, the
-    per-level mean of a (fixed, stand-in) per-prior loss, argmin, the final assignment."""
-    eff, ign, crowd = center_region.regions(p, g)
-    cand, _ = center_region.resolve(eff, ign, crowd, g, p.levels, num_classes=80)
+    """FSAF's whole per-image assignment as the detector runs it (`FSAF.af_assign` on a
+    tiling grid): bit-set regions, the level-agnostic candidates, the per-level mean of
+    a (fixed, stand-in) per-prior loss, argmin, the final assignment."""
+    geo = center_region_grid.grid_regions(p, g)
+    cand, _ = center_region_grid.resolve_grid(geo, g, p.level_sizes, num_classes=80)
     loss = jax.numpy.abs(jax.numpy.sin(jax.numpy.arange(p.boxes.shape[0], dtype="float32")))
     sel, _ = fsaf_select.online_select(loss, cand.gt_index, p.levels, g.boxes.shape[0],
                                        len(p.level_sizes))
-    return center_region.resolve(eff, ign, crowd, g, p.levels, num_classes=80,
-                                 selected_level=sel)
+    return center_region_grid.resolve_grid(geo, g, p.level_sizes, num_classes=80,
+                                           selected_level=sel)
 
 
 def fsaf_reference(p, b, v, i):
@@ -112,8 +113,9 @@ BENCHES = {
         "anchors1",
         True,
     ),
-    # FSAF: both center-region passes + online level selection (the NumPy column is
-    # mmdetection's single level-agnostic pass, so its ratio flatters NumPy).
+    # FSAF: both center-region passes + online level selection, on the prior lattice as
+    # the detector runs them (the NumPy column is mmdetection's single level-agnostic
+    # pass, so its ratio flatters NumPy).
     "fsaf_center_region": (fsaf_assign, fsaf_reference, "anchors_stride"),
     "max_iou_retinanet9": (
         lambda p, g: max_iou.assign(p, g),
@@ -134,10 +136,23 @@ BENCHES = {
         "anchors1",
     ),
     "mal_bags_prob": (
-        lambda p, g: (anchor_bags.build(p, g, bag_size=40),
-                      anchor_bags.positive_probability(p.boxes, g, 80)),
+        lambda p, g: (jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g),
+                      anchor_bags.positive_probability_batch(
+                          jax.numpy.broadcast_to(p.boxes, g.boxes.shape[:1] + p.boxes.shape),
+                          g, 80)),
         lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
         "anchors9",
+        True,
+    ),
+    # The same on the spine's setting (one anchor per location, N = 22,300).
+    "mal_bags_prob_a1": (
+        lambda p, g: (jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g),
+                      anchor_bags.positive_probability_batch(
+                          jax.numpy.broadcast_to(p.boxes, g.boxes.shape[:1] + p.boxes.shape),
+                          g, 80)),
+        lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
+        "anchors1",
+        True,
     ),
     # Learning from noisy anchors: top-50 candidate bags (grid search over the 9-anchor
     # layout) + cleanliness from the predicted boxes (stand-in: anchors grown 1.2x) and

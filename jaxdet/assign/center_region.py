@@ -44,7 +44,11 @@ Conflicts and class-specific ignoring (mmdetection semantics):
 Output: `(Assignment, ignore_labels)` with `gt_index` [N] (-1 background, -2
 ignored, k positive for GT row k), `quality` 1 on positives, and `ignore_labels`
 [N, C] bool (class channels without loss). Per image, jittable, vmappable.
-Cost: dense [M, N] element-wise masks and one [N, M] x [M, C] product.
+Cost: dense [M, N] element-wise masks and one [N, M] x [M, C] product. This dense
+path is the reference and the fallback for any priors; on priors that tile each level
+(FSAF's, `center_region_grid.check_tiling`) `center_region_grid` gives identical
+outputs from separable row / column tests and bit sets over the GTs, without any
+[M, N] array (what the FSAF detector runs; ~20x faster on 800 x 1333 inputs, M = 100).
 
 TBLR coder (mmdetection `TBLRBBoxCoder`, `normalize_by_wh=True`): targets are the
 (top, bottom, left, right) distances from the prior's centre to the box sides,

@@ -43,10 +43,11 @@ def level_losses(
     pos = gt_index >= 0
     bins = jnp.where(pos, gt_index * num_levels + prior_levels, num_gts * num_levels)
     size = num_gts * num_levels + 1  # last bin collects the non-positives
-    total = jax.ops.segment_sum(jnp.where(pos, prior_loss, 0.0), bins, num_segments=size)
-    count = jax.ops.segment_sum(pos.astype(jnp.int32), bins, num_segments=size)
-    total = total[:-1].reshape(num_gts, num_levels)
-    count = count[:-1].reshape(num_gts, num_levels)
+    # One segment sum of (loss, 1) pairs (the count is exact in float32 below 2^24 priors).
+    pairs = jnp.stack([jnp.where(pos, prior_loss, 0.0), pos.astype(jnp.float32)], -1)
+    sums = jax.ops.segment_sum(pairs.astype(jnp.float32), bins, num_segments=size)[:-1]
+    total = sums[:, 0].reshape(num_gts, num_levels)
+    count = sums[:, 1].astype(jnp.int32).reshape(num_gts, num_levels)
     mean = jnp.where(count > 0, total / jnp.maximum(count, 1), NO_PRIOR_LOSS)
     return mean.astype(jnp.float32), count
 

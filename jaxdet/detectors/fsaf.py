@@ -14,7 +14,8 @@ Anchor-free branch (`FSAFHead` outputs 'af_cls_logits', 'af_tblr'):
             (mmdetection: octave_base_scale 1, 1 scale, ratio 1);
   boxes:    TBLR distances x normaliser (4.0) x prior side (`center_region.tblr_decode`),
             clamped >= 1e-4 in the loss as mmdetection;
-  assign:   `jaxdet.assign.center_region` (effective 0.2, ignoring 0.5, min IoF 0.01);
+  assign:   `jaxdet.assign.center_region` (effective 0.2, ignoring 0.5, min IoF 0.01), run
+            on the prior lattice (`center_region_grid`, same outputs) as the priors tile it;
   select:   online feature selection (`jaxdet.assign.fsaf_select`): each GT is first a
             candidate on every level; with the stop_gradient-ed predictions each level's
             mean of (focal summed over classes + IoU loss) over the GT's effective priors
@@ -48,7 +49,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxdet.assign import center_region, fsaf_select, targets
+from jaxdet.assign import center_region, center_region_grid, fsaf_select, targets
 from jaxdet.core import coders
 from jaxdet.core import priors as priors_lib
 from jaxdet.core.types import Detections, GroundTruth, Priors, ground_truth_from_batch
@@ -121,17 +122,20 @@ class FSAF(RetinaNet):
         levels = jnp.asarray(priors.levels, jnp.int32)
         num_levels = len(self.strides)
         m = gt.boxes.shape[1]
-        eff, ign, crowd = jax.vmap(
-            lambda g: center_region.regions(
-                priors, g, pos_scale=f.pos_scale, neg_scale=f.neg_scale,
-                min_pos_iof=f.min_pos_iof, ignore_gt_scale=f.ignore_gt_scale,
+        scales = dict(pos_scale=f.pos_scale, neg_scale=f.neg_scale, min_pos_iof=f.min_pos_iof,
+                      ignore_gt_scale=f.ignore_gt_scale)
+        if center_region_grid.is_tiling(priors):  # the lattice path: same outputs, fast
+            geo = jax.vmap(lambda g: center_region_grid.grid_regions(priors, g, **scales))(gt)
+            resolve = lambda r, g, s: center_region_grid.resolve_grid(
+                r, g, priors.level_sizes, selected_level=s, **self._assign_kwargs()
             )
-        )(gt)
-        resolve = lambda e, i, c, g, s: center_region.resolve(
-            e, i, c, g, levels, selected_level=s, **self._assign_kwargs()
-        )
+        else:  # the dense reference
+            geo = jax.vmap(lambda g: center_region.regions(priors, g, **scales))(gt)
+            resolve = lambda r, g, s: center_region.resolve(
+                *r, g, levels, selected_level=s, **self._assign_kwargs()
+            )
         # Stage 1: every level is a candidate; per-prior losses of the frozen predictions.
-        cand, cand_ign = jax.vmap(lambda e, i, c, g: resolve(e, i, c, g, None))(eff, ign, crowd, gt)
+        cand, cand_ign = jax.vmap(lambda r, g: resolve(r, g, None))(geo, gt)
         cls = jax.lax.stop_gradient(out["af_cls_logits"])
         boxes = jax.lax.stop_gradient(self.af_boxes(jnp.maximum(out["af_tblr"], MIN_TBLR), priors))
         gt_boxes, _ = targets.gather_gt(cand, gt)
@@ -153,7 +157,7 @@ class FSAF(RetinaNet):
         else:
             raise ValueError(f"unknown fsaf.selection {f.selection!r} (online | heuristic)")
         # Stage 2: the final assignment on the selected levels.
-        assignment, ignore_labels = jax.vmap(resolve)(eff, ign, crowd, gt, selected)
+        assignment, ignore_labels = jax.vmap(resolve)(geo, gt, selected)
         counted = gt.positive_valid & has
         info = dict(selected=online, heuristic=heuristic, counted=counted)
         return assignment, ignore_labels, info

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxdet import detectors
-from jaxdet.assign import center_region
+from jaxdet.assign import center_region, center_region_grid
 from jaxdet.core.types import GroundTruth
 from jaxdet.train import loop
 from tests.tiny import synthetic_batch, tiny_config
@@ -87,6 +87,33 @@ def test_selection_is_inside_jit_and_sees_no_gradient(data_dir):
     # through the final, selected targets (finite everywhere).
     grads = jax.jit(jax.grad(lambda o: det.af_losses(o, priors, gt)[0]))(out)
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.parametrize("selection", ["online", "heuristic"])
+def test_lattice_assignment_equals_the_dense_one(selection, data_dir, monkeypatch):
+    # The detector runs `center_region_grid` on its (tiling) priors; the dense path must
+    # give the same assignment, ignored classes and selection on random GTs and outputs.
+    config = tiny_config(AF, data_dir)
+    config.fsaf.selection = selection
+    det = detectors.build(config)
+    priors = det.priors_for(jnp.zeros((1, 64, 64, 3)))
+    assert center_region_grid.is_tiling(priors)
+    rng = np.random.default_rng(0)
+    b, m, n = 3, 7, priors.boxes.shape[0]
+    wh = rng.uniform(2, 60, (b, m, 2))
+    xy = rng.uniform(-10, 74, (b, m, 2)) - wh / 2
+    gt = GroundTruth(boxes=jnp.asarray(np.concatenate([xy, xy + wh], -1), jnp.float32),
+                     labels=jnp.asarray(rng.integers(0, C, (b, m)), jnp.int32),
+                     valid=jnp.asarray(rng.random((b, m)) < 0.8),
+                     ignore=jnp.asarray(rng.random((b, m)) < 0.15))
+    out = {"af_cls_logits": jnp.asarray(rng.normal(0, 2, (b, n, C)), jnp.float32),
+           "af_tblr": jnp.asarray(rng.uniform(0, 1, (b, n, 4)), jnp.float32)}
+    fast = jax.jit(lambda o, g: det.af_assign(o, priors, g))(out, gt)
+    assert np.any(np.asarray(fast[0].gt_index) >= 0) and np.any(np.asarray(fast[1]))
+    monkeypatch.setattr(center_region_grid, "is_tiling", lambda *a: False)
+    dense = jax.jit(lambda o, g: det.af_assign(o, priors, g))(out, gt)
+    for x, y in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(dense)):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_branches_are_merged_before_nms(data_dir):
