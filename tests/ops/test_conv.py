@@ -139,12 +139,31 @@ def test_max_pool_equals_nn_max_pool(hw):
     np.testing.assert_array_equal(g, jax.grad(lambda x_: jnp.sum(ref(x_) ** 3))(x))
 
 
-def test_max_pool_by_hand_and_ties_keep_the_gradient_mass():
+def test_max_pool_by_hand_and_ties_go_to_the_first_max():
     x = jnp.array([[1.0, 2, 0, 5], [3, 4, 0, 0], [0, 0, 7, 7], [0, 0, 7, 7]])[None, :, :, None]
     np.testing.assert_array_equal(conv.max_pool(x)[0, :, :, 0], [[4, 5], [4, 7]])
     g = jax.grad(lambda x_: jnp.sum(conv.max_pool(x_)))(x)
     assert float(jnp.sum(g)) == pytest.approx(4.0)  # one unit of gradient per output
     assert float(g[0, 1, 1, 0]) == pytest.approx(2.0)  # the 4 is the max of two windows
+    # the four tied 7s: the first in row-major order takes the gradient, as nn.max_pool
+    np.testing.assert_array_equal(g[0, 2:, 2:, 0], [[1, 0], [0, 0]])
+
+
+@pytest.mark.parametrize("window,stride,padding,hw", [(3, 2, 1, (12, 10)), (3, 2, 1, (7, 9)),
+                                                      (2, 2, 0, (8, 6)), (3, 1, 1, (6, 5))])
+def test_max_pool_gradient_equals_nn_max_pool_with_ties(window, stride, padding, hw):
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(np.maximum(rng.normal(size=(2, *hw, 4)), 0.0), jnp.float32)  # ReLU ties
+    x = x.at[:, 1].set(1.0)
+    ref = lambda x_: nn.max_pool(x_, (window, window), strides=(stride, stride),
+                                 padding=((padding, padding), (padding, padding)))
+    ours = lambda x_: conv.max_pool(x_, window, stride, padding)
+    np.testing.assert_array_equal(ours(x), ref(x))
+    w = jnp.asarray(rng.normal(size=ref(x).shape), jnp.float32)
+    g = jax.jit(jax.grad(lambda x_: jnp.sum(ours(x_) * w)))(x)
+    want = jax.grad(lambda x_: jnp.sum(ref(x_) * w))(x)
+    np.testing.assert_array_equal(g != 0, want != 0)  # the same entries take the gradient
+    np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-6)  # up to summation order
 
 
 @pytest.mark.parametrize("mode,avx512,x86,want", [
