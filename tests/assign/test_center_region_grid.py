@@ -121,7 +121,7 @@ def test_grid_equals_dense_with_other_scales(scales):
     _check(priors, gt, rng.integers(0, 3, (3, 40)), **scales)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_grid_regions_equal_dense_regions(seed):
     rng = np.random.default_rng(seed)
     priors = _priors((96, 80), (8, 16, 32))
