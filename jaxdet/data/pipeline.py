@@ -37,13 +37,14 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from jaxdet.data import coco, coco_dir, shapes, transforms
+from jaxdet.data.prefetch import Prefetch
 
 DATASETS = ("shapes", "coco_dir", "coco")
 _DEFAULTS = dict(builder_config="default", data_dir="", coco_dir="", train_split="train",
                  val_split="val", image_size=None, min_size=None, max_size=None,
                  max_boxes=100, with_masks=False, mask_stride=4, flip_prob=0.5,
                  mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD, num_workers=0,
-                 num_classes=None)  # fmt: skip
+                 prefetch=2, read_threads=16, num_classes=None)  # fmt: skip
 
 
 def _get(data: Any, key: str, **overrides):
@@ -236,8 +237,14 @@ def make_train_iterator(data: Any, *, batch_size: int, seed: int = 0, **override
         operations=[*_transforms(data, True, **overrides),
                     grain.transforms.Batch(batch_size, drop_remainder=True)],
         worker_count=workers,
+        # grain's reader threads (16 by default) poll a 500-deep buffer on every
+        # element: for local files 0 threads costs less CPU (the tiny config: 19.6 vs
+        # 27.2 ms per batch of 16), and `prefetch` gives the overlap with the step
+        read_options=grain.ReadOptions(num_threads=int(_get(data, "read_threads")),
+                                       prefetch_buffer_size=max(2 * batch_size, 16)),
     )  # fmt: skip
-    return iter(loader)
+    prefetch = int(_get(data, "prefetch", **overrides))
+    return Prefetch(iter(loader), prefetch) if prefetch > 0 else iter(loader)
 
 
 def make_eval_iterator(data: Any = None, *, batch_size: int, split: str | None = None,
