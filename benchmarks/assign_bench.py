@@ -136,20 +136,14 @@ BENCHES = {
         "anchors1",
     ),
     "mal_bags_prob": (
-        lambda p, g: (jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g),
-                      anchor_bags.positive_probability_batch(
-                          jax.numpy.broadcast_to(p.boxes, g.boxes.shape[:1] + p.boxes.shape),
-                          g, 80)),
+        lambda p, g: _mal_bags_prob(p, g),
         lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
         "anchors9",
         True,
     ),
     # The same on the spine's setting (one anchor per location, N = 22,300).
     "mal_bags_prob_a1": (
-        lambda p, g: (jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g),
-                      anchor_bags.positive_probability_batch(
-                          jax.numpy.broadcast_to(p.boxes, g.boxes.shape[:1] + p.boxes.shape),
-                          g, 80)),
+        lambda p, g: _mal_bags_prob(p, g),
         lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
         "anchors1",
         True,
@@ -170,6 +164,13 @@ BENCHES = {
         "anchors_hambox",
     ),
 }
+
+
+def _mal_bags_prob(p, g):
+    """A batch's MAL bags and P{a in A+} (the anchors stand in for the predicted boxes)."""
+    pred = jax.numpy.broadcast_to(p.boxes, g.boxes.shape[:1] + p.boxes.shape)
+    return (jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g),
+            anchor_bags.positive_probability_batch(pred, g, 80))
 
 
 def _noisy_assign(p, g):

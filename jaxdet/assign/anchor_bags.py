@@ -142,26 +142,35 @@ def positive_probability(
     Returns:
       [N, C] float32 in [0, 1]; all zeros without GT.
     """
+    def body(acc, prob, labels, live):
+        # Each GT updates one column (its label). An [N, C] accumulator (a [C, N] one
+        # scatters 20% faster but makes XLA give `positive_probability_batch`'s
+        # conditional a transposed output layout, which costs its fast branch a copy).
+        return acc.at[:, labels].max(prob.T)
+
+    acc = jnp.zeros((pred_boxes.shape[0], num_classes), jnp.float32)
+    return _fold_probability(pred_boxes, gt, bbox_thr, body, acc, chunk)
+
+
+def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body, init,
+                      chunk: int):
+    """Folds `carry = body(carry, prob [chunk, N], labels [chunk], live [chunk])` over
+    the valid, non-ignore GT rows: prob = the saturated linear function of the IoU of
+    each predicted box with the row (module docstring), 0 on filler rows."""
     pred = common.as_f32(pred_boxes)
-    n = pred.shape[0]
     cols = common.columns(pred)
     area = box_ops.areas(pred)
     boxes, match_rows, _ = common.split_gt(gt)
     labels = jnp.asarray(gt.labels, jnp.int32)
     t1 = float(bbox_thr)
 
-    def body(acc, rows, ids, live):
+    def chunk_body(carry, rows, ids, live):
         ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
         t2 = jnp.maximum(jnp.max(ov, axis=1, keepdims=True), t1 + 1e-12)
-        prob = jnp.clip((ov - t1) / (t2 - t1), 0.0, 1.0)
-        prob = jnp.where(live[:, None], prob, 0.0)
-        # Each GT updates one column (its label). An [N, C] accumulator (a [C, N] one
-        # scatters 20% faster but makes XLA give `positive_probability_batch`'s
-        # conditional a transposed output layout, which costs its fast branch a copy).
-        return acc.at[:, labels[ids]].max(prob.T)
+        prob = jnp.where(live[:, None], jnp.clip((ov - t1) / (t2 - t1), 0.0, 1.0), 0.0)
+        return body(carry, prob, labels[ids], live)
 
-    acc = jnp.zeros((n, num_classes), jnp.float32)
-    return common.fold_gt_chunks(body, acc, boxes, match_rows, chunk)
+    return common.fold_gt_chunks(chunk_body, init, boxes, match_rows, chunk)
 
 
 def _probability_slots(
@@ -173,22 +182,13 @@ def _probability_slots(
     first empty slot; `overflow`: some anchor had a nonzero probability for more
     than `slots` classes (its result is then incomplete).
     """
-    pred = common.as_f32(pred_boxes)
-    n = pred.shape[0]
-    cols = common.columns(pred)
-    area = box_ops.areas(pred)
-    boxes, match_rows, _ = common.split_gt(gt)
-    labels = jnp.asarray(gt.labels, jnp.int32)
-    t1 = float(bbox_thr)
+    n = pred_boxes.shape[0]
 
-    def body(state, rows, ids, live):
+    def body(state, prob, labels, live):
         slot_l, slot_p, over = list(state[0]), list(state[1]), state[2]
-        ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
-        t2 = jnp.maximum(jnp.max(ov, axis=1, keepdims=True), t1 + 1e-12)
-        prob = jnp.clip((ov - t1) / (t2 - t1), 0.0, 1.0)
-        for j in range(rows.shape[0]):
-            label, p = labels[ids[j]], prob[j]
-            pending = live[j] & (p > 0)
+        for j in range(prob.shape[0]):
+            label, p = labels[j], prob[j]
+            pending = p > 0  # (0 on filler rows)
             for k in range(slots):  # the slot of this label, if any
                 same = pending & (slot_l[k] == label)
                 slot_p[k] = jnp.where(same, jnp.maximum(slot_p[k], p), slot_p[k])
@@ -206,7 +206,7 @@ def _probability_slots(
         tuple(jnp.zeros((n,), jnp.float32) for _ in range(slots)),
         jnp.zeros((n,), bool),
     )
-    slot_l, slot_p, over = common.fold_gt_chunks(body, init, boxes, match_rows, chunk)
+    slot_l, slot_p, over = _fold_probability(pred_boxes, gt, bbox_thr, body, init, chunk)
     return jnp.stack(slot_l), jnp.stack(slot_p), jnp.any(over)
 
 
