@@ -9,7 +9,9 @@ each. Prints ms per image of the JAX version (after warm-up, median of
 `--repeats` calls, `block_until_ready`; also its process CPU time, which is
 the steadier figure on a shared machine) and of the NumPy reference
 (tests/assign/numpy_ref.py, mmdetection's semantics line by line, median over
-images), and their ratio. Add an assigner by adding a row to BENCHES.
+images), and their ratio. The last column is the row's process CPU time over that of
+`atss_grid` (the spine's ATSS, as the ATSS detector runs it) in the same process: the
+label-assignment issue's bound is 3x. Add an assigner by adding a row to BENCHES.
 """
 
 from __future__ import annotations
@@ -264,10 +266,15 @@ def main():
     )
     print(
         f"{'assigner':20s} {'N':>7s} {'jax ms/img':>11s} {'numpy ms/img':>13s} "
-        f"{'numpy/jax':>10s} {'compile s':>10s} {'jax cpu-ms/img':>15s}"
+        f"{'numpy/jax':>10s} {'compile s':>10s} {'jax cpu-ms/img':>15s} {'/atss_grid':>11s}"
     )
     cache = {}
-    for name in args.only:
+    names = list(args.only)
+    if "atss_grid" in names:  # first, so every row can be set against it
+        names.remove("atss_grid")
+        names.insert(0, "atss_grid")
+    grid_cpu = None
+    for name in names:
         jax_fn, np_fn, kind, *batched = BENCHES[name]
         if kind not in cache:
             cache[kind] = make_priors(kind)
@@ -275,9 +282,13 @@ def main():
         t_jax, cpu_jax, compile_s = time_jax(jax_fn, p, gt, args.repeats, bool(batched))
         t_np = time_numpy(np_fn, p, gt_np, min(args.numpy_images, args.batch))
         ms_jax = 1e3 * t_jax / args.batch
+        if name == "atss_grid":
+            grid_cpu = cpu_jax
+        ratio = f"{cpu_jax / grid_cpu:10.2f}x" if grid_cpu else f"{'-':>11s}"
         print(
             f"{name:20s} {p.num_priors:7d} {ms_jax:11.3f} {1e3 * t_np:13.2f} "
-            f"{1e3 * t_np / ms_jax:10.1f} {compile_s:10.1f} {1e3 * cpu_jax / args.batch:15.3f}"
+            f"{1e3 * t_np / ms_jax:10.1f} {compile_s:10.1f} {1e3 * cpu_jax / args.batch:15.3f} "
+            f"{ratio}"
         )
 
 
