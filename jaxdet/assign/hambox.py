@@ -31,8 +31,11 @@ anchors (`count_matched`), and an anchor goes to the GT of its highest regressed
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from jaxdet.assign import common, max_iou
 from jaxdet.core.types import Assignment, GroundTruth, Priors
@@ -78,6 +81,7 @@ def compensate(
     k: int = COMP_K,
     iou_thr: float = COMP_IOU_THR,
     count_matched: bool = True,
+    level_sizes: Sequence[int] | None = None,
     chunk: int = 8,
 ) -> tuple[Assignment, jax.Array]:
     """Stage 2, online anchor compensation from the regressed boxes.
@@ -89,6 +93,9 @@ def compensate(
       k: K, the per-GT anchor budget (paper 5); 0 turns compensation off.
       iou_thr: T2, the least regressed IoU of a compensated anchor (paper 0.5).
       count_matched: the budget of GT j is K - n_j (paper) rather than K.
+      level_sizes: priors per level (`priors.level_sizes`), to fold each GT only
+        over the levels whose regressed boxes can reach T2 with it (same result;
+        see `_best_gt_levels`); None folds every GT over all N boxes.
       chunk: GT rows per loop step (speed only).
     Returns:
       (Assignment with gt_index [N] (stage 1 plus the compensated anchors) and
@@ -108,7 +115,12 @@ def compensate(
     budget = jnp.where(match_rows, budget, 0)
     # The GT each regressed box overlaps most (the first such row), by the GT fold:
     # [N] accumulators, no [M, N] matrix.
-    best_iou, best_gt = _best_gt(common.as_f32(pred_boxes), boxes, match_rows, chunk)
+    pred_boxes = common.as_f32(pred_boxes)
+    if level_sizes is not None and len(level_sizes) > 1 and iou_thr > 0:
+        best_iou, best_gt = _best_gt_levels(pred_boxes, gt_index == common.BACKGROUND, boxes,
+                                            match_rows, tuple(level_sizes), iou_thr, chunk)
+    else:
+        best_iou, best_gt = _best_gt(pred_boxes, boxes, match_rows, chunk)
     budget = jnp.concatenate([budget, jnp.zeros((1,), jnp.int32)])  # row m: no GT
     seg = jnp.where(gt_index == common.BACKGROUND, best_gt, m)  # stage-1 negatives only
     seg = jnp.where((best_iou >= iou_thr) & (budget[seg] > 0), seg, m)
@@ -158,6 +170,31 @@ def _best_gt(pred_boxes: jax.Array, boxes: jax.Array, rows_mask: jax.Array, chun
     return common.fold_gt_chunks(body, init, boxes, rows_mask, chunk)
 
 
+def _best_gt_levels(pred_boxes, wanted, boxes, rows_mask, level_sizes, iou_thr, chunk):
+    """`_best_gt` wherever its IoU is >= iou_thr on a `wanted` [N] box (elsewhere the
+    IoU may read lower), folding each GT only over the levels it can reach.
+
+    IoU(p, g) <= min(A_p / A_g, A_g / A_p), so IoU >= t needs t * A_p <= A_g <= A_p / t:
+    GT j is folded over level l only if its area lies in [t * min A_p, max A_p / t]
+    over the level's wanted, finite regressed boxes (with a margin for rounding). A GT
+    left out of a level has IoU < t with every wanted box there, so the max and its
+    first row agree with the full fold wherever the max is >= t."""
+    cols = common.columns(pred_boxes)
+    area = (cols[2] - cols[0]) * (cols[3] - cols[1])
+    ok = wanted & jnp.isfinite(area) & (area > 0)
+    g_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    out, start = [], 0
+    for size in level_sizes:
+        sl = lambda v: lax.slice_in_dim(v, start, start + size)  # noqa: B023
+        lok, larea = sl(ok), sl(area)
+        lo = jnp.min(jnp.where(lok, larea, jnp.inf)) * iou_thr * (1 - 1e-4)
+        hi = jnp.max(jnp.where(lok, larea, 0.0)) / iou_thr * (1 + 1e-4)
+        reach = rows_mask & (g_area >= lo) & (g_area <= hi)
+        out.append(_best_gt(jnp.stack([sl(c) for c in cols], axis=1), boxes, reach, chunk))
+        start += size
+    return jnp.concatenate([o[0] for o in out]), jnp.concatenate([o[1] for o in out])
+
+
 def assign(
     priors: Priors,
     gt: GroundTruth,
@@ -176,4 +213,5 @@ def assign(
         priors, gt, pos_iou_thr=pos_iou_thr, best_anchor_all_ties=best_anchor_all_ties,
         ignore_iof_thr=ignore_iof_thr,
     )
-    return compensate(matched, gt, pred_boxes, k=k, iou_thr=iou_thr, count_matched=count_matched)
+    return compensate(matched, gt, pred_boxes, k=k, iou_thr=iou_thr, count_matched=count_matched,
+                      level_sizes=priors.level_sizes)

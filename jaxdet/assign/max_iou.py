@@ -23,14 +23,22 @@ low-quality match that is the GT's max IoU, not the prior's max over GTs as in
 mmdetection's `max_overlaps`). An image without valid GT gives -1 everywhere and
 -2 on priors covered by ignore regions (mmdetection returns all negatives there).
 
+Speed: on an anchor lattice (`make_anchors` priors) the default method 'levels'
+folds each GT only over the FPN levels where some anchor can reach a threshold that
+changes a result (the classification thresholds, or the GT's own max IoU for the
+low-quality rule); the result is the dense fold's. Most GTs reach one or two of five
+levels, and rarely the finest one, which holds three quarters of the anchors.
+
 Hyper-parameters (paper / mmdetection config defaults) are in the presets below.
 """
 
 from __future__ import annotations
 
 import jax.numpy as jnp
+from jax import lax
 
-from jaxdet.assign import common
+from jaxdet.assign import common, grid_topk
+from jaxdet.core import boxes as box_ops
 from jaxdet.core.types import Assignment, GroundTruth, Priors
 
 # mmdetection configs: RetinaNet / FSAF / RepPoints refine, RPN, R-CNN second stage.
@@ -49,6 +57,8 @@ def assign(
     gt_max_assign_all: bool = True,
     match_low_quality: bool = True,
     ignore_iof_thr: float = 0.5,
+    method: str | None = None,
+    grid_shapes=None,
     chunk: int = 8,
 ) -> Assignment:
     """Assigns each prior to a GT row, background or ignore by IoU.
@@ -64,10 +74,30 @@ def assign(
       match_low_quality: rule 4 above (on for RetinaNet/RPN, off for R-CNN).
       ignore_iof_thr: IoF with an ignore region above which a prior is ignored;
         jaxdet default 0.5 handles crowd boxes, <= 0 disables (mmdetection's -1).
+      method: 'levels' (the same result; each GT is folded only over the levels
+        where some anchor can reach a threshold that matters, see `_assign_levels`;
+        needs an anchor lattice: `grid_shapes` or `priors.feature_shapes`) or 'dense'
+        (every GT against all N priors). Default: 'levels' when the lattice is known
+        and every threshold is > 0, else 'dense'.
+      grid_shapes: static (h, w) of every level (default `priors.feature_shapes`).
       chunk: GT rows per loop step (speed only).
     Returns:
       Assignment with gt_index [N] int32 and quality [N] float32.
     """
+    if isinstance(neg_iou_thr, tuple | list):
+        neg_lo, neg_hi = neg_iou_thr
+    else:
+        neg_lo, neg_hi = 0.0, neg_iou_thr
+    # The least IoU at which the classification of a prior can change (neg_lo only
+    # when it is a real bound: max IoU >= 0 always holds with a GT present).
+    thresholds = [pos_iou_thr, neg_hi] + ([neg_lo] if neg_lo > 0 else [])
+    grid_shapes = grid_shapes or priors.feature_shapes
+    if method is None:
+        method = "levels" if grid_shapes is not None and min(thresholds) > 0 else "dense"
+    if method not in ("levels", "dense"):
+        raise ValueError(f"unknown method {method!r}; expected 'levels' or 'dense'")
+    if method == "levels" and min(thresholds) <= 0:
+        raise ValueError(f"method='levels' needs thresholds > 0, got {thresholds}")
     pb = common.as_f32(priors.boxes)
     n = pb.shape[0]
     boxes, match_rows, ignore_rows = common.split_gt(gt)
@@ -78,11 +108,36 @@ def assign(
     # (0 == a GT's max over the other priors must not claim an ignored prior).
     far = jnp.float32(-1e9)
     cols = tuple(jnp.where(ignored, far, c) for c in common.columns(pb))
-    area = (cols[2] - cols[0]) * (cols[3] - cols[1])
-    if isinstance(neg_iou_thr, tuple | list):
-        neg_lo, neg_hi = neg_iou_thr
+    fold = dict(match_low_quality=match_low_quality, gt_max_assign_all=gt_max_assign_all,
+                min_pos_iou=min_pos_iou, chunk=chunk)
+    if method == "levels":
+        grid_topk.check_grid(priors, grid_shapes)
+        max_ov, arg, lq_idx, lq_val = _fold_levels(
+            priors, tuple(grid_shapes), cols, ignored, boxes, match_rows, min(thresholds), **fold)
     else:
-        neg_lo, neg_hi = 0.0, neg_iou_thr
+        max_ov, arg, lq_idx, lq_val = _fold_dense(cols, ignored, boxes, match_rows, **fold)
+    max_ov = jnp.where(ignored, -1.0, max_ov)
+
+    gt_index = jnp.full((n,), common.IGNORE, jnp.int32)
+    gt_index = jnp.where((max_ov >= neg_lo) & (max_ov < neg_hi), common.BACKGROUND, gt_index)
+    pos = max_ov >= pos_iou_thr
+    gt_index = jnp.where(pos, arg, gt_index)
+    quality = jnp.where(pos, max_ov, 0.0)
+    if match_low_quality:
+        gt_index = jnp.where(lq_idx >= 0, lq_idx, gt_index)
+        quality = jnp.where(lq_idx >= 0, lq_val, quality)
+    gt_index = jnp.where(jnp.any(match_rows), gt_index, common.unmatched(ignored))
+    return common.finish(gt_index, quality)
+
+
+def _fold_dense(cols, ignored, boxes, match_rows, *, match_low_quality, gt_max_assign_all,
+                min_pos_iou, chunk, init_ov=-jnp.inf):
+    """Every GT row in `match_rows` against all priors (columns `cols`, each [N]).
+
+    Returns [N] arrays (max IoU over the rows, its first row, the low-quality row
+    (-1: none; the last row claiming the prior) and that row's max IoU)."""
+    n = cols[0].shape[0]
+    area = (cols[2] - cols[0]) * (cols[3] - cols[1])
     prior_ids = jnp.arange(n, dtype=jnp.int32)
 
     def body(carry, rows, ids, live):
@@ -107,21 +162,126 @@ def assign(
         return max_ov, arg, lq_idx, lq_val
 
     init = (
-        jnp.full((n,), -jnp.inf, jnp.float32),
+        jnp.full((n,), init_ov, jnp.float32),
         jnp.zeros((n,), jnp.int32),
         jnp.full((n,), -1, jnp.int32),
         jnp.zeros((n,), jnp.float32),
     )
-    max_ov, arg, lq_idx, lq_val = common.fold_gt_chunks(body, init, boxes, match_rows, chunk)
-    max_ov = jnp.where(ignored, -1.0, max_ov)
+    return common.fold_gt_chunks(body, init, boxes, match_rows, chunk)
 
-    gt_index = jnp.full((n,), common.IGNORE, jnp.int32)
-    gt_index = jnp.where((max_ov >= neg_lo) & (max_ov < neg_hi), common.BACKGROUND, gt_index)
-    pos = max_ov >= pos_iou_thr
-    gt_index = jnp.where(pos, arg, gt_index)
-    quality = jnp.where(pos, max_ov, 0.0)
+
+def _level_bounds(priors, grid_shapes, cols, boxes):
+    """(ub [M, L], lb [M]) for the GT boxes [M, 4] on an anchor lattice.
+
+    ub[j, l]: the largest IoU any anchor of level l can have with GT j, from the
+    sizes alone (the anchor centred on the GT; max over the level's base shapes).
+    lb[j]: the IoU of an actual prior (with the ignored ones moved away, as `cols`)
+    with GT j, the nearest anchor of each level and base shape: a lower bound of the
+    GT's max IoU over all priors."""
+    gx, gy = (boxes[:, 0] + boxes[:, 2]) / 2.0, (boxes[:, 1] + boxes[:, 3]) / 2.0
+    gw, gh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    a = priors.num_base
+    ubs, lb = [], jnp.zeros(boxes.shape[:1], jnp.float32)
+    for start, (h, w) in zip(priors.level_starts, grid_shapes):
+        lvl = [lax.slice_in_dim(c, start, start + h * w * a).reshape(h, w, a) for c in cols]
+        real = lax.slice_in_dim(priors.boxes, start, start + h * w * a).reshape(h, w, a, 4)
+        real = common.as_f32(real)
+        aw = real[0, 0, :, 2] - real[0, 0, :, 0]  # [A]
+        ah = real[0, 0, :, 3] - real[0, 0, :, 1]
+        iw = jnp.minimum(aw, gw[:, None])
+        ih = jnp.minimum(ah, gh[:, None])
+        ub = iw * ih / jnp.maximum(aw * ah + (gw * gh)[:, None] - iw * ih, box_ops.EPS)
+        ubs.append(jnp.max(ub, axis=1))
+        cx = (real[0, :, 0, 0] + real[0, :, 0, 2]) / 2.0  # [W]
+        cy = (real[:, 0, 0, 1] + real[:, 0, 0, 3]) / 2.0  # [H]
+        c = grid_topk.nearest_first(cx, gx, 1)[:, 0]
+        r = grid_topk.nearest_first(cy, gy, 1)[:, 0]
+        near = tuple(v[r, c] for v in lvl)  # [M, A]: the nearest anchors' columns
+        near_area = (near[2] - near[0]) * (near[3] - near[1])
+        ov = common.iou_with_box(tuple(v[..., None] for v in near), near_area[..., None],
+                                 boxes[:, None, :])[..., 0]
+        lb = jnp.maximum(lb, jnp.max(ov, axis=1))
+    return jnp.stack(ubs, axis=1), lb
+
+
+def _fold_levels(priors, grid_shapes, cols, ignored, boxes, match_rows, min_threshold, *,
+                 match_low_quality, gt_max_assign_all, min_pos_iou, chunk):
+    """`_fold_dense`'s result where it matters, folding each GT over the levels it can reach.
+
+    GT j takes part on level l iff ub[j, l] (`_level_bounds`) reaches t_j = the least
+    classification threshold, or (low-quality matching) the lower bound lb[j] of its
+    max IoU, with a margin for rounding. On the other levels every IoU with j is
+    below t_j, so j can neither be a prior's max-IoU GT there at a value that changes
+    its class, nor reach its own max (>= lb[j]) there: max IoU and first arg agree
+    with the dense fold wherever the max is >= the least threshold (below it, both are
+    in the same class; here it may read 0), and the low-quality matches are the same.
+    The low-quality rule needs each GT's max over all levels first: a second fold
+    over the (GT, level) pairs where that max is reached marks the ties (or, with
+    `gt_max_assign_all=False`, the first prior reaching it is scattered)."""
+    ub, lb = _level_bounds(priors, grid_shapes, cols, boxes)
+    t = jnp.full(lb.shape, min_threshold, jnp.float32)
     if match_low_quality:
-        gt_index = jnp.where(lq_idx >= 0, lq_idx, gt_index)
-        quality = jnp.where(lq_idx >= 0, lq_val, quality)
-    gt_index = jnp.where(jnp.any(match_rows), gt_index, common.unmatched(ignored))
-    return common.finish(gt_index, quality)
+        t = jnp.minimum(t, lb)
+    reach = match_rows[:, None] & (ub * (1 + 1e-4) + 1e-6 >= (t * (1 - 1e-4))[:, None])
+    m = boxes.shape[0]
+    pieces, level_max, level_arg = [], [], []
+    for lvl, (start, size) in enumerate(zip(priors.level_starts, priors.level_sizes)):
+        lcols = tuple(lax.slice_in_dim(c, start, start + size) for c in cols)
+        lign = lax.slice_in_dim(ignored, start, start + size)
+        larea = (lcols[2] - lcols[0]) * (lcols[3] - lcols[1])
+
+        def body(carry, rows, ids, live, lcols=lcols, larea=larea, lign=lign):
+            max_ov, arg, gmax, garg = carry
+            ov = common.iou_with_box(lcols, larea, rows)  # [chunk, N_l]
+            at = jnp.where(live, ids, m)
+            gmax = gmax.at[at].set(jnp.max(ov, axis=1), mode="drop")
+            if not gt_max_assign_all:
+                garg = garg.at[at].set(jnp.argmax(jnp.where(lign, -1.0, ov), axis=1),
+                                       mode="drop")
+            for j in range(rows.shape[0]):
+                better = live[j] & (ov[j] > max_ov)  # strict: the first GT with the max wins
+                max_ov = jnp.where(better, ov[j], max_ov)
+                arg = jnp.where(better, ids[j], arg)
+            return max_ov, arg, gmax, garg
+
+        init = (jnp.zeros((size,), jnp.float32), jnp.zeros((size,), jnp.int32),
+                jnp.full((m,), -jnp.inf, jnp.float32), jnp.zeros((m,), jnp.int32))
+        max_ov, arg, gmax, garg = common.fold_gt_chunks(body, init, boxes, reach[:, lvl], chunk)
+        pieces.append((max_ov, arg))
+        level_max.append(gmax)
+        level_arg.append(garg + start)
+    max_ov = jnp.concatenate([p[0] for p in pieces])
+    arg = jnp.concatenate([p[1] for p in pieces])
+    n = max_ov.shape[0]
+    if not match_low_quality:
+        return max_ov, arg, jnp.full((n,), -1, jnp.int32), jnp.zeros((n,), jnp.float32)
+
+    level_max = jnp.stack(level_max, axis=1)  # [M, L], -inf where not folded
+    gt_max = jnp.max(level_max, axis=1)
+    claims = match_rows & (gt_max >= min_pos_iou)
+    at_max = claims[:, None] & (level_max == gt_max[:, None])  # [M, L]
+    if not gt_max_assign_all:
+        # The first prior reaching the max: on the first level where it is reached.
+        first = jnp.argmax(at_max, axis=1)
+        prior = jnp.take_along_axis(jnp.stack(level_arg, axis=1), first[:, None], 1)[:, 0]
+        rows = jnp.where(claims, jnp.arange(m, dtype=jnp.int32), -1)
+        lq_idx = jnp.full((n,), -1, jnp.int32).at[prior].max(rows)  # the last GT wins
+    else:
+        ties = []
+        for lvl, (start, size) in enumerate(zip(priors.level_starts, priors.level_sizes)):
+            lcols = tuple(lax.slice_in_dim(c, start, start + size) for c in cols)
+            lign = lax.slice_in_dim(ignored, start, start + size)
+            larea = (lcols[2] - lcols[0]) * (lcols[3] - lcols[1])
+
+            def tie_body(lq, rows, ids, live, lcols=lcols, larea=larea, lign=lign):
+                ov = common.iou_with_box(lcols, larea, rows)
+                for j in range(rows.shape[0]):
+                    hit = live[j] & (ov[j] == gt_max[ids[j]]) & ~lign
+                    lq = jnp.where(hit, ids[j], lq)  # rows in order: the last GT wins
+                return lq
+
+            ties.append(common.fold_gt_chunks(
+                tie_body, jnp.full((size,), -1, jnp.int32), boxes, at_max[:, lvl], chunk))
+        lq_idx = jnp.concatenate(ties)
+    lq_val = jnp.where(lq_idx >= 0, gt_max[jnp.maximum(lq_idx, 0)], 0.0)
+    return max_ov, arg, lq_idx, lq_val

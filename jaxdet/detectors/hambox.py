@@ -60,7 +60,8 @@ class HAMBox(RetinaNet):
         matched = self.assign(priors, gt)
         final, comp = jax.vmap(
             lambda a, g, b: ham.compensate(
-                a, g, b, k=hp.k, iou_thr=hp.comp_iou_thr, count_matched=hp.count_matched
+                a, g, b, k=hp.k, iou_thr=hp.comp_iou_thr, count_matched=hp.count_matched,
+                level_sizes=priors.level_sizes,
             )
         )(matched, gt, self.pred_boxes(out, priors))
         return matched, final, comp

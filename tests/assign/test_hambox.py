@@ -161,3 +161,34 @@ def test_matches_numpy_reference_on_random_cases(count_matched):
         assert not np.any(np.isin(g, np.nonzero(~valid[i] | ignore[i])[0]))
     assert np.all((np.asarray(a.quality) >= 0) & (np.asarray(a.quality) <= 1))
     assert total > 10  # the random case exercises the compensation
+
+
+def test_level_folds_match_numpy_reference_on_a_lattice():
+    # make_anchors priors: stage 1 takes max_iou's 'levels' path and stage 2 folds each
+    # GT only over the levels whose regressed boxes can reach T2; both must give the
+    # reference's result exactly.
+    from jaxdet.core import priors as priors_lib
+
+    strides = (8, 16, 32, 64, 128)
+    p = priors_lib.make_anchors(priors_lib.feature_shapes((96, 128), strides), strides,
+                                octave_base_scale=2.72, scales_per_octave=1, ratios=(1.0,))
+    anchors = np.asarray(p.boxes)
+    n, b, m = anchors.shape[0], 4, 8
+    rng = np.random.default_rng(1)
+    boxes, labels, valid, ignore = numpy_ref.random_gt(rng, b, m, (96, 128), max_wh=50)
+    preds = []
+    for i in range(b):
+        target = np.where(valid[i][:, None], boxes[i], anchors[:m])
+        mix = rng.uniform(0, 1, (n, 1))
+        preds.append(mix * target[rng.integers(0, m, n)] + (1 - mix) * anchors
+                     + rng.normal(0, 1.5, (n, 4)))
+    preds = np.stack(preds).astype(np.float32)
+    gt = GroundTruth(boxes=jnp.asarray(boxes), labels=jnp.asarray(labels),
+                     valid=jnp.asarray(valid), ignore=jnp.asarray(ignore))
+    a, comp = jax.jit(jax.vmap(lambda g, q: ham.assign(p, g, q)))(gt, jnp.asarray(preds))
+    for i in range(b):
+        ref_g, ref_q, ref_c = numpy_ref.hambox(anchors, boxes[i], valid[i], ignore[i], preds[i])
+        np.testing.assert_array_equal(np.asarray(a.gt_index[i]), ref_g, err_msg=f"image {i}")
+        np.testing.assert_allclose(np.asarray(a.quality[i]), ref_q, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(comp[i]), ref_c)
+    assert np.asarray(comp).sum() > 10

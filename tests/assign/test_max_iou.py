@@ -107,14 +107,16 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("method", ["dense", "levels"])
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_matches_numpy_reference(name):
+def test_matches_numpy_reference(name, method):
     cfg = CONFIGS[name]
     shapes = priors_lib.feature_shapes((128, 160), (8, 16, 32, 64, 128))
     p = priors_lib.make_anchors(shapes, (8, 16, 32, 64, 128))  # 9 anchors, N = 3852
-    fn = jax.jit(jax.vmap(lambda g: max_iou.assign(p, g, **cfg)))
-    for seed in range(2):
-        boxes, labels, valid, ignore = ref.random_gt(np.random.default_rng(seed), 6, 12)
+    fn = jax.jit(jax.vmap(lambda g: max_iou.assign(p, g, method=method, **cfg)))
+    for seed, max_wh in ((0, None), (1, 24.0)):  # 24: many GTs below the smallest anchor
+        boxes, labels, valid, ignore = ref.random_gt(np.random.default_rng(seed), 6, 12,
+                                                     max_wh=max_wh)
         a = fn(GroundTruth(boxes=boxes, labels=labels, valid=valid, ignore=ignore))
         assert a.gt_index.dtype == np.int32 and a.quality.dtype == np.float32
         assert a.gt_index.shape == a.quality.shape == (6, p.num_priors)
@@ -127,3 +129,32 @@ def test_matches_numpy_reference(name):
             matched = matched[matched >= 0]
             assert np.all(valid[b][matched] & ~ignore[b][matched])
         assert np.all(np.asarray(a.gt_index[0]) < 0)  # image 0 has no valid GT
+
+
+@pytest.mark.parametrize("cfg", [dict(pos_iou_thr=0.35, neg_iou_thr=0.35), max_iou.RPN,
+                                 dict(match_low_quality=False)])
+def test_levels_equals_numpy_on_one_anchor_lattice(cfg):
+    # One square anchor per location (HAMBox's 2.72 * stride): GTs reach one or two
+    # levels each, so most (GT, level) pairs are skipped by method='levels'.
+    strides = (8, 16, 32, 64, 128)
+    p = priors_lib.make_anchors(priors_lib.feature_shapes((96, 128), strides), strides,
+                                octave_base_scale=2.72, scales_per_octave=1, ratios=(1.0,))
+    fn = jax.jit(jax.vmap(lambda g: max_iou.assign(p, g, **cfg)))
+    boxes, labels, valid, ignore = ref.random_gt(np.random.default_rng(3), 5, 10, (96, 128),
+                                                 max_wh=60.0)
+    a = fn(GroundTruth(boxes=boxes, labels=labels, valid=valid, ignore=ignore))
+    for b in range(5):
+        want_idx, want_q = ref.max_iou(p.boxes, boxes[b], valid[b], ignore[b], **cfg)
+        np.testing.assert_array_equal(np.asarray(a.gt_index[b]), want_idx, err_msg=f"{b}")
+        np.testing.assert_array_equal(np.asarray(a.quality[b]), want_q, err_msg=f"{b}")
+
+
+def test_method_errors():
+    p = priors_lib.make_anchors(priors_lib.feature_shapes((32, 32), (8, 16)), (8, 16))
+    g = _gt([[0, 0, 10, 10]])
+    with pytest.raises(ValueError, match="unknown method"):
+        max_iou.assign(p, g, method="grid")
+    with pytest.raises(ValueError, match="thresholds > 0"):
+        max_iou.assign(p, g, method="levels", neg_iou_thr=(0.0, 0.4), pos_iou_thr=0.0)
+    with pytest.raises(ValueError, match="grid_shapes"):
+        max_iou.assign(_priors([[0, 0, 10, 10]]), g, method="levels")
