@@ -124,8 +124,8 @@ BENCHES = {
         lambda p, b, v, i: ref.max_iou(p.boxes, b, v, i),
         "anchors9",
     ),
-    # MAL / FreeAnchor: top-40 anchor bags, and the bags + P{a in A+} (80 classes; the
-    # anchors stand in for the predicted boxes).
+    # MAL / FreeAnchor: top-40 anchor bags, and the bags + P{a in A+} (80 classes, as
+    # (class, prob) slots; the anchors stand in for the predicted boxes).
     "mal_bags": (
         lambda p, g: anchor_bags.build(p, g, bag_size=40),
         lambda p, b, v, i: _np_bags(p.boxes, b, v, i, 40),
@@ -150,6 +150,14 @@ BENCHES = {
         "anchors1",
         True,
     ),
+    # ... with P{a in A+} expanded to the dense [B, N, 80] the loss reads (the extra is
+    # the write of that array, as large as the class logits).
+    "mal_bags_prob_dense_a1": (
+        lambda p, g: _mal_bags_prob(p, g, dense=True),
+        lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
+        "anchors1",
+        True,
+    ),
     # Learning from noisy anchors: top-50 candidate bags (grid search over the 9-anchor
     # layout) + cleanliness from the predicted boxes (stand-in: anchors grown 1.2x) and
     # scores (80 classes).
@@ -168,11 +176,15 @@ BENCHES = {
 }
 
 
-def _mal_bags_prob(p, g):
-    """A batch's MAL bags and P{a in A+} (the anchors stand in for the predicted boxes)."""
+def _mal_bags_prob(p, g, dense=False):
+    """A batch's MAL bags and P{a in A+} (the anchors stand in for the predicted boxes),
+    as (class, probability) slots or (dense) as [B, N, 80]."""
     pred = jax.numpy.broadcast_to(p.boxes, g.boxes.shape[:1] + p.boxes.shape)
-    return (jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g),
-            anchor_bags.positive_probability_batch(pred, g, 80))
+    bags = jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g)
+    if dense:
+        return bags, anchor_bags.positive_probability_batch(pred, g, 80,
+                                                            priors=p)
+    return bags, anchor_bags.positive_probability_slots(pred, g, priors=p)
 
 
 def _noisy_assign(p, g):

@@ -180,7 +180,8 @@ class MAL(DenseDetector):
         pred = coders.delta_xywh_decode(
             priors.boxes, jax.lax.stop_gradient(out["box_deltas"]), stds=self.box_stds
         )
-        box_prob = anchor_bags.positive_probability_batch(pred, gt, c, bbox_thr=lc.bbox_thr)
+        box_prob = anchor_bags.positive_probability_batch(pred, gt, c, bbox_thr=lc.bbox_thr,
+                                                          priors=priors)
 
         def one(o, g, bg, box_prob):
             p = self.bag_confidence(o, priors, g, bg)

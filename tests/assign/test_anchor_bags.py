@@ -147,6 +147,9 @@ def test_positive_probability_hand_computed():
     # Best IoU below the threshold: t2 = 0.6 + 1e-12, every IoU <= t1 -> all 0.
     low = anchor_bags.positive_probability(pred[2:], g, 3)
     assert float(jnp.max(low)) == 0.0
+    # Best IoU exactly t1 (in float32 t1 + 1e-12 == t1, the reference's 0 / 0): 0, not NaN.
+    edge = anchor_bags.positive_probability(np.array([[0, 0, 10, 6]], np.float32), g, 3)
+    np.testing.assert_array_equal(np.asarray(edge), np.zeros((1, 3)))
 
 
 def test_positive_probability_takes_the_max_over_gts_of_a_class():
@@ -172,6 +175,8 @@ def test_positive_probability_matches_numpy(seed):
     out = np.asarray(anchor_bags.positive_probability(pred, g, 3))
     want = _np_positive_probability(pred, g, 3, 0.6)
     np.testing.assert_allclose(out, want, atol=1e-5)
+    by_level = anchor_bags.positive_probability(pred, g, 3, priors=p)
+    np.testing.assert_array_equal(np.asarray(by_level), out)
     assert out.min() >= 0 and out.max() <= 1
     if (g.valid & ~g.ignore).any():
         assert out.max() == pytest.approx(1.0)  # each GT's best box maps to 1
@@ -212,10 +217,12 @@ def _jittered_preds(p, g, seed):
     )
 
 
-@pytest.mark.parametrize("slots", [1, 2, 4])
-def test_positive_probability_batch_equals_the_per_image_one(slots):
+@pytest.mark.parametrize("slots,by_level", [(1, False), (2, False), (4, False), (1, True),
+                                             (2, True)])
+def test_positive_probability_batch_equals_the_per_image_one(slots, by_level):
     """Slot fast path and exact fallback: equal to vmap(positive_probability) and NumPy,
-    whether or not some anchor has more nonzero classes than slots."""
+    whether or not some anchor has more nonzero classes than slots, with and without
+    the per-level folds (`level_sizes`)."""
     cases = [_random_case(s, m=9) for s in range(3)]
     p = cases[0][0]
     # image 3: three near-identical GTs of three classes (3 nonzero classes per anchor)
@@ -224,19 +231,33 @@ def test_positive_probability_batch_equals_the_per_image_one(slots):
     gts = [g for _, g in cases] + [dup]
     preds = np.stack([_jittered_preds(p, g, i) for i, g in enumerate(gts)])
     batch = jax.tree_util.tree_map(lambda *a: np.stack(a), *gts)
-    fn = jax.jit(lambda b, g: anchor_bags.positive_probability_batch(b, g, 3, slots=slots))
+    use_priors = p if by_level else None
+    assert len(p.level_sizes) == 3
+    fn = jax.jit(lambda b, g: anchor_bags.positive_probability_batch(b, g, 3, slots=slots,
+                                                                     priors=use_priors))
     got = np.asarray(fn(preds, batch))
     for i, g in enumerate(gts):
         np.testing.assert_allclose(got[i], _np_positive_probability(preds[i], g, 3, 0.6),
                                    atol=1e-5)
     per_image = jax.vmap(lambda b, g: anchor_bags.positive_probability(b, g, 3))(preds, batch)
-    np.testing.assert_array_equal(got, per_image)
+    # (the slot path divides once per kept pair, the scatter once per row: 1 ulp apart)
+    np.testing.assert_allclose(got, per_image, rtol=1e-6, atol=1e-7)
     # a batch of the first image alone (its own choice of path)
     few = jax.tree_util.tree_map(lambda a: a[:1], batch)
     one = np.asarray(fn(preds[:1], few))
-    np.testing.assert_array_equal(one, per_image[:1])
-    _, _, over = anchor_bags._probability_slots(preds[3], dup, 0.6, slots, 8)
+    np.testing.assert_allclose(one, per_image[:1], rtol=1e-6, atol=1e-7)
+    _, _, over = anchor_bags._probability_slots(preds[3], dup, 0.6, slots, 8, use_priors)
     assert bool(over) == (slots < 3)
+    # The sparse form: [B, S, N] slots, exact wherever the batch does not overflow.
+    sp = jax.jit(lambda b, g: anchor_bags.positive_probability_slots(
+        b, g, slots=slots, priors=use_priors))(preds, batch)
+    assert sp.labels.shape == sp.probs.shape == (4, slots, len(p.boxes))
+    assert bool(sp.overflow) == (slots < 3)
+    if not sp.overflow:
+        np.testing.assert_array_equal(np.asarray(anchor_bags.slots_to_dense(sp, 3)), got)
+    sp1 = anchor_bags.positive_probability_slots(preds[:1], few, slots=slots, priors=use_priors)
+    if not sp1.overflow:
+        np.testing.assert_array_equal(np.asarray(anchor_bags.slots_to_dense(sp1, 3)), one)
 
 
 def test_positive_probability_batch_without_gt_is_zero():
@@ -245,3 +266,29 @@ def test_positive_probability_batch_without_gt_is_zero():
     batch = jax.tree_util.tree_map(lambda a: np.stack([a, a]), g)
     out = anchor_bags.positive_probability_batch(np.stack([p.boxes, p.boxes]), batch, 3)
     assert out.shape == (2, len(p.boxes), 3) and float(jnp.max(out)) == 0.0
+
+
+def test_probability_slots_hand_computed():
+    # Rows 0 [0, 0, 10, 10] (class 2), 1 [0, 0, 10, 9] (class 0), 2 [0, 0, 10, 8]
+    # (class 2); pred 0 = row 0's box (IoUs 1, 0.9, 0.8), pred 1 = row 1's (0.9, 1, 8/9).
+    # t2 per row = its best IoU: 1, 1, 8/9. Slots in row order of the first hit, one per
+    # class (max): pred 0: class 2 max(1, (0.8 - .6) / (8/9 - .6)) = 1, class 0
+    # (0.9 - .6) / .4 = 0.75; pred 1: class 2 max(0.75, 1) = 1, class 0 1.
+    g = _gt([[0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 8]], labels=[2, 0, 2])
+    pred = np.array([[0, 0, 10, 10], [0, 0, 10, 9], [50, 50, 60, 60]], np.float32)
+    batch = jax.tree_util.tree_map(lambda a: np.asarray(a)[None], g)
+    sp = anchor_bags.positive_probability_slots(pred[None], batch, slots=2)
+    assert not bool(sp.overflow)
+    np.testing.assert_array_equal(sp.labels[0][:, 0], [2, 0])
+    np.testing.assert_allclose(sp.probs[0][:, 0], [1.0, 0.75], rtol=1e-6)
+    np.testing.assert_array_equal(sp.labels[0][:, 1], [2, 0])
+    np.testing.assert_allclose(sp.probs[0][:, 1], [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(sp.labels[0][:, 2], [-1, -1])
+    dense = anchor_bags.slots_to_dense(sp, 3)[0]
+    np.testing.assert_allclose(dense, _np_positive_probability(pred, g, 3, 0.6), atol=1e-6)
+    # One slot for two classes: overflow (the dense form then takes the exact scatter,
+    # still equal to the reference).
+    sp1 = anchor_bags.positive_probability_slots(pred[None], batch, slots=1)
+    assert bool(sp1.overflow)
+    full = anchor_bags.positive_probability_batch(pred[None], batch, 3, slots=1)[0]
+    np.testing.assert_allclose(full, _np_positive_probability(pred, g, 3, 0.6), atol=1e-6)
