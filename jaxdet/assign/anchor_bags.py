@@ -203,7 +203,7 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
         def dense(c, rows, ids, live):
             return dense_body(c, common.iou_with_box(cols, area, rows), ids, live)
 
-        return common.fold_gt_chunks(dense, carry, boxes, mask, chunk)
+        return common.fold_gt_chunks(dense, carry, boxes, mask, common.LEVEL_CHUNK)
 
     # Pass 1: each row's max IoU over the pairs it reaches.
     def max_dense(gmax, ov, ids, live):
@@ -230,23 +230,17 @@ def _levels(pred: Array, boxes: Array, match_rows: Array, t1: float,
             priors: Priors | None) -> list[dict]:
     """Per level of `priors` (one level of all boxes without): a dict with `cols` (the
     boxes' columns), `area` and `reach` [M], the GT rows that can have an IoU > t1
-    with one of the level's boxes. IoU(p, g) <= min(A_p / A_g, A_g / A_p), so IoU > t1
-    needs t1 * A_p < A_g < A_p / t1 for some box p of the level (with a margin for
-    rounding; boxes of non-finite or zero area never reach t1)."""
+    with one of the level's boxes (`common.may_reach`)."""
     cols = common.columns(pred)
     area = box_ops.areas(pred)
     if priors is None or len(priors.level_sizes) < 2:
         return [dict(cols=cols, area=area, reach=match_rows)]
-    g_area = box_ops.areas(boxes)
     levels = []
     for start, size in zip(priors.level_starts, priors.level_sizes):
         lcols = tuple(lax.slice_in_dim(c, start, start + size) for c in cols)
         larea = lax.slice_in_dim(area, start, start + size)
-        ok = jnp.isfinite(larea) & (larea > 0)
-        lo = jnp.min(jnp.where(ok, larea, jnp.inf)) * t1 * (1 - 1e-4)
-        hi = jnp.max(jnp.where(ok, larea, 0.0)) / t1 * (1 + 1e-4)
         levels.append(dict(cols=lcols, area=larea,
-                           reach=match_rows & (g_area >= lo) & (g_area <= hi)))
+                           reach=match_rows & common.may_reach(lcols, larea, boxes, t1)))
     return levels
 
 

@@ -27,6 +27,9 @@ from jaxdet.core.types import Assignment, GroundTruth
 Array = jnp.ndarray
 BACKGROUND = -1
 IGNORE = -2
+# GT rows per loop step of the per-level folds (max_iou 'levels', HAMBox, P{a in A+}):
+# few GTs reach a level, so small steps waste least (measured 8 -> 2: 1.4-1.6x faster).
+LEVEL_CHUNK = 2
 
 
 def split_gt(gt: GroundTruth) -> tuple[Array, Array, Array]:
@@ -153,6 +156,28 @@ def ignored_by_point(points: Array, boxes: Array, ignore_rows: Array, chunk: int
         return acc | (live & (inside > 0))
 
     return fold_gts(body, jnp.zeros(px.shape, bool), boxes, ignore_rows, chunk)
+
+
+def may_reach(cols: tuple[Array, ...], area: Array, boxes: Array, t: float) -> Array:
+    """[M] bool: GT boxes [M, 4] that may have an IoU >= t with one of the boxes given by
+    `cols` (x1, y1, x2, y2 each [n]) and `area` [n]; False only where none can.
+
+    For any box p of the set: IoU <= A_p / A_g and IoU <= A_g / A_p, so IoU >= t needs
+    t * min A_p <= A_g <= max A_p / t; and IoU <= inter / union with inter <=
+    min(max w_p, w_g) * min(max h_p, h_g) and union >= max(min A_p, A_g). Boxes of
+    non-finite or zero area (IoU 0 or NaN) are left out; a margin covers the rounding
+    of the IoU formula."""
+    ok = jnp.isfinite(area) & (area > 0)
+    a_min = jnp.min(jnp.where(ok, area, jnp.inf))
+    a_max = jnp.max(jnp.where(ok, area, 0.0))
+    w_max = jnp.max(jnp.where(ok, cols[2] - cols[0], 0.0))
+    h_max = jnp.max(jnp.where(ok, cols[3] - cols[1], 0.0))
+    gw, gh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    g_area = gw * gh
+    by_area = (g_area >= a_min * t * (1 - 1e-4)) & (g_area <= a_max / t * (1 + 1e-4))
+    inter = jnp.minimum(w_max, gw) * jnp.minimum(h_max, gh)
+    by_shape = inter * (1 + 1e-4) >= t * jnp.maximum(a_min, g_area)
+    return by_area & by_shape
 
 
 def unmatched(ignored: Array) -> Array:

@@ -174,23 +174,20 @@ def _best_gt_levels(pred_boxes, wanted, boxes, rows_mask, level_sizes, iou_thr, 
     """`_best_gt` wherever its IoU is >= iou_thr on a `wanted` [N] box (elsewhere the
     IoU may read lower), folding each GT only over the levels it can reach.
 
-    IoU(p, g) <= min(A_p / A_g, A_g / A_p), so IoU >= t needs t * A_p <= A_g <= A_p / t:
-    GT j is folded over level l only if its area lies in [t * min A_p, max A_p / t]
-    over the level's wanted, finite regressed boxes (with a margin for rounding). A GT
+    GT j is folded over level l only if it may have an IoU >= t with one of the
+    level's wanted regressed boxes (`common.may_reach`: by their areas and sizes). A GT
     left out of a level has IoU < t with every wanted box there, so the max and its
     first row agree with the full fold wherever the max is >= t."""
     cols = common.columns(pred_boxes)
     area = (cols[2] - cols[0]) * (cols[3] - cols[1])
-    ok = wanted & jnp.isfinite(area) & (area > 0)
-    g_area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     out, start = [], 0
     for size in level_sizes:
         sl = lambda v: lax.slice_in_dim(v, start, start + size)  # noqa: B023
-        lok, larea = sl(ok), sl(area)
-        lo = jnp.min(jnp.where(lok, larea, jnp.inf)) * iou_thr * (1 - 1e-4)
-        hi = jnp.max(jnp.where(lok, larea, 0.0)) / iou_thr * (1 + 1e-4)
-        reach = rows_mask & (g_area >= lo) & (g_area <= hi)
-        out.append(_best_gt(jnp.stack([sl(c) for c in cols], axis=1), boxes, reach, chunk))
+        lcols = tuple(sl(c) for c in cols)
+        # Unwanted boxes take no part in the bound (area 0 is left out).
+        reach = rows_mask & common.may_reach(lcols, jnp.where(sl(wanted), sl(area), 0.0),
+                                             boxes, iou_thr)
+        out.append(_best_gt(jnp.stack(lcols, axis=1), boxes, reach, common.LEVEL_CHUNK))
         start += size
     return jnp.concatenate([o[0] for o in out]), jnp.concatenate([o[1] for o in out])
 

@@ -80,7 +80,8 @@ def assign(
         (every GT against all N priors). Default: 'levels' when the lattice is known
         and every threshold is > 0, else 'dense'.
       grid_shapes: static (h, w) of every level (default `priors.feature_shapes`).
-      chunk: GT rows per loop step (speed only).
+      chunk: GT rows per loop step of the dense folds (speed only; the per-level
+        folds step `common.LEVEL_CHUNK` rows).
     Returns:
       Assignment with gt_index [N] int32 and quality [N] float32.
     """
@@ -109,13 +110,14 @@ def assign(
     far = jnp.float32(-1e9)
     cols = tuple(jnp.where(ignored, far, c) for c in common.columns(pb))
     fold = dict(match_low_quality=match_low_quality, gt_max_assign_all=gt_max_assign_all,
-                min_pos_iou=min_pos_iou, chunk=chunk)
+                min_pos_iou=min_pos_iou)
     if method == "levels":
         grid_topk.check_grid(priors, grid_shapes)
         max_ov, arg, lq_idx, lq_val = _fold_levels(
             priors, tuple(grid_shapes), cols, ignored, boxes, match_rows, min(thresholds), **fold)
     else:
-        max_ov, arg, lq_idx, lq_val = _fold_dense(cols, ignored, boxes, match_rows, **fold)
+        max_ov, arg, lq_idx, lq_val = _fold_dense(cols, ignored, boxes, match_rows, chunk=chunk,
+                                                  **fold)
     max_ov = jnp.where(ignored, -1.0, max_ov)
 
     gt_index = jnp.full((n,), common.IGNORE, jnp.int32)
@@ -205,7 +207,7 @@ def _level_bounds(priors, grid_shapes, cols, boxes):
 
 
 def _fold_levels(priors, grid_shapes, cols, ignored, boxes, match_rows, min_threshold, *,
-                 match_low_quality, gt_max_assign_all, min_pos_iou, chunk):
+                 match_low_quality, gt_max_assign_all, min_pos_iou):
     """`_fold_dense`'s result where it matters, folding each GT over the levels it can reach.
 
     GT j takes part on level l iff ub[j, l] (`_level_bounds`) reaches t_j = the least
@@ -246,7 +248,8 @@ def _fold_levels(priors, grid_shapes, cols, ignored, boxes, match_rows, min_thre
 
         init = (jnp.zeros((size,), jnp.float32), jnp.zeros((size,), jnp.int32),
                 jnp.full((m,), -jnp.inf, jnp.float32), jnp.zeros((m,), jnp.int32))
-        max_ov, arg, gmax, garg = common.fold_gt_chunks(body, init, boxes, reach[:, lvl], chunk)
+        max_ov, arg, gmax, garg = common.fold_gt_chunks(body, init, boxes, reach[:, lvl],
+                                                        common.LEVEL_CHUNK)
         pieces.append((max_ov, arg))
         level_max.append(gmax)
         level_arg.append(garg + start)
@@ -281,7 +284,8 @@ def _fold_levels(priors, grid_shapes, cols, ignored, boxes, match_rows, min_thre
                 return lq
 
             ties.append(common.fold_gt_chunks(
-                tie_body, jnp.full((size,), -1, jnp.int32), boxes, at_max[:, lvl], chunk))
+                tie_body, jnp.full((size,), -1, jnp.int32), boxes, at_max[:, lvl],
+                common.LEVEL_CHUNK))
         lq_idx = jnp.concatenate(ties)
     lq_val = jnp.where(lq_idx >= 0, gt_max[jnp.maximum(lq_idx, 0)], 0.0)
     return max_ov, arg, lq_idx, lq_val
