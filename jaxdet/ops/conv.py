@@ -30,13 +30,14 @@ compiled HLO). On a 2-core AMD EPYC (AVX2, no AVX-512) they ran on one thread: a
 conv [16, 16, 16, 64] -> 64 took 4.7 ms forward with them and 2.95 ms without, 26.7 ms
 against 9.4 ms forward + backward, and the tiny ATSS train step was 0.78x as long with
 them off and XLA's kernel gradients (four variants compiled in one process, timings
-interleaved). On a 2-core Xeon with AVX-512 turning them off made the step 1.06x
-slower. `benchmarks/train_step_bench.py` prints the on/off ratio. `compiler_options()`
-gives the per-jit option that turns them off
+interleaved). On a 2-core Xeon with AVX-512 turning them off made the step 1.06-1.36x
+slower; on a 2-core AMD EPYC with AVX-512 (Zen 4) it made it 0.87x as long (two
+rounds of on / off / auto in one process). `benchmarks/train_step_bench.py` prints
+the on/off ratio. `compiler_options()` gives the per-jit option that turns them off
 (`xla_cpu_experimental_ynn_fusion_type=''`) where `YNNPACK` says so: 'auto' = off on
-x86 CPUs without AVX-512, 'on' / 'off' everywhere on CPU; the train and eval jits of
-`jaxdet.train.loop` pass it. With them off, small convs keep XLA's kernel gradient
-(the AVX-512 rule above), which is what measured fastest there.
+AMD x86 CPUs and on x86 CPUs without AVX-512, 'on' / 'off' everywhere on CPU; the
+train and eval jits of `jaxdet.train.loop` pass it. With them off, small convs keep
+XLA's kernel gradient (the AVX-512 rule above), which is what measured fastest there.
 """
 
 from __future__ import annotations
@@ -78,6 +79,19 @@ def _cpu_has_avx512() -> bool:
     return False
 
 
+@functools.cache
+def _cpu_is_amd() -> bool:
+    """Whether the host CPU is an AMD one (Linux /proc/cpuinfo `vendor_id`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return "AuthenticAMD" in line
+    except OSError:
+        pass
+    return False
+
+
 def _is_x86() -> bool:
     return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
@@ -99,7 +113,7 @@ def ynnpack_off() -> bool:
         raise ValueError(f"YNNPACK={YNNPACK!r}; expected 'auto', 'on' or 'off'")
     if YNNPACK == "on" or jax.default_backend() != "cpu":
         return False
-    if YNNPACK == "auto" and (_cpu_has_avx512() or not _is_x86()):
+    if YNNPACK == "auto" and (not _is_x86() or (_cpu_has_avx512() and not _cpu_is_amd())):
         return False
     return _ynn_option_accepted()
 

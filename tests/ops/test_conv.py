@@ -166,16 +166,19 @@ def test_max_pool_gradient_equals_nn_max_pool_with_ties(window, stride, padding,
     np.testing.assert_allclose(g, want, rtol=1e-6, atol=1e-6)  # up to summation order
 
 
-@pytest.mark.parametrize("mode,avx512,x86,want", [
-    ("auto", False, True, True),    # the AVX2 EPYC case: off
-    ("auto", True, True, False),    # AVX-512: XLA's default
-    ("auto", False, False, False),  # ARM etc.: XLA's default
-    ("off", True, True, True),
-    ("on", False, True, False),
+@pytest.mark.parametrize("mode,avx512,amd,x86,want", [
+    ("auto", False, True, True, True),    # the AVX2 EPYC case: off
+    ("auto", True, True, True, True),     # the AVX-512 EPYC (Zen 4): off
+    ("auto", True, False, True, False),   # Intel AVX-512: XLA's default
+    ("auto", False, False, True, True),   # Intel without AVX-512: off
+    ("auto", False, False, False, False),  # ARM etc.: XLA's default
+    ("off", True, False, True, True),
+    ("on", False, True, True, False),
 ])
-def test_ynnpack_switch(monkeypatch, mode, avx512, x86, want):
+def test_ynnpack_switch(monkeypatch, mode, avx512, amd, x86, want):
     monkeypatch.setattr(conv, "YNNPACK", mode)
     monkeypatch.setattr(conv, "_cpu_has_avx512", lambda: avx512)
+    monkeypatch.setattr(conv, "_cpu_is_amd", lambda: amd)
     monkeypatch.setattr(conv, "_is_x86", lambda: x86)
     monkeypatch.setattr(conv, "_ynn_option_accepted", lambda: True)
     want = want and jax.default_backend() == "cpu"
