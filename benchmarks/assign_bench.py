@@ -124,6 +124,18 @@ BENCHES = {
         lambda p, b, v, i: ref.max_iou(p.boxes, b, v, i),
         "anchors9",
     ),
+    # The dense folds (every GT against all N priors) of the rows above, whose default
+    # on an anchor lattice folds each GT only over the levels it can reach.
+    "max_iou_dense": (
+        lambda p, g: max_iou.assign(p, g, method="dense"),
+        lambda p, b, v, i: ref.max_iou(p.boxes, b, v, i),
+        "anchors1",
+    ),
+    "max_iou_retinanet9_dense": (
+        lambda p, g: max_iou.assign(p, g, method="dense"),
+        lambda p, b, v, i: ref.max_iou(p.boxes, b, v, i),
+        "anchors9",
+    ),
     # MAL / FreeAnchor: top-40 anchor bags, and the bags + P{a in A+} (80 classes, as
     # (class, prob) slots; the anchors stand in for the predicted boxes).
     "mal_bags": (
@@ -170,6 +182,14 @@ BENCHES = {
     # boxes (stand-in: anchors grown 1.2x), one 0.68 x 4 x stride anchor per location.
     "hambox": (
         lambda p, g: hambox.assign(p, g, _stand_in_boxes(p.boxes)),
+        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, np.asarray(_stand_in_boxes(p.boxes))),
+        "anchors_hambox",
+    ),
+    # ... with both stages' dense folds.
+    "hambox_dense": (
+        lambda p, g: hambox.compensate(
+            max_iou.assign(p, g, pos_iou_thr=0.35, neg_iou_thr=0.35, method="dense"), g,
+            _stand_in_boxes(p.boxes)),
         lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, np.asarray(_stand_in_boxes(p.boxes))),
         "anchors_hambox",
     ),
