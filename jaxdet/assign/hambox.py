@@ -31,8 +31,6 @@ anchors (`count_matched`), and an anchor goes to the GT of its highest regressed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -81,7 +79,7 @@ def compensate(
     k: int = COMP_K,
     iou_thr: float = COMP_IOU_THR,
     count_matched: bool = True,
-    level_sizes: Sequence[int] | None = None,
+    priors: Priors | None = None,
     chunk: int = 8,
 ) -> tuple[Assignment, jax.Array]:
     """Stage 2, online anchor compensation from the regressed boxes.
@@ -93,9 +91,9 @@ def compensate(
       k: K, the per-GT anchor budget (paper 5); 0 turns compensation off.
       iou_thr: T2, the least regressed IoU of a compensated anchor (paper 0.5).
       count_matched: the budget of GT j is K - n_j (paper) rather than K.
-      level_sizes: priors per level (`priors.level_sizes`), to fold each GT only
-        over the levels whose regressed boxes can reach T2 with it (same result;
-        see `_best_gt_levels`); None folds every GT over all N boxes.
+      priors: the anchors the boxes were regressed from, to fold each GT only over
+        the FPN levels whose regressed boxes can reach T2 with it (same result; see
+        `_best_gt_levels`); None folds every GT over all N boxes.
       chunk: GT rows per loop step (speed only).
     Returns:
       (Assignment with gt_index [N] (stage 1 plus the compensated anchors) and
@@ -116,9 +114,9 @@ def compensate(
     # The GT each regressed box overlaps most (the first such row), by the GT fold:
     # [N] accumulators, no [M, N] matrix.
     pred_boxes = common.as_f32(pred_boxes)
-    if level_sizes is not None and len(level_sizes) > 1 and iou_thr > 0:
+    if priors is not None and len(priors.level_sizes) > 1 and iou_thr > 0:
         best_iou, best_gt = _best_gt_levels(pred_boxes, gt_index == common.BACKGROUND, boxes,
-                                            match_rows, tuple(level_sizes), iou_thr, chunk)
+                                            match_rows, priors.level_sizes, iou_thr)
     else:
         best_iou, best_gt = _best_gt(pred_boxes, boxes, match_rows, chunk)
     budget = jnp.concatenate([budget, jnp.zeros((1,), jnp.int32)])  # row m: no GT
@@ -170,7 +168,7 @@ def _best_gt(pred_boxes: jax.Array, boxes: jax.Array, rows_mask: jax.Array, chun
     return common.fold_gt_chunks(body, init, boxes, rows_mask, chunk)
 
 
-def _best_gt_levels(pred_boxes, wanted, boxes, rows_mask, level_sizes, iou_thr, chunk):
+def _best_gt_levels(pred_boxes, wanted, boxes, rows_mask, level_sizes, iou_thr):
     """`_best_gt` wherever its IoU is >= iou_thr on a `wanted` [N] box (elsewhere the
     IoU may read lower), folding each GT only over the levels it can reach.
 
@@ -211,4 +209,4 @@ def assign(
         ignore_iof_thr=ignore_iof_thr,
     )
     return compensate(matched, gt, pred_boxes, k=k, iou_thr=iou_thr, count_matched=count_matched,
-                      level_sizes=priors.level_sizes)
+                      priors=priors)

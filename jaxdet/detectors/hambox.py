@@ -61,7 +61,7 @@ class HAMBox(RetinaNet):
         final, comp = jax.vmap(
             lambda a, g, b: ham.compensate(
                 a, g, b, k=hp.k, iou_thr=hp.comp_iou_thr, count_matched=hp.count_matched,
-                level_sizes=priors.level_sizes,
+                priors=priors,
             )
         )(matched, gt, self.pred_boxes(out, priors))
         return matched, final, comp
