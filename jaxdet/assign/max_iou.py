@@ -75,7 +75,7 @@ def assign(
       ignore_iof_thr: IoF with an ignore region above which a prior is ignored;
         jaxdet default 0.5 handles crowd boxes, <= 0 disables (mmdetection's -1).
       method: 'levels' (the same result; each GT is folded only over the levels
-        where some anchor can reach a threshold that matters, see `_assign_levels`;
+        where some anchor can reach a threshold that matters, see `_fold_levels`;
         needs an anchor lattice: `grid_shapes` or `priors.feature_shapes`) or 'dense'
         (every GT against all N priors). Default: 'levels' when the lattice is known
         and every threshold is > 0, else 'dense'.
