@@ -142,6 +142,9 @@ def test_levels_equals_numpy_on_one_anchor_lattice(cfg):
     fn = jax.jit(jax.vmap(lambda g: max_iou.assign(p, g, **cfg)))
     boxes, labels, valid, ignore = ref.random_gt(np.random.default_rng(3), 5, 10, (96, 128),
                                                  max_wh=60.0)
+    # Image 1 also gets a zero-width box, one far outside the image, a 1 px box and a
+    # 120 x 3 sliver (its max IoU is small and tied along a row of anchors).
+    boxes[1, :4] = [[30, 30, 30, 50], [500, 500, 540, 530], [10, 10, 11, 11], [4, 40, 124, 43]]
     a = fn(GroundTruth(boxes=boxes, labels=labels, valid=valid, ignore=ignore))
     for b in range(5):
         want_idx, want_q = ref.max_iou(p.boxes, boxes[b], valid[b], ignore[b], **cfg)
