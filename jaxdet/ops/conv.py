@@ -67,29 +67,26 @@ BLOCK_PIXELS = 2048
 
 
 @functools.cache
+def _cpuinfo(key: str) -> str:
+    """The value of the first `key` line of Linux /proc/cpuinfo ('' if none or unreadable)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(key):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def _cpu_has_avx512() -> bool:
-    """Whether the host CPU reports AVX-512F (Linux /proc/cpuinfo; False if unreadable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return "avx512f" in line.split()
-    except OSError:
-        pass
-    return False
+    """Whether the host CPU reports AVX-512F."""
+    return "avx512f" in _cpuinfo("flags").split()
 
 
-@functools.cache
 def _cpu_is_amd() -> bool:
-    """Whether the host CPU is an AMD one (Linux /proc/cpuinfo `vendor_id`)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return "AuthenticAMD" in line
-    except OSError:
-        pass
-    return False
+    """Whether the host CPU is an AMD one (`vendor_id`)."""
+    return _cpuinfo("vendor_id") == "AuthenticAMD"
 
 
 def _is_x86() -> bool:
