@@ -169,7 +169,7 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
     With `priors` (the anchors the boxes were regressed from) the result is the same
     with far fewer (row, box) pairs: the boxes are taken one FPN level at a time
     (carries joined at the end) and a row is folded over a level only where its
-    probability can be nonzero (`_levels`, by area). The row's max IoU t2 comes from a
+    probability can be nonzero (`_levels`: by area and size). The row's max IoU t2 comes from a
     first pass over the same pairs (where it is <= t1 every prob of the row is 0 and
     the row is skipped)."""
     pred = common.as_f32(pred_boxes)

@@ -227,10 +227,12 @@ def _fold_levels(priors, grid_shapes, cols, ignored, boxes, match_rows, min_thre
     reach = match_rows[:, None] & (ub * (1 + 1e-4) + 1e-6 >= (t * (1 - 1e-4))[:, None])
     m = boxes.shape[0]
     pieces, level_max, level_arg = [], [], []
-    for lvl, (start, size) in enumerate(zip(priors.level_starts, priors.level_sizes)):
+    views = []  # per level: (start, size, columns, areas, ignored) of its priors
+    for start, size in zip(priors.level_starts, priors.level_sizes):
         lcols = tuple(lax.slice_in_dim(c, start, start + size) for c in cols)
-        lign = lax.slice_in_dim(ignored, start, start + size)
-        larea = (lcols[2] - lcols[0]) * (lcols[3] - lcols[1])
+        views.append((start, size, lcols, (lcols[2] - lcols[0]) * (lcols[3] - lcols[1]),
+                      lax.slice_in_dim(ignored, start, start + size)))
+    for lvl, (start, size, lcols, larea, lign) in enumerate(views):
 
         def body(carry, rows, ids, live, lcols=lcols, larea=larea, lign=lign):
             max_ov, arg, gmax, garg = carry
@@ -271,10 +273,7 @@ def _fold_levels(priors, grid_shapes, cols, ignored, boxes, match_rows, min_thre
         lq_idx = jnp.full((n,), -1, jnp.int32).at[prior].max(rows)  # the last GT wins
     else:
         ties = []
-        for lvl, (start, size) in enumerate(zip(priors.level_starts, priors.level_sizes)):
-            lcols = tuple(lax.slice_in_dim(c, start, start + size) for c in cols)
-            lign = lax.slice_in_dim(ignored, start, start + size)
-            larea = (lcols[2] - lcols[0]) * (lcols[3] - lcols[1])
+        for lvl, (_, size, lcols, larea, lign) in enumerate(views):
 
             def tie_body(lq, rows, ids, live, lcols=lcols, larea=larea, lign=lign):
                 ov = common.iou_with_box(lcols, larea, rows)
