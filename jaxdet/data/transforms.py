@@ -140,14 +140,31 @@ class RandomFlip(grain.transforms.RandomMap):
 
 
 class Normalize(grain.transforms.Map):
-    """image uint8 -> float32 (image - mean) / std (RGB, per channel)."""
+    """image uint8 -> float32 (image - mean) / std (RGB, per channel).
+
+    Computed on [h, w * 3] rows against mean and std tiled to a row: the same float32
+    operations per element (bit-identical), but numpy's inner loop runs over a row
+    instead of over 3 channels, about 4x faster for 128 px images."""
 
     def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
+        self._rows: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def _row(self, width: int) -> tuple[np.ndarray, np.ndarray]:
+        if width not in self._rows:
+            self._rows[width] = (np.tile(self.mean, width), np.tile(self.std, width))
+        return self._rows[width]
 
     def map(self, element: dict) -> dict:
-        element["image"] = (np.asarray(element["image"], np.float32) - self.mean) / self.std
+        image = np.asarray(element["image"])
+        h, w, c = image.shape
+        if c != len(self.mean):
+            raise ValueError(f"image has {c} channels, mean/std have {len(self.mean)}")
+        mean, std = self._row(w)
+        out = np.subtract(image.reshape(h, w * c), mean, dtype=np.float32)
+        np.divide(out, std, out=out)
+        element["image"] = out.reshape(h, w, c)
         return element
 
 
@@ -170,8 +187,11 @@ class Pad(grain.transforms.Map):
         if h > H or w > W:
             raise ValueError(f"image {h}x{w} (image id {element['image_id']}) is larger than "
                              f"the padded size {H}x{W}: raise image_size or lower max_size")
-        out_image = np.zeros((H, W, 3), image.dtype)
-        out_image[:h, :w] = image
+        if (h, w) == (H, W):
+            out_image = np.ascontiguousarray(image)
+        else:
+            out_image = np.zeros((H, W, 3), image.dtype)
+            out_image[:h, :w] = image
         n, M = len(element["labels"]), self.max_boxes
         order = np.argsort(element["ignore"], kind="stable")[:M]  # non-crowd boxes first
         num_truncated = max(n - M, 0)

@@ -3,12 +3,14 @@ flip/resize geometry, max_boxes truncation and bad annotations."""
 
 import io
 import logging
+import pickle
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from jaxdet.data import pipeline, transforms
+from jaxdet.data.cache import DecodedCache
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +64,70 @@ def test_train_batches_are_static_seeded_and_resumable(data):
     assert sorted(e1) == sorted(e2) == list(range(1, 49)) and not np.array_equal(e1, e2)
 
 
-def test_worker_processes_give_the_same_batches(data):
+@pytest.mark.parametrize("cache_mb", [0, 64])
+def test_worker_processes_give_the_same_batches(data, cache_mb):
     serial = pipeline.make_train_iterator(data, batch_size=4, seed=5)
-    workers = pipeline.make_train_iterator({**data, "num_workers": 1}, batch_size=4, seed=5)
+    workers = pipeline.make_train_iterator({**data, "num_workers": 1, "cache_mb": cache_mb},
+                                           batch_size=4, seed=5)
     for _ in range(2):
         x, y = next(serial), next(workers)
         for k in x:
             np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_decoded_cache_gives_the_same_batches_across_epochs_and_resume(data):
+    plain = pipeline.make_train_iterator(data, batch_size=4, seed=4)
+    cached = pipeline.make_train_iterator({**data, "cache_mb": 64}, batch_size=4, seed=4)
+    state = None
+    for i in range(26):  # two epochs and a bit: the second reads from memory
+        if i == 20:
+            state = cached.get_state()
+        x, y = next(plain), next(cached)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    resumed = pipeline.make_train_iterator({**data, "cache_mb": 64}, batch_size=4, seed=4)
+    resumed.set_state(state)
+    again = pipeline.make_train_iterator({**data, "cache_mb": 64}, batch_size=4, seed=4)
+    again.set_state(state)
+    for _ in range(3):
+        x, y = next(resumed), next(again)
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_decoded_cache_budget_copies_and_errors():
+    records = [_record([[1, 1, 9, 9]]) for _ in range(3)]
+    decode = transforms.Decode(3)
+    one = sum(v.nbytes for v in decode.map(dict(records[0])).values()
+                        if isinstance(v, np.ndarray))
+    cache = DecodedCache(records, [decode], max_bytes=2 * one)
+    els = [cache[i] for i in range(3)]
+    assert cache.num_cached == 2 and cache.cached_bytes == 2 * one
+    again = cache[0]
+    assert again is not els[0] and again["image"] is els[0]["image"]  # new dict, kept arrays
+    with pytest.raises(ValueError, match="read-only"):
+        again["image"][0, 0, 0] = 1
+    again["image"] = None  # replacing an entry leaves the cache alone
+    assert cache[0]["image"].shape == (40, 60, 3)
+    assert cache.full and cache[2]["image"].shape == (40, 60, 3) and cache.num_cached == 2
+    assert pickle.loads(pickle.dumps(cache)).num_cached == 0  # workers start empty
+    bad = dict(records[0], image=b"\x89PNG broken")
+    with pytest.raises(ValueError, match="x/7.png"):
+        DecodedCache([bad], [decode], max_bytes=2**20)[0]
+    assert len(DecodedCache(records, [decode], max_bytes=0)) == 3
+
+
+def test_normalize_matches_the_formula_on_views_and_odd_sizes():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (7, 13, 3), dtype=np.uint8)
+    norm = transforms.Normalize()
+    for im in (image, image[:, ::-1], image[1:5, 2:9]):
+        want = (im.astype(np.float32) - norm.mean) / norm.std
+        got = norm.map({"image": im})["image"]
+        assert got.dtype == np.float32 and got.shape == im.shape
+        np.testing.assert_array_equal(got, want)  # bit-identical
+    with pytest.raises(ValueError, match="channels"):
+        norm.map({"image": image[..., :2]})
 
 
 def test_eval_iterator_pads_the_last_batch(data):
