@@ -155,6 +155,8 @@ def train(config: Any, workdir: str, parts: dict | None = None, stop_at: int | N
                 pending = []
             if must_save:
                 ckpt.save(step, state, train_iter)
+    if step > start + 1:
+        progress.summary(step)
     ckpt.close()
     writer.close()
     return state, parts

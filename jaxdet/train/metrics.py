@@ -70,11 +70,22 @@ class Progress:
         self.last_step = start_step
         self.last_time = time.time()
         self.rate = None
+        self.first_step, self.first_time = start_step, self.last_time
 
     def reset_clock(self, step: int) -> None:
         """Restart timing (e.g. after compilation, which would skew images/s)."""
-        self.last_step = step
-        self.last_time = time.time()
+        self.last_step = self.first_step = step
+        self.last_time = self.first_time = time.time()
+
+    def summary(self, step: int) -> str:
+        """One line: steps, seconds and mean images/s since the last `reset_clock`."""
+        dt = max(time.time() - self.first_time, 1e-9)
+        steps = step - self.first_step
+        line = (f"trained steps {self.first_step}-{step} in {dt:.1f} s: "
+                f"{steps * self.batch_size / dt:.1f} img/s (compilation excluded)")
+        if jax.process_index() == 0:
+            print(line, file=sys.stdout, flush=True)
+        return line
 
     def report(self, step: int, values: dict[str, float]) -> str:
         now = time.time()

@@ -122,3 +122,17 @@ def test_unknown_config_key_is_an_error(tmp_path):
     )
     assert r.returncode != 0
     assert "no_such_field" in r.stderr
+
+
+def test_progress_lines_and_summary(monkeypatch):
+    from jaxdet.train import metrics
+
+    clock = iter([100.0, 110.0, 120.0, 130.0, 150.0])
+    monkeypatch.setattr(metrics.time, "time", lambda: next(clock))
+    progress = metrics.Progress(total_steps=40, batch_size=8)  # t = 100
+    progress.reset_clock(1)  # t = 110: compilation excluded
+    line = progress.report(11, {"loss": 0.5})  # 10 steps in 10 s
+    assert "  8.0 img/s" in line and "loss=0.5000" in line and "ETA 0m29s" in line
+    progress.report(21, {"loss": 0.25})  # t = 130
+    summary = progress.summary(31)  # t = 150: 30 steps of 8 in 40 s
+    assert summary.startswith("trained steps 1-31 in 40.0 s") and "6.0 img/s" in summary
