@@ -15,7 +15,7 @@ staircase {(a, b): (a + 1)(b + 1) <= k} (207 cells for k = 50). The result is th
 top-k of these candidates over all levels and shapes (`lax.top_k`; ~1k candidates
 per GT for k = 50 and one anchor per location, ~9k with 9, against the 22k / 200k
 anchors of an 800 x 1333 input). Exact up to float rounding; among equal IoUs the
-lower level, then the row nearer the GT centre comes first.
+lower level comes first, then the cell of lower rank sum a + b, then lower row rank a.
 """
 
 from __future__ import annotations
@@ -102,6 +102,27 @@ def nearest_first(centers: jax.Array, t: jax.Array, k: int) -> jax.Array:
     return jnp.where(left, f - along, f + 1 + along)
 
 
+def staircase_order(rows: int, cols: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`staircase(rows, cols, k)` ordered by a + b, then a: nearest cells first.
+
+    The order only speeds `lax.top_k` up: XLA:CPU's top-k does less work when the
+    largest entries come early (on the 22,300 ATSS anchors of an 800 x 1333 input,
+    top-50 of the ~780 candidates took 0.43 instead of 0.64 ms per image of 100 GT)."""
+    a, b = staircase(rows, cols, k)
+    order = np.lexsort((a, a + b))
+    return a[order], b[order]
+
+
+def _take_ranks(v: jax.Array, ranks: np.ndarray) -> jax.Array:
+    """v [M, K, A] at the static ranks [P] -> [M, P, A]. With A > 1 as a gather of
+    scalars from [M, K * A] (gathering A-vectors was 9% slower for RetinaNet's 9)."""
+    m, _, a = v.shape
+    if a == 1:
+        return v[:, ranks]
+    flat = (ranks[:, None] * a + np.arange(a)).reshape(-1)
+    return v.reshape(m, -1)[:, flat].reshape(m, len(ranks), a)
+
+
 def top_iou(
     pb: jax.Array,
     level_sizes: Sequence[int],
@@ -114,10 +135,15 @@ def top_iou(
     sorted by decreasing IoU; pb [N, 4] anchors, boxes [M, 4].
 
     See the module docstring; padding rows of `boxes` should be zeroed (all are computed).
+    The overlaps are computed per GT for its nearest rows and columns ([M, kr, A] and
+    [M, kc, A]) and multiplied out on the staircase: gathers of M * (kr + kc) anchor
+    coordinates, not 4 per candidate (which took 60% of the time).
     """
+    m = boxes.shape[0]
     gx = (boxes[:, 0] + boxes[:, 2]) / 2.0
     gy = (boxes[:, 1] + boxes[:, 3]) / 2.0
-    g_area = box_ops.areas(boxes)
+    g_area = box_ops.areas(boxes)[:, None, None]
+    bx = boxes[:, None, :]
     ious, idxs = [], []
     start = 0
     for size, (h, w) in zip(level_sizes, grid_shapes):
@@ -130,17 +156,16 @@ def top_iou(
         kr, kc = min(k, h), min(k, w)
         rows = nearest_first(cy, gy, kr)  # [M, kr] nearest first
         cols = nearest_first(cx, gx, kc)  # [M, kc]
-        pa, pc = staircase(kr, kc, k)
-        r, c = rows[:, pa], cols[:, pc]  # [M, P]
-        bx = boxes[:, None, None, :]
-        ix = _overlap(x1[c], x2[c], bx[..., 0], bx[..., 2])  # [M, P, A]
-        iy = _overlap(y1[r], y2[r], bx[..., 1], bx[..., 3])
-        inter = ix * iy
-        area = (x2[c] - x1[c]) * (y2[r] - y1[r])
-        union = area + g_area[:, None, None] - inter
-        ious.append((inter / jnp.maximum(union, box_ops.EPS)).reshape(boxes.shape[0], -1))
-        idx = start + (r * w + c)[..., None] * a_ + jnp.arange(a_, dtype=jnp.int32)
-        idxs.append(idx.reshape(boxes.shape[0], -1))
+        ix = _overlap(x1[cols], x2[cols], bx[..., 0:1], bx[..., 2:3])  # [M, kc, A]
+        iy = _overlap(y1[rows], y2[rows], bx[..., 1:2], bx[..., 3:4])  # [M, kr, A]
+        aw, ah = (x2 - x1)[cols], (y2 - y1)[rows]  # anchor widths [M, kc, A], heights
+        pa, pc = staircase_order(kr, kc, k)
+        inter = _take_ranks(ix, pc) * _take_ranks(iy, pa)  # [M, P, A]
+        union = _take_ranks(aw, pc) * _take_ranks(ah, pa) + g_area - inter
+        ious.append((inter / jnp.maximum(union, box_ops.EPS)).reshape(m, -1))
+        cell = rows[:, pa] * w + cols[:, pc]  # [M, P]
+        idxs.append((start + cell[..., None] * a_ + jnp.arange(a_, dtype=jnp.int32))
+                    .reshape(m, -1))
         start += size
     iou, idx = jnp.concatenate(ious, 1), jnp.concatenate(idxs, 1)
     val, pick = lax.top_k(iou, min(k, iou.shape[1]))
