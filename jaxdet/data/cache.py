@@ -12,7 +12,9 @@ the iterator state (grain's) is unchanged.
 Once the budget is full, further records are decoded on every read, as without the
 cache. With grain worker processes each worker keeps its own cache (the budget is
 per process). Cached arrays are read-only: a transform that wrote into its input in
-place would raise instead of corrupting the cache.
+place would raise instead of corrupting the cache. Decode's warnings (boxes dropped
+as invalid) are logged when a record is first decoded; the counts (`num_invalid`)
+stay in every batch.
 """
 
 from __future__ import annotations
