@@ -121,6 +121,15 @@ class ResizeKeepRatio(grain.transforms.Map):
         return element
 
 
+def _flip_columns(image: np.ndarray) -> np.ndarray:
+    """image [h, w, c] with its columns reversed, as a contiguous copy. Each pixel is
+    copied as one c-byte item (numpy copies a reversed [h, w, 3] uint8 view 2x slower)."""
+    image = np.ascontiguousarray(image)
+    h, w, c = image.shape
+    pixels = image.view(np.dtype((np.void, c * image.itemsize))).reshape(h, w)
+    return np.ascontiguousarray(pixels[:, ::-1]).view(image.dtype).reshape(h, w, c)
+
+
 class RandomFlip(grain.transforms.RandomMap):
     """Horizontal flip with probability `prob` (image, boxes, masks)."""
 
@@ -131,7 +140,7 @@ class RandomFlip(grain.transforms.RandomMap):
         if rng.random() >= self.prob:
             return element
         w = element["image"].shape[1]
-        element["image"] = element["image"][:, ::-1]
+        element["image"] = _flip_columns(element["image"])
         b = element["boxes"]
         element["boxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1)
         if "masks" in element:

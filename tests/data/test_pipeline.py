@@ -144,8 +144,13 @@ def test_flip_and_resize_geometry():
     assert el["image"].shape == (60, 90, 3) and el["scale"] == pytest.approx(1.5)
     np.testing.assert_allclose(el["boxes"], [[15, 7.5, 30, 22.5]])
 
-    flipped = transforms.RandomFlip(1.0).random_map(el, np.random.default_rng(0))
+    image = el["image"].copy()
+    image[:, :5] = [1, 2, 3]  # an asymmetric image
+    el["image"] = image
+    flipped = transforms.RandomFlip(1.0).random_map(dict(el), np.random.default_rng(0))
     np.testing.assert_allclose(flipped["boxes"], [[60, 7.5, 75, 22.5]])  # W = 90
+    np.testing.assert_array_equal(flipped["image"], image[:, ::-1])
+    assert flipped["image"].flags.c_contiguous and (flipped["image"][:, -5:] == [1, 2, 3]).all()
     assert transforms.rescale_size(480, 640, 800, 1333) == (800 / 480, 800, 1067)
 
 
