@@ -105,5 +105,7 @@ class DecodedCache:
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"DecodedCache({self.source!r}, ops={[type(o).__name__ for o in self.ops]}, "
-                f"max_bytes={self.max_bytes})")
+        # grain checks a restored iterator state against repr(data_source): the cache
+        # gives the same records, so a state saved with it on restores with it off
+        # (and the other way round) and with another budget.
+        return repr(self.source)
