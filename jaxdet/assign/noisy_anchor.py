@@ -40,7 +40,7 @@ come from `jaxdet.assign.grid_topk` (a static staircase of candidates per level,
 800 x 1333 input). Exact up to float rounding; which anchor wins a tie in IoU at
 the N-th place can differ from the dense path (ties are common: every anchor inside
 a larger GT has IoU = its area / the GT's area); the grid path prefers the lower
-level, then the cell nearer the GT centre in rank (`grid_topk.top_iou`).
+level, then the cell nearer the GT centre (`grid_topk.top_iou`).
 `method='dense'` (any priors): per GT the IoU with every anchor and `lax.top_k` (ties:
 lower anchor index), folded over the GT rows present, `chunk` at a time; it is the
 reference of the tests.
