@@ -13,11 +13,11 @@ Datasets (`config.data.name`):
 
 Train: a grain DataLoader with an IndexSampler (shuffled by `seed`, reshuffled every
 epoch, sharded by JAX process, drop remainder), the transforms of
-`transforms.train_transforms` and optional worker processes. With
-`cache_mb > 0` the decoded (and resized) records are kept in memory up to that
-budget (`jaxdet.data.cache`): the same batches, without decoding each epoch again. The iterator's state
-(`get_state` / grain.checkpoint) restores the exact position, so a resumed run sees
-the same batches. Eval: this process's strided share of the split in order, padded
+`transforms.train_transforms` and optional worker processes. With `cache_mb > 0`
+the decoded (and resized) records are kept in memory up to that budget
+(`jaxdet.data.cache`): the same batches, without decoding each epoch again. The
+iterator's state (`get_state` / grain.checkpoint) restores the exact position, so a
+resumed run sees the same batches. Eval: this process's strided share of the split in order, padded
 with padding examples (image_id -1) so every process yields the same number of
 full batches. Batch fields: see `transforms` (Pad output).
 """
