@@ -71,14 +71,16 @@ def make_priors(kind: str):
 def fsaf_assign(p, g):
     """FSAF's whole per-image assignment as the detector runs it (`FSAF.af_assign` on a
     tiling grid): bit-set regions, the level-agnostic candidates, the per-level mean of
-    a (fixed, stand-in) per-prior loss, argmin, the final assignment."""
+    a (fixed, stand-in) per-prior loss, argmin, the final assignment. `ignore_labels`
+    comes out packed (`IgnoreBits`): its [N, 80] expansion is elementwise and fuses into
+    the loss that reads it, like the loss's own [N, 80] terms."""
     geo = center_region_grid.grid_regions(p, g)
-    cand, _ = center_region_grid.resolve_grid(geo, g, p.level_sizes, num_classes=80)
-    loss = jax.numpy.abs(jax.numpy.sin(jax.numpy.arange(p.boxes.shape[0], dtype="float32")))
+    cand, _ = center_region_grid.resolve_grid_bits(geo, g, p.level_sizes, num_classes=80)
+    loss = np.abs(np.sin(np.arange(p.boxes.shape[0], dtype=np.float32)))
     sel, _ = fsaf_select.online_select(loss, cand.gt_index, p.levels, g.boxes.shape[0],
                                        len(p.level_sizes))
-    return center_region_grid.resolve_grid(geo, g, p.level_sizes, num_classes=80,
-                                           selected_level=sel)
+    return center_region_grid.resolve_grid_bits(geo, g, p.level_sizes, num_classes=80,
+                                                selected_level=sel)
 
 
 def fsaf_reference(p, b, v, i):
@@ -217,16 +219,19 @@ def _noisy_ref(p, boxes, valid, ignore):
     return reference_bags(np.asarray(p.boxes), boxes, valid, ignore, 50)
 
 
+# The stand-in predictions are inputs of the assigners, as the network's outputs are in
+# training: NumPy constants, computed outside the timed function.
 def _stand_in_boxes(boxes):
     """Predicted boxes for the prediction-aware assigners: each prior grown 1.2x."""
+    boxes = np.asarray(boxes, np.float32)
     c = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = (boxes[:, 2:] - boxes[:, :2]) * 0.6
-    return jax.numpy.concatenate([c - half, c + half], -1)
+    half = (boxes[:, 2:] - boxes[:, :2]) * np.float32(0.6)
+    return np.concatenate([c - half, c + half], -1)
 
 
 def _stand_in_scores(n, num_classes):
-    return jax.nn.sigmoid(jax.numpy.sin(jax.numpy.arange(n * num_classes, dtype="float32"))
-                          .reshape(n, num_classes))
+    x = np.sin(np.arange(n * num_classes, dtype=np.float32)).reshape(n, num_classes)
+    return (1 / (1 + np.exp(-x))).astype(np.float32)
 
 
 def _np_bags(priors, boxes, valid, ignore, k):

@@ -23,7 +23,8 @@ mask is a bit set over the sorted GTs, [N, ceil(M / 32)] uint32 (`GridRegions`):
 cell's set is rowbits[i] & colbits[j], minus the failing corners (scattered). The owner
 of a prior is the lowest set bit of its candidates (smallest area, ties the later row,
 as the dense `resolve`); the level-aware pass ANDs in per-level bit masks of the GTs
-selected on (near) the level; `ignore_labels[n, c]` = `shadow[n] & classmask[c] != 0`.
+selected on (near) the level; `ignore_labels[n, c]` = `shadow[n] & classmask[c] != 0`
+(`IgnoreBits`; `resolve_grid_bits` returns them packed, `expand_ignore` expands).
 
 Cost per image: O(M (H + W)) per level for the 1-D tests, O(N M / 32) word operations
 for the sets and O(N C M / 32) for `ignore_labels`, against O(N M) floats and an
@@ -73,6 +74,34 @@ class GridRegions(NamedTuple):
     ignoring: Array
     crowd: Array
     order: Array
+
+
+class IgnoreBits(NamedTuple):
+    """`ignore_labels` of one image in packed form (`resolve_grid_bits`); leaves may carry
+    leading batch axes.
+
+    shadow:     [N, words] uint32, bit set over the sorted GTs: the GTs whose class
+                prior n ignores.
+    classmask:  [C, words] uint32, the match GTs of each class.
+    kept_label: [N] int32, the class a kept positive never ignores (its owner's), -1.
+    `expand_ignore` gives ignore_labels[n, c] = (shadow[n] & classmask[c] != 0) and
+    c != kept_label[n]: O(N M / 32) words instead of N C booleans.
+    """
+
+    shadow: Array
+    classmask: Array
+    kept_label: Array
+
+
+def expand_ignore(bits: IgnoreBits) -> Array:
+    """IgnoreBits [..., N, words] -> ignore_labels [..., N, C] bool (the dense form that
+    `center_region.resolve` returns); inside a jitted loss XLA fuses it into its consumer."""
+    shadow, classmask = bits.shadow, bits.classmask
+    acc = shadow[..., :, None, 0] & classmask[..., None, :, 0]
+    for w in range(1, shadow.shape[-1]):
+        acc = acc | (shadow[..., :, None, w] & classmask[..., None, :, w])
+    classes = jnp.arange(classmask.shape[-2], dtype=jnp.int32)
+    return (acc != 0) & (bits.kept_label[..., None] != classes)
 
 
 def check_tiling(priors: Priors, grid_shapes: Sequence[tuple[int, int]] | None = None) -> None:
@@ -228,9 +257,10 @@ def grid_regions(
     def remove_corners(bits, name):
         at = jnp.concatenate([c for c, _ in corners[name]])  # [4 L, M]
         fails = jnp.concatenate([f for _, f in corners[name]])
-        # each (cell, GT) bit is added at most once, so the sum is the union of the bits
-        failed = jnp.zeros_like(bits).at[at, gt_word].add(jnp.where(fails, gt_bit, 0))
-        return bits & ~failed
+        # A failing corner's bit is set in `bits` (its row and column pass) and each
+        # (cell, GT) pair fails at most once, so subtracting the bit clears it: one
+        # in-place scatter, no [N, words] buffer of the failed bits.
+        return bits.at[at, gt_word].add(jnp.where(fails, -gt_bit, jnp.uint32(0)))
 
     return GridRegions(remove_corners(cells(0), "eff"), remove_corners(cells(1), "ign"),
                        jnp.any(cells(2) != 0, -1), order)
@@ -242,14 +272,6 @@ def _lowest_bit(bits: Array) -> Array:
     tz = lax.population_count(~bits & (bits - jnp.uint32(1))).astype(jnp.int32)  # ctz
     at = jnp.arange(words, dtype=jnp.int32) * BITS + tz
     return jnp.min(jnp.where(bits != 0, at, words * BITS), axis=-1)
-
-
-def _per_class(pairs: Array, classmask: Array) -> Array:
-    """[N, words] (prior, GT) bit sets, [C, words] GTs of each class -> [N, C] bool."""
-    acc = pairs[:, None, 0] & classmask[None, :, 0]
-    for w in range(1, pairs.shape[-1]):
-        acc = acc | (pairs[:, None, w] & classmask[None, :, w])
-    return acc != 0
 
 
 def resolve_grid(
@@ -264,6 +286,23 @@ def resolve_grid(
 ) -> tuple[Assignment, Array]:
     """`center_region.resolve` on the bit sets of `grid_regions`: same arguments and
     outputs, the priors' levels given by the static `level_sizes` (priors.level_sizes)."""
+    assignment, bits = resolve_grid_bits(
+        geo, gt, level_sizes, num_classes=num_classes, selected_level=selected_level,
+        ignore_level_range=ignore_level_range, foreground_dominate=foreground_dominate)
+    return assignment, expand_ignore(bits)
+
+
+def resolve_grid_bits(
+    geo: GridRegions,
+    gt: GroundTruth,
+    level_sizes: Sequence[int],
+    *,
+    num_classes: int,
+    selected_level: Array | None = None,
+    ignore_level_range: int | None = 1,
+    foreground_dominate: bool = False,
+) -> tuple[Assignment, IgnoreBits]:
+    """`resolve_grid` with `ignore_labels` as IgnoreBits (expand with `expand_ignore`)."""
     _, match_rows, _ = common.split_gt(gt)
     n, words = geo.effective.shape
     m = match_rows.shape[0]
@@ -290,10 +329,13 @@ def resolve_grid(
     pos = first < m
     q = jnp.minimum(first, m - 1)
     owner = jnp.where(pos, geo.order[q], -1)
-    # Per owner position q (gathered per prior): its own bit, and the GTs of its class.
-    own_bit = jnp.where(pos[:, None], pack(jnp.eye(m, dtype=bool))[q], jnp.uint32(0))
-    same_label = jnp.where(pos[:, None], pack(labels_s[:, None] == labels_s[None, :])[q],
-                           jnp.uint32(0))
+    owner_label = jnp.where(pos, labels_s[q], -1)
+    # The owner's own bit (word q // 32, bit q % 32), and the match GTs of its class.
+    word = jnp.arange(words, dtype=jnp.int32)
+    own_bit = jnp.where(pos[:, None] & (word == q[:, None] // BITS),
+                        jnp.uint32(1) << (q[:, None] % BITS).astype(jnp.uint32), jnp.uint32(0))
+    classmask = pack((labels_s[None, :] == jnp.arange(num_classes)[:, None]) & match_s)
+    same_label = jnp.where(pos[:, None], classmask[jnp.maximum(owner_label, 0)], jnp.uint32(0))
 
     # Geometric shadow: the ignoring box near the selected level, minus the owner; and
     # the selection shadow: the effective region on the levels the GT does not train.
@@ -306,12 +348,12 @@ def resolve_grid(
     else:
         # a positive shadowed in its own class becomes background (class ignored)
         gt_index, kept = jnp.where(geo_own, common.BACKGROUND, owner), pos & ~geo_own
-    # What a kept positive's class loses is its owner's whole class; otherwise the owner.
-    shadow = shadow & ~jnp.where(kept[:, None], same_label, own_bit)
-    classmask = pack((labels_s[None, :] == jnp.arange(num_classes)[:, None]) & match_s)
-    ignore_labels = _per_class(shadow, classmask)
+    # A kept positive's class loses its owner's whole class. Other priors lose only the
+    # owner's bit, which leaves `ignore_labels` as it is: without an owner there is none,
+    # and a positive made background keeps a shadowing GT of the owner's class (geo_own).
+    bits = IgnoreBits(shadow, classmask, jnp.where(kept, owner_label, -1))
     gt_index = jnp.where(geo.crowd, common.IGNORE, gt_index)
-    return common.finish(gt_index, jnp.ones((n,), jnp.float32)), ignore_labels
+    return common.finish(gt_index, jnp.ones((n,), jnp.float32)), bits
 
 
 def assign_grid(

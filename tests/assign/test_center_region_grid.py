@@ -202,3 +202,36 @@ def test_pack_and_lowest_bit():
     first = np.asarray(cg._lowest_bit(jnp.asarray(bits)))
     expect = np.where(mask.any(1), np.argmax(mask, 1), 96)
     np.testing.assert_array_equal(first, expect)
+
+
+def test_packed_ignore_labels_expand_to_the_dense_ones():
+    # resolve_grid_bits under jit(vmap): its IgnoreBits expand (batched) to the dense
+    # path's ignore_labels; M = 40 spans two words; a kept positive never ignores its
+    # own class, and padding rows are in no class mask.
+    rng = np.random.default_rng(3)
+    priors = _priors((64, 96), (8, 16, 32))
+    gt = _random_gt(rng, 40, (64, 96), images=3)
+    sel = jnp.asarray(rng.integers(0, 3, (3, 40)), jnp.int32)
+    dense = jax.jit(jax.vmap(lambda g, s: cr.assign(priors, g, num_classes=C, selected_level=s)))
+    packed = jax.jit(jax.vmap(lambda g, s: cg.resolve_grid_bits(
+        cg.grid_regions(priors, g), g, priors.level_sizes, num_classes=C, selected_level=s)))
+    (a, il), (b, bits) = dense(gt, sel), packed(gt, sel)
+    n = priors.boxes.shape[0]
+    assert bits.shadow.shape == (3, n, 2) and bits.shadow.dtype == np.uint32
+    assert bits.classmask.shape == (3, C, 2) and bits.kept_label.shape == (3, n)
+    np.testing.assert_array_equal(b.gt_index, a.gt_index)
+    expanded = np.asarray(cg.expand_ignore(bits))
+    np.testing.assert_array_equal(expanded, il)
+    assert np.asarray(il).any()  # the case ignores something
+    kept = np.asarray(bits.kept_label)
+    pos = np.asarray(b.gt_index) >= 0
+    assert np.all((kept >= 0) <= pos)
+    img, prior = np.nonzero(kept >= 0)
+    assert not expanded[img, prior, kept[img, prior]].any()
+    labels = np.asarray(gt.labels)
+    member = (np.asarray(cg.expand_ignore(cg.IgnoreBits(
+        jnp.full((3, 1, 2), 0xFFFFFFFF, jnp.uint32), bits.classmask,
+        jnp.full((3, 1), -1, jnp.int32))))[:, 0])  # [B, C]: some match GT of class c
+    match = np.asarray(gt.valid) & ~np.asarray(gt.ignore)
+    for i in range(3):
+        np.testing.assert_array_equal(member[i], np.isin(np.arange(C), labels[i][match[i]]))
