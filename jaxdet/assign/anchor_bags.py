@@ -190,7 +190,7 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
 
         def chunk_body(carry, rows, ids, live):
             ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
-            t2 = jnp.maximum(jnp.max(ov, axis=1, keepdims=True), t1 + 1e-12)
+            t2 = jnp.maximum(common.max_nonneg(ov, axis=1)[:, None], t1 + 1e-12)
             return body(carry, saturated(ov, t2, live), labels[ids], live)
 
         return common.fold_gt_chunks(chunk_body, init(cols[0].shape[0]), boxes, match_rows,
@@ -207,7 +207,7 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
 
     # Pass 1: each row's max IoU over the pairs it reaches.
     def max_dense(gmax, ov, ids, live):
-        return gmax.at[jnp.where(live, ids, m)].max(jnp.max(ov, axis=1), mode="drop")
+        return gmax.at[jnp.where(live, ids, m)].max(common.max_nonneg(ov, axis=1), mode="drop")
 
     t2 = jnp.full((m,), -1.0, jnp.float32)
     level_max = []

@@ -180,6 +180,15 @@ def may_reach(cols: tuple[Array, ...], area: Array, boxes: Array, t: float) -> A
     return by_area & by_shape
 
 
+def max_nonneg(x: Array, axis: int = -1) -> Array:
+    """`jnp.max(x, axis)` of float32 values >= 0 (IoUs), computed on their int32 bit
+    patterns, which order as the floats do for non-negative values: XLA:CPU vectorises
+    an integer max-reduction, not a float one (NaN propagation), 1.6x faster inside the
+    folds. Equal to the float max (a NaN of positive sign still wins)."""
+    bits = lax.bitcast_convert_type(as_f32(x), jnp.int32)
+    return lax.bitcast_convert_type(jnp.max(bits, axis=axis), jnp.float32)
+
+
 def unmatched(ignored: Array) -> Array:
     """gt_index of priors that no GT claims: -2 where ignored, -1 elsewhere."""
     return jnp.where(ignored, IGNORE, BACKGROUND).astype(jnp.int32)
