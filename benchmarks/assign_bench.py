@@ -9,9 +9,11 @@ each. Prints ms per image of the JAX version (after warm-up, median of
 `--repeats` calls, `block_until_ready`; also its process CPU time, which is
 the steadier figure on a shared machine) and of the NumPy reference
 (tests/assign/numpy_ref.py, mmdetection's semantics line by line, median over
-images), and their ratio. The last column is the row's process CPU time over that of
-`atss_grid` (the spine's ATSS, as the ATSS detector runs it) in the same process: the
-label-assignment issue's bound is 3x. Add an assigner by adding a row to BENCHES.
+images), and their ratio. The last two columns are the row's process CPU time over
+that of the spine's ATSS in the same process: `atss_grid` (`atss.assign_batch`, the
+lattice search the ATSS detector runs, the stricter reference) and `atss` (the generic
+per-image `atss.assign`); the label-assignment issue's bound is 3x. Add an assigner by
+adding a row to BENCHES.
 """
 
 from __future__ import annotations
@@ -164,8 +166,16 @@ BENCHES = {
         "anchors1",
         True,
     ),
-    # ... with P{a in A+} expanded to the dense [B, N, 80] the loss reads (the extra is
-    # the write of that array, as large as the class logits).
+    # P{a in A+} alone (FreeAnchor's negative-loss weights, from the predicted boxes).
+    "mal_prob_a1": (
+        lambda p, g: _mal_bags_prob(p, g, bags=False),
+        lambda p, b, v, i: _np_box_prob(p.boxes, b, v, i, 80),
+        "anchors1",
+        True,
+    ),
+    # ... bags + P{a in A+} expanded to the dense [B, N, 80] the detector's negative loss
+    # reads (the extra is the write of that array, as large as the class logits: a
+    # loss input; fused into the loss instead it made the loss's step slower).
     "mal_bags_prob_dense_a1": (
         lambda p, g: _mal_bags_prob(p, g, dense=True),
         lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
@@ -198,10 +208,13 @@ BENCHES = {
 }
 
 
-def _mal_bags_prob(p, g, dense=False):
-    """A batch's MAL bags and P{a in A+} (the anchors stand in for the predicted boxes),
-    as (class, probability) slots or (dense) as [B, N, 80]."""
-    pred = jax.numpy.broadcast_to(p.boxes, g.boxes.shape[:1] + p.boxes.shape)
+def _mal_bags_prob(p, g, dense=False, bags=True):
+    """A batch's MAL bags and P{a in A+} (the anchors stand in for the predicted boxes,
+    a constant input as the stand-ins below), as (class, probability) slots or (dense)
+    as [B, N, 80]; bags=False: P{a in A+} alone."""
+    pred = np.broadcast_to(np.asarray(p.boxes, np.float32), g.boxes.shape[:1] + p.boxes.shape)
+    if not bags:
+        return anchor_bags.positive_probability_slots(pred, g, priors=p)
     bags = jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g)
     if dense:
         return bags, anchor_bags.positive_probability_batch(pred, g, 80,
@@ -303,14 +316,16 @@ def main():
     )
     print(
         f"{'assigner':20s} {'N':>7s} {'jax ms/img':>11s} {'numpy ms/img':>13s} "
-        f"{'numpy/jax':>10s} {'compile s':>10s} {'jax cpu-ms/img':>15s} {'/atss_grid':>11s}"
+        f"{'numpy/jax':>10s} {'compile s':>10s} {'jax cpu-ms/img':>15s} {'/atss_grid':>11s} "
+        f"{'/atss':>11s}"
     )
     cache = {}
     names = list(args.only)
-    if "atss_grid" in names:  # first, so every row can be set against it
-        names.remove("atss_grid")
-        names.insert(0, "atss_grid")
-    grid_cpu = None
+    for ref_name in ("atss", "atss_grid"):  # first, so every row can be set against them
+        if ref_name in names:
+            names.remove(ref_name)
+            names.insert(0, ref_name)
+    ref_cpu = {}
     for name in names:
         jax_fn, np_fn, kind, *batched = BENCHES[name]
         if kind not in cache:
@@ -319,13 +334,14 @@ def main():
         t_jax, cpu_jax, compile_s = time_jax(jax_fn, p, gt, args.repeats, bool(batched))
         t_np = time_numpy(np_fn, p, gt_np, min(args.numpy_images, args.batch))
         ms_jax = 1e3 * t_jax / args.batch
-        if name == "atss_grid":
-            grid_cpu = cpu_jax
-        ratio = f"{cpu_jax / grid_cpu:10.2f}x" if grid_cpu else f"{'-':>11s}"
+        if name in ("atss", "atss_grid"):
+            ref_cpu[name] = cpu_jax
+        ratios = [f"{cpu_jax / ref_cpu[r]:10.2f}x" if r in ref_cpu else f"{'-':>11s}"
+                  for r in ("atss_grid", "atss")]
         print(
             f"{name:20s} {p.num_priors:7d} {ms_jax:11.3f} {1e3 * t_np:13.2f} "
             f"{1e3 * t_np / ms_jax:10.1f} {compile_s:10.1f} {1e3 * cpu_jax / args.batch:15.3f} "
-            f"{ratio}"
+            + " ".join(ratios)
         )
 
 

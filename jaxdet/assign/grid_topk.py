@@ -150,8 +150,12 @@ def top_iou(
     gy = (boxes[:, 1] + boxes[:, 3]) / 2.0
     g_area = box_ops.areas(boxes)[:, None, None]
     bx = boxes[:, None, :]
-    ious, idxs = [], []
-    start = 0
+    ious, all_rows, all_cols = [], [], []
+    # Static, per candidate (the flattened [P, A] of each level, levels in order): where
+    # its row and column rank sit in the concatenated rank tables, and its level's start,
+    # width and anchor. The anchor index is formed for the K picked candidates only.
+    table = {key: [] for key in ("row", "col", "start", "width", "anchor")}
+    start = row_off = col_off = 0
     for size, (h, w) in zip(level_sizes, grid_shapes):
         a_ = num_base
         lvl = lax.slice_in_dim(pb, start, start + size).reshape(h, w, a_, 4)
@@ -169,10 +173,18 @@ def top_iou(
         inter = _take_ranks(ix, pc) * _take_ranks(iy, pa)  # [M, P, A]
         union = _take_ranks(aw, pc) * _take_ranks(ah, pa) + g_area - inter
         ious.append((inter / jnp.maximum(union, box_ops.EPS)).reshape(m, -1))
-        cell = rows[:, pa] * w + cols[:, pc]  # [M, P]
-        idxs.append((start + cell[..., None] * a_ + jnp.arange(a_, dtype=jnp.int32))
-                    .reshape(m, -1))
-        start += size
-    iou, idx = jnp.concatenate(ious, 1), jnp.concatenate(idxs, 1)
+        all_rows.append(rows)
+        all_cols.append(cols)
+        n_cand = len(pa) * a_
+        table["row"].append(np.repeat(row_off + pa, a_))
+        table["col"].append(np.repeat(col_off + pc, a_))
+        table["start"].append(np.full(n_cand, start))
+        table["width"].append(np.full(n_cand, w * a_))
+        table["anchor"].append(np.tile(np.arange(a_), len(pa)))
+        start, row_off, col_off = start + size, row_off + kr, col_off + kc
+    iou = jnp.concatenate(ious, 1)
     val, pick = lax.top_k(iou, min(k, iou.shape[1]))
-    return val, jnp.take_along_axis(idx, pick, axis=1)
+    t = {key: jnp.asarray(np.concatenate(v).astype(np.int32))[pick] for key, v in table.items()}
+    row = jnp.take_along_axis(jnp.concatenate(all_rows, 1), t["row"], axis=1)
+    col = jnp.take_along_axis(jnp.concatenate(all_cols, 1), t["col"], axis=1)
+    return val, t["start"] + row * t["width"] + col * num_base + t["anchor"]
