@@ -228,15 +228,16 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
 
 def _levels(pred: Array, boxes: Array, match_rows: Array, t1: float,
             priors: Priors | None) -> list[dict]:
-    """Per level of `priors` (one level of all boxes without): a dict with `cols` (the
-    boxes' columns), `area` and `reach` [M], the GT rows that can have an IoU > t1
-    with one of the level's boxes (`common.may_reach`)."""
+    """Per piece of `priors` (`common.row_bands`: its levels, cut into bands of feature
+    rows; one piece of all boxes without): a dict with `cols` (the boxes' columns),
+    `area` and `reach` [M], the GT rows that can have an IoU > t1 with one of the
+    piece's boxes (`common.may_reach`, by size and place)."""
     cols = common.columns(pred)
     area = box_ops.areas(pred)
     if priors is None or len(priors.level_sizes) < 2:
         return [dict(cols=cols, area=area, reach=match_rows)]
     levels = []
-    for start, size in zip(priors.level_starts, priors.level_sizes):
+    for start, size in common.row_bands(priors):
         lcols = tuple(lax.slice_in_dim(c, start, start + size) for c in cols)
         larea = lax.slice_in_dim(area, start, start + size)
         levels.append(dict(cols=lcols, area=larea,
