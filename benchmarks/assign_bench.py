@@ -182,6 +182,14 @@ BENCHES = {
         "anchors1",
         True,
     ),
+    # ... with jittered predicted boxes (`_jittered_boxes`).
+    "mal_bags_prob_jittered_a1": (
+        lambda p, g: _mal_bags_prob(p, g, pred=_jittered_boxes(p.boxes)),
+        lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40),
+                            _np_box_prob(_jittered_boxes(p.boxes), b, v, i, 80)),
+        "anchors1",
+        True,
+    ),
     # Learning from noisy anchors: top-50 candidate bags (grid search over the 9-anchor
     # layout) + cleanliness from the predicted boxes (stand-in: anchors grown 1.2x) and
     # scores (80 classes).
@@ -197,6 +205,13 @@ BENCHES = {
         lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, np.asarray(_stand_in_boxes(p.boxes))),
         "anchors_hambox",
     ),
+    # ... with jittered predictions (`_jittered_boxes`: sizes and places off by up to
+    # 20%): the per-level bounds prune less than on the uniform stand-in.
+    "hambox_jittered": (
+        lambda p, g: hambox.assign(p, g, _jittered_boxes(p.boxes, 1.2)),
+        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, _jittered_boxes(p.boxes, 1.2)),
+        "anchors_hambox",
+    ),
     # ... with both stages' dense folds.
     "hambox_dense": (
         lambda p, g: hambox.compensate(
@@ -208,11 +223,12 @@ BENCHES = {
 }
 
 
-def _mal_bags_prob(p, g, dense=False, bags=True):
-    """A batch's MAL bags and P{a in A+} (the anchors stand in for the predicted boxes,
-    a constant input as the stand-ins below), as (class, probability) slots or (dense)
-    as [B, N, 80]; bags=False: P{a in A+} alone."""
-    pred = np.broadcast_to(np.asarray(p.boxes, np.float32), g.boxes.shape[:1] + p.boxes.shape)
+def _mal_bags_prob(p, g, dense=False, bags=True, pred=None):
+    """A batch's MAL bags and P{a in A+} (the anchors stand in for the predicted boxes
+    unless `pred` [N, 4] is given; a constant input as the stand-ins below), as (class,
+    probability) slots or (dense) as [B, N, 80]; bags=False: P{a in A+} alone."""
+    pred = np.asarray(p.boxes if pred is None else pred, np.float32)
+    pred = np.broadcast_to(pred, g.boxes.shape[:1] + pred.shape)
     if not bags:
         return anchor_bags.positive_probability_slots(pred, g, priors=p)
     bags = jax.vmap(lambda g1: anchor_bags.build(p, g1, bag_size=40))(g)
@@ -240,6 +256,19 @@ def _stand_in_boxes(boxes):
     c = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]) * np.float32(0.6)
     return np.concatenate([c - half, c + half], -1)
+
+
+def _jittered_boxes(boxes, grow=1.0, jitter=0.2):
+    """Predicted boxes nearer to training's: each prior grown by `grow`, its width and
+    height scaled by exp(U(-jitter, jitter)) and its centre moved by U(-jitter, jitter)
+    of its size (seeded)."""
+    boxes = np.asarray(boxes, np.float32)
+    rng = np.random.default_rng(7)
+    scale = np.exp(rng.uniform(-jitter, jitter, (len(boxes), 2)))
+    wh = (boxes[:, 2:] - boxes[:, :2]) * grow * scale
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    c = c + rng.uniform(-jitter, jitter, (len(boxes), 2)) * (boxes[:, 2:] - boxes[:, :2])
+    return np.concatenate([c - wh / 2, c + wh / 2], -1).astype(np.float32)
 
 
 def _stand_in_scores(n, num_classes):

@@ -41,6 +41,7 @@ from jaxdet.core.types import Assignment, GroundTruth, Priors
 POS_IOU_THR = 0.35  # T1, stage-1 anchor matching
 COMP_K = 5  # K, anchors per GT after compensation
 COMP_IOU_THR = 0.5  # T2, regressed-box IoU of a compensated anchor
+CANDIDATES = 256  # compensation candidates ranked directly (`_take_best`); speed only
 
 
 def match(
@@ -81,6 +82,7 @@ def compensate(
     count_matched: bool = True,
     priors: Priors | None = None,
     chunk: int = 8,
+    candidates: int = CANDIDATES,
 ) -> tuple[Assignment, jax.Array]:
     """Stage 2, online anchor compensation from the regressed boxes.
 
@@ -95,6 +97,7 @@ def compensate(
         the FPN levels whose regressed boxes can reach T2 with it (same result; see
         `_best_gt_levels`); None folds every GT over all N boxes.
       chunk: GT rows per loop step (speed only).
+      candidates: C of `_take_best` (speed only).
     Returns:
       (Assignment with gt_index [N] (stage 1 plus the compensated anchors) and
       quality [N] = 1 matched / regressed IoU compensated / 0 otherwise,
@@ -122,14 +125,48 @@ def compensate(
     budget = jnp.concatenate([budget, jnp.zeros((1,), jnp.int32)])  # row m: no GT
     seg = jnp.where(gt_index == common.BACKGROUND, best_gt, m)  # stage-1 negatives only
     seg = jnp.where((best_iou >= iou_thr) & (budget[seg] > 0), seg, m)
-    # Each GT takes its best remaining candidate (ties: the lower anchor), one per
-    # round, with two segment reductions over the N anchors per round: no sort, no
-    # [M, N]. The rounds stop once no GT with budget left has a candidate (at most K).
+    # Each GT takes its best candidates (ties: the lower anchor), up to its budget.
+    take = _take_best(best_iou, seg, budget, m, k, candidates)
+    gt_index = jnp.where(take, best_gt, gt_index)
+    quality = jnp.where(take, best_iou, quality)
+    return common.finish(gt_index, quality), take
+
+
+def _take_best(best_iou: jax.Array, seg: jax.Array, budget: jax.Array, m: int, k: int,
+               c: int) -> jax.Array:
+    """[N] bool: the anchors each GT takes, its best budget[g] candidates by IoU (ties:
+    the lower anchor); seg [N] is the GT an anchor competes for (m: none), best_iou [N]
+    its IoU, budget [M + 1] (budget[m] = 0).
+
+    Candidates are few (those that reach T2 and are left background): up to c of them
+    are compacted and ranked within their GT directly ([c, c] comparisons). Where an
+    image has more, K rounds of two segment reductions over the N anchors take each
+    GT's best remaining candidate per round (the rounds stop once no GT with budget
+    left has one). Both give the same set."""
+    n = seg.shape[0]
+    c = min(int(c), n)
+    cand = seg < m
+    count = jnp.sum(cand, dtype=jnp.int32)
+    # The q-th candidate is where the running count first reaches q (n past the last):
+    # a binary search per slot, cheaper than nonzero's scatter over the N anchors.
+    running = jnp.cumsum(cand, dtype=jnp.int32)
+    idx = jnp.searchsorted(running, jnp.arange(1, c + 1, dtype=jnp.int32)).astype(jnp.int32)
+    live = jnp.arange(c) < count
+    at = jnp.minimum(idx, n - 1)
+    iou_c = jnp.where(live, best_iou[at], -1.0)
+    seg_c = jnp.where(live, seg[at], m)
+    ahead = ((seg_c[None, :] == seg_c[:, None]) & live[None, :]
+             & ((iou_c[None, :] > iou_c[:, None])
+                | ((iou_c[None, :] == iou_c[:, None]) & (idx[None, :] < idx[:, None]))))
+    win = live & (jnp.sum(ahead, axis=1) < budget[seg_c])
+    take_ranked = jnp.zeros((n,), bool).at[idx].set(win, mode="drop")
+
+    overflow = count > c
     order = jnp.arange(n, dtype=jnp.int32)
 
     def wanted(state):
         r, remaining, _ = state
-        return (r < k) & jnp.any(remaining & (r < budget[seg]))
+        return overflow & (r < k) & jnp.any(remaining & (r < budget[seg]))
 
     def one_round(state):
         r, remaining, take = state
@@ -140,11 +177,9 @@ def compensate(
         win = is_top & (order == first[seg]) & (r < budget[seg])
         return r + 1, remaining & ~win, take | win
 
-    _, _, take = jax.lax.while_loop(
-        wanted, one_round, (jnp.int32(0), seg < m, jnp.zeros((n,), bool)))
-    gt_index = jnp.where(take, best_gt, gt_index)
-    quality = jnp.where(take, best_iou, quality)
-    return common.finish(gt_index, quality), take
+    _, _, take_rounds = jax.lax.while_loop(
+        wanted, one_round, (jnp.int32(0), cand, jnp.zeros((n,), bool)))
+    return jnp.where(overflow, take_rounds, take_ranked)
 
 
 def _best_gt(pred_boxes: jax.Array, boxes: jax.Array, rows_mask: jax.Array, chunk: int

@@ -125,8 +125,11 @@ def test_ignore_padding_and_empty_image():
     assert not np.any(comp) and not np.any(np.asarray(a.quality))
 
 
-@pytest.mark.parametrize("count_matched", [True, False])
-def test_matches_numpy_reference_on_random_cases(count_matched):
+# candidates: 256 ranks every image's candidates directly; 1 and 6 send the images
+# with more than that through the rounds over all anchors (a batch mixing both).
+@pytest.mark.parametrize("count_matched,candidates", [(True, 256), (False, 256), (True, 1),
+                                                      (False, 6)])
+def test_matches_numpy_reference_on_random_cases(count_matched, candidates):
     rng = np.random.default_rng(0)
     b, m, n = 6, 7, 300
     xy = rng.uniform(0, 100, (n, 2))
@@ -144,7 +147,8 @@ def test_matches_numpy_reference_on_random_cases(count_matched):
     priors = _priors(anchors)
     gt = GroundTruth(boxes=jnp.asarray(boxes), labels=jnp.asarray(labels),
                      valid=jnp.asarray(valid), ignore=jnp.asarray(ignore))
-    fn = jax.jit(jax.vmap(lambda g, p: ham.assign(priors, g, p, count_matched=count_matched)))
+    fn = jax.jit(jax.vmap(lambda g, p: ham.compensate(
+        ham.match(priors, g), g, p, count_matched=count_matched, candidates=candidates)))
     a, comp = fn(gt, jnp.asarray(preds))
     total = 0
     for i in range(b):
