@@ -31,8 +31,10 @@ IGNORE = -2
 # GT rows per loop step of the per-level folds (max_iou 'levels', HAMBox, P{a in A+}):
 # few GTs reach a level, so small steps waste least (measured 8 -> 2: 1.4-1.6x faster).
 LEVEL_CHUNK = 2
-# Priors per row band of the per-level folds (`row_bands`): speed only.
+# Priors per row band of the per-level folds (`row_bands`), and at most MAX_BANDS bands
+# per level (each band is a loop of its own: compile time); speed only.
 BAND_SIZE = 2048
+MAX_BANDS = 8
 
 
 def split_gt(gt: GroundTruth) -> tuple[Array, Array, Array]:
@@ -196,8 +198,9 @@ def may_reach(cols: tuple[Array, ...], area: Array, boxes: Array, t: float) -> A
 def row_bands(priors: Priors, size: int = BAND_SIZE) -> list[tuple[int, int]]:
     """Static (start, length) pieces of the priors: each level, and on a grid
     (`priors.feature_shapes`) each level cut into bands of whole feature-map rows of
-    about `size` priors, in order. The per-level folds fold a GT over a band only where
-    `may_reach` allows, whose envelope test prunes by place within a level."""
+    about `size` priors (at most `MAX_BANDS` per level), in order. The per-level folds
+    fold a GT over a band only where `may_reach` allows, whose envelope test prunes by
+    place within a level."""
     starts, sizes = priors.level_starts, priors.level_sizes
     shapes = priors.feature_shapes
     if shapes is None:
@@ -205,7 +208,7 @@ def row_bands(priors: Priors, size: int = BAND_SIZE) -> list[tuple[int, int]]:
     out = []
     for start, n, (h, _) in zip(starts, sizes, shapes):
         row = n // max(int(h), 1)
-        bands = max(1, min(int(h), round(n / max(size, 1))))
+        bands = max(1, min(int(h), MAX_BANDS, round(n / max(size, 1))))
         cuts = np.linspace(0, int(h), bands + 1).round().astype(int)
         out += [(start + int(a) * row, int(b - a) * row) for a, b in zip(cuts[:-1], cuts[1:])]
     return out
