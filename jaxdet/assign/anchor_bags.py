@@ -17,7 +17,8 @@
   the other batches never pay for it). `positive_probability_slots` returns the
   slots themselves (O(S N) instead of [N, C]); `slots_to_dense` expands them.
   Given the `priors` the boxes were regressed from, a GT is folded only over the
-  FPN levels where its probability can be nonzero.
+  FPN levels (bands of feature rows, `common.row_bands`) where its probability can
+  be nonzero.
 
 References: Zhang et al., "FreeAnchor: Learning to Match Anchors for Visual
 Object Detection", NeurIPS 2019 (mmdetection `FreeAnchorRetinaHead`:
@@ -142,9 +143,9 @@ def positive_probability(
       gt: one image's GroundTruth [M, ...]; only valid & ~ignore rows count.
       num_classes: C.
       bbox_thr: t1 of the saturated linear function (0.6).
-      priors: the anchors the boxes were regressed from (their `level_sizes`): each
-        GT is then folded only over the levels where its probability can be nonzero
-        (same result, faster; see `_fold_probability`).
+      priors: the anchors the boxes were regressed from (their levels and feature
+        shapes): each GT is then folded only over the bands of feature rows where its
+        probability can be nonzero (same result, faster; see `_fold_probability`).
       chunk: GT rows per loop step (speed only).
     Returns:
       [N, C] float32 in [0, 1]; all zeros without GT.
@@ -167,11 +168,11 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
     the carry for n boxes, whose leaves have n as their leading axis.
 
     With `priors` (the anchors the boxes were regressed from) the result is the same
-    with far fewer (row, box) pairs: the boxes are taken one FPN level at a time
-    (carries joined at the end) and a row is folded over a level only where its
-    probability can be nonzero (`_levels`: by area and size). The row's max IoU t2 comes from a
-    first pass over the same pairs (where it is <= t1 every prob of the row is 0 and
-    the row is skipped)."""
+    with far fewer (row, box) pairs: the boxes are taken one piece at a time (a band
+    of feature rows of one level, `common.row_bands`; carries joined at the end) and a
+    row is folded over a piece only where its probability can be nonzero (`_levels`:
+    by area, size and place). The row's max IoU t2 comes from a first pass over the
+    same pairs (where it is <= t1 every prob of the row is 0 and the row is skipped)."""
     pred = common.as_f32(pred_boxes)
     boxes, match_rows, _ = common.split_gt(gt)
     labels = jnp.asarray(gt.labels, jnp.int32)
