@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.base("fcos", common.data_coco(), common.model_r50_fpn(), train, optimizer)
     config.optimizer.grad_clip = 35.0
     config.assigner = ml_collections.ConfigDict(
-        dict(regress_ranges=((-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8)),
+        dict(name="fcos", regress_ranges=((-1, 64), (64, 128), (128, 256), (256, 512), (512, 1e8)),
              center_sampling=True, center_sample_radius=1.5)
     )
     config.loss = ml_collections.ConfigDict(

@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.base("fcos", common.data_shapes(128), common.model_tiny(), train, optimizer)
     # Scale ranges for P3-P5 on 128 px images (the last level takes everything larger).
     config.assigner = ml_collections.ConfigDict(
-        dict(regress_ranges=((-1, 32), (32, 64), (64, 1e8)), center_sampling=True,
+        dict(name="fcos", regress_ranges=((-1, 32), (32, 64), (64, 1e8)), center_sampling=True,
              center_sample_radius=1.5)
     )
     config.loss = ml_collections.ConfigDict(

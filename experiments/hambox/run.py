@@ -58,7 +58,7 @@ def analyse(config, det, params) -> dict:
     thr = float(config.test.score_thr)
     apply = jax.jit(det.apply)
     predict = jax.jit(det.predict)
-    match = jax.jit(det.assign)
+    match = jax.jit(det.match)
     correct_from_unmatched, correct = 0, 0  # score >= thr
     good_from_unmatched, good = 0, 0  # any score
     per_gt = []  # (size, n_matched, n_pre, n_post)
@@ -66,9 +66,9 @@ def analyse(config, det, params) -> dict:
                                    train=False)
     for b in batches:
         out = apply(params, b["image"])
-        priors = det.priors_for(b["image"])
+        priors = det.priors(b["image"].shape[1:3])
         gt = ground_truth_from_batch(b)
-        stage1 = np.asarray(match(priors, gt).gt_index)
+        stage1 = np.asarray(match(priors, gt).gt_index)  # HAMBox.match: stage 1 alone
         boxes = np.asarray(jax.jit(det.pred_boxes)(out, priors))
         scores = np.asarray(jax.nn.sigmoid(out["cls_logits"]))
         dets = jax.tree_util.tree_map(np.asarray, predict(params, b["image"], b["image_hw"]))
@@ -207,9 +207,9 @@ def main() -> None:
         print(f"=== {name}", flush=True)
         workdir = os.path.join(args.workdir, tag)
         state, parts = loop.train(config, workdir)
-        coco = loop.evaluate(config, parts["detector"], state.params, parts["mesh"], workdir,
+        coco = loop.evaluate(config, parts.detector, state.params, parts.mesh, workdir,
                              step=int(state.step))
-        analysis = analyse(config, parts["detector"], state.params)
+        analysis = analyse(config, parts.detector, state.params)
         results[name] = dict(coco={k: float(v) for k, v in coco.items()}, analysis=analysis)
         print(json.dumps({k: v for k, v in analysis.items() if k != "by_size"}), flush=True)
         with open(os.path.join(HERE, "results.json"), "w") as f:

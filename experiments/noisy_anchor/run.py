@@ -151,9 +151,9 @@ def main() -> None:
                    if name == "RetinaNet" else os.path.join(args.workdir, f"v{i}"))
         state, parts = loop.train(config, workdir)
         coco = loop.evaluate(
-            config, parts["detector"], state.params, parts["mesh"], workdir, step=int(state.step)
+            config, parts.detector, state.params, parts.mesh, workdir, step=int(state.step)
         )
-        score, iou = score_iou_pairs(config, parts["detector"], state.params)
+        score, iou = score_iou_pairs(config, parts.detector, state.params)
         pairs[name] = (score, iou)
         results[name] = dict(coco=coco, corr=correlations(score, iou))
         print(json.dumps(results[name]["corr"]))

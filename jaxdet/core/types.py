@@ -70,6 +70,30 @@ class Priors:
         pytree_node=False, default=None
     )
 
+    @classmethod
+    def from_boxes(
+        cls, boxes: Array, strides: tuple[int, ...], level_sizes: tuple[int, ...],
+        num_base: int = 1,
+    ) -> Priors:
+        """Priors from boxes made elsewhere (e.g. anchors predicted per location).
+
+        boxes [..., N, 4] (a leading batch axis is kept), concatenated level by level
+        with `level_sizes[l]` boxes on level l of stride `strides[l]`. Centres are the
+        boxes' centres; `feature_shapes` is None (no lattice search).
+        """
+        if len(strides) != len(level_sizes) or sum(level_sizes) != boxes.shape[-2]:
+            raise ValueError(
+                f"from_boxes: {boxes.shape[-2]} boxes, level_sizes {tuple(level_sizes)}, "
+                f"strides {tuple(strides)}"
+            )
+        levels = jnp.concatenate(
+            [jnp.full((n,), i, jnp.int32) for i, n in enumerate(level_sizes)]
+        )
+        stride_of = jnp.asarray(strides, jnp.float32)[levels]
+        centers = (boxes[..., :2] + boxes[..., 2:]) / 2
+        return cls(boxes=boxes, centers=centers, strides=stride_of, levels=levels,
+                   level_sizes=tuple(int(n) for n in level_sizes), num_base=num_base)
+
     @property
     def num_priors(self) -> int:
         return int(sum(self.level_sizes))

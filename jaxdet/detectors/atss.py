@@ -23,9 +23,14 @@ import jax.numpy as jnp
 from jaxdet.assign import atss as atss_assign
 from jaxdet.assign import targets
 from jaxdet.core import coders
-from jaxdet.core import priors as priors_lib
-from jaxdet.core.types import Priors, ground_truth_from_batch
-from jaxdet.detectors.dense import DenseDetector, focal_classification_loss, normalizer
+from jaxdet.detectors.dense import (
+    DenseDetector,
+    StepContext,
+    check_assigner,
+    focal_classification_loss,
+    normalizer,
+)
+from jaxdet.detectors.retinanet import anchors
 from jaxdet.losses.centerness import centerness_loss, centerness_targets
 from jaxdet.losses.iou import giou_loss
 from jaxdet.models.heads.atss_head import ATSSHead
@@ -42,48 +47,33 @@ class ATSS(DenseDetector):
             feat_channels=h.channels,
             stacked_convs=h.num_convs,
             norm=h.norm,
-            gn_groups=h.get("gn_groups", 32),
+            gn_groups=h.gn_groups,
             dtype=jnp.dtype(config.model.dtype),
         )
         super().__init__(config, head)
+        check_assigner(config, ("atss",))
         self.anchor = config.anchor
         self.hp = config.assigner
         self.loss_cfg = config.loss
 
-    def make_priors(self, image_hw: tuple[int, int]) -> Priors:
-        return priors_lib.make_anchors(
-            priors_lib.feature_shapes(image_hw, self.strides),
-            self.strides,
-            octave_base_scale=self.anchor.octave_base_scale,
-            scales_per_octave=self.anchor.scales_per_octave,
-            ratios=tuple(self.anchor.ratios),
-        )
+    def priors(self, image_hw, outputs=None):
+        return anchors(self.anchor, self.strides, image_hw)
 
-    def assign(self, priors: Priors, gt):
+    def assign(self, outputs, priors, gt):
         """Batched ATSS (lattice-window search, exact; `atss.assign_batch`)."""
         return atss_assign.assign_batch(
             priors, gt, topk=self.hp.topk, ignore_iof_thr=self.hp.ignore_iof_thr
         )
 
-    def loss_fn(self, params, batch, rng, det_state, step):
-        del rng, step
-        images = batch["image"]
-        out = self.apply(params, images)
-        priors = self.priors_for(images)
-        gt = ground_truth_from_batch(batch)
-        assignment = self.assign(priors, gt)
-        loss, metrics = self.losses(out, priors, gt, assignment)
-        return loss, (metrics, det_state)
-
-    def losses(self, out, priors, gt, assignment):
-        """Loss terms given the head outputs and a (batched) assignment."""
+    def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):
         lc = self.loss_cfg
         gt_boxes, _ = jax.vmap(targets.gather_gt)(assignment, gt)
         loss_cls, num_pos, pos = focal_classification_loss(
-            out["cls_logits"], assignment, gt, self.num_classes, lc.focal_alpha, lc.focal_gamma
+            outputs["cls_logits"], assignment, gt, self.num_classes, lc.focal_alpha,
+            lc.focal_gamma,
         )
-        anchors = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
-        pred_boxes = coders.delta_xywh_decode(anchors, out["box_deltas"], stds=BOX_STDS)
+        anchor_boxes = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
+        pred_boxes = coders.delta_xywh_decode(anchor_boxes, outputs["box_deltas"], stds=BOX_STDS)
         ltrb = coders.distance_encode(priors.centers, gt_boxes)
         ctr_t = jnp.where(pos, centerness_targets(ltrb), 0.0)
         ctr_sum = normalizer(ctr_t, 1e-6)
@@ -92,19 +82,16 @@ class ATSS(DenseDetector):
             * jnp.sum(jnp.where(pos, giou_loss(pred_boxes, gt_boxes) * ctr_t, 0.0))
             / ctr_sum
         )
-        loss_ctr = jnp.sum(jnp.where(pos, centerness_loss(out["centerness"], ctr_t), 0.0)) / num_pos
-        loss = loss_cls + loss_box + loss_ctr
-        metrics = dict(
-            loss_cls=loss_cls,
-            loss_box=loss_box,
-            loss_ctr=loss_ctr,
-            num_pos=jnp.sum(pos) / pos.shape[0],
-        )
-        return loss, metrics
+        loss_ctr = jnp.sum(
+            jnp.where(pos, centerness_loss(outputs["centerness"], ctr_t), 0.0)
+        ) / num_pos
+        return dict(loss_cls=loss_cls, loss_box=loss_box, loss_ctr=loss_ctr,
+                    num_pos=jnp.sum(pos) / pos.shape[0])
 
-    def decode(self, out, priors):
-        boxes = coders.delta_xywh_decode(priors.boxes, out["box_deltas"], stds=BOX_STDS)
-        return boxes, jax.nn.sigmoid(out["cls_logits"]), jax.nn.sigmoid(out["centerness"])
+    def decode(self, outputs, priors):
+        boxes = coders.delta_xywh_decode(priors.boxes, outputs["box_deltas"], stds=BOX_STDS)
+        return (boxes, jax.nn.sigmoid(outputs["cls_logits"]),
+                jax.nn.sigmoid(outputs["centerness"]))
 
 
 def make(config: Any) -> ATSS:

@@ -1,11 +1,27 @@
-"""What every dense (one-stage) detector shares: the network (ResNet -> FPN ->
-head), priors, initialisation, the frozen-parameter mask, loss normalisation
-and post-processing. A method file (retinanet.py, fcos.py, atss.py, ...)
-subclasses `DenseDetector` once and writes its `loss_fn` and `decode`.
+"""The one-stage detector template (after detectron2's `DenseDetector`).
+
+`DenseDetector.loss_fn` runs one training forward pass in a fixed order:
+
+    gt         = ground_truth_from_batch(batch)              # built once
+    outputs    = forward(params, images, gt, ctx)            # the network, once
+    priors     = priors(image_hw, outputs)                   # anchors / points
+    assignment = assign(outputs, priors, gt)                 # batched, [B, N, ...]
+    terms      = losses(outputs, priors, gt, assignment, ctx)   # dict of scalars
+    loss       = sum of the terms whose name starts with 'loss'
+    det_state  = update_state(det_state, terms, ctx)
+
+and `predict` runs the network, `priors`, then per image `decode` and
+`dense_postprocess`. A method file overrides `priors`, `assign`, `losses` and
+`decode` (and, rarely, `forward`, `init_state` / `update_state`); every term it
+returns is reported as a metric. Pieces that several methods share (RetinaNet's
+anchors and box loss, the focal classification loss) are module-level functions.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import operator
 from typing import Any
 
 import flax.linen as nn
@@ -13,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.assign import targets
-from jaxdet.core.types import Detections, Priors
+from jaxdet.core.types import Detections, GroundTruth, Priors, ground_truth_from_batch
 from jaxdet.losses.focal import sigmoid_focal_loss
 from jaxdet.models import torch_import
 from jaxdet.models.backbones import resnet
@@ -21,15 +37,26 @@ from jaxdet.models.necks.fpn import FPN
 from jaxdet.ops.postprocess import dense_postprocess
 
 
-class DenseNet(nn.Module):
-    """images [B, H, W, 3] -> head outputs (dict of [B, N, ...] arrays)."""
+class OneStageNetwork(nn.Module):
+    """Backbone -> neck -> dense head, with its stages callable one by one.
+
+    `features(images [B, H, W, 3])` -> per-level maps [B, h_l, w_l, C];
+    `predictions(features)` -> the head's dict of [B, N, ...] arrays;
+    `__call__(images)` = both. Parameters: {'backbone', 'neck', 'head'}.
+    """
 
     backbone: nn.Module
     neck: nn.Module
     head: nn.Module
 
+    def features(self, images: jax.Array) -> tuple[jax.Array, ...]:
+        return tuple(self.neck(self.backbone(images)))
+
+    def predictions(self, features: tuple[jax.Array, ...]) -> dict[str, jax.Array]:
+        return self.head(features)
+
     def __call__(self, images: jax.Array) -> dict[str, jax.Array]:
-        return self.head(self.neck(self.backbone(images)))
+        return self.predictions(self.features(images))
 
 
 def build_backbone_neck(model_cfg: Any) -> tuple[nn.Module, nn.Module]:
@@ -41,7 +68,7 @@ def build_backbone_neck(model_cfg: Any) -> tuple[nn.Module, nn.Module]:
         base_width=b.width,
         norm=b.norm,
         frozen_stages=b.frozen_stages,
-        gn_groups=b.get("gn_groups", 32),
+        gn_groups=b.gn_groups,
         dtype=dtype,
     )
     f = model_cfg.fpn
@@ -60,37 +87,93 @@ def build_backbone_neck(model_cfg: Any) -> tuple[nn.Module, nn.Module]:
     return backbone, neck
 
 
+@dataclasses.dataclass(frozen=True)
+class StepContext:
+    """What a training step knows besides the batch: the step's rng (already folded
+    with the step), the step number ([] int32) and the detector's state."""
+
+    rng: jax.Array
+    step: jax.Array
+    det_state: Any
+
+
 def normalizer(x: jax.Array, minimum: float = 1.0) -> jax.Array:
     """max(sum over the global batch, minimum), without gradient (num_pos / avg_factor)."""
     return jax.lax.stop_gradient(jnp.maximum(jnp.sum(x), minimum))
 
 
+def total_loss(terms: dict[str, jax.Array]) -> jax.Array:
+    """Sum of the terms whose name starts with 'loss', in insertion order."""
+    names = [k for k in terms if k.startswith("loss")]
+    if not names:
+        raise ValueError(f"no loss term among {sorted(terms)} (names must start with 'loss')")
+    return functools.reduce(operator.add, [terms[k] for k in names])
+
+
 class DenseDetector:
-    """Base of the one-stage detectors. Subclasses set `head` and implement
-    `make_priors`, `loss_fn` and `decode`."""
+    """Base of the one-stage detectors: a method passes its head and overrides the hooks."""
 
     def __init__(self, config: Any, head: nn.Module):
         self.config = config
         self.num_classes = int(config.data.num_classes)
         self.strides = tuple(int(s) for s in config.model.strides)
         backbone, neck = build_backbone_neck(config.model)
-        self.net = DenseNet(backbone=backbone, neck=neck, head=head)
+        self.net = OneStageNetwork(backbone=backbone, neck=neck, head=head)
 
-    # -- priors ---------------------------------------------------------------
-    def make_priors(self, image_hw: tuple[int, int]) -> Priors:
-        raise NotImplementedError  # implemented by each method (anchors or points)
+    # -- method hooks -----------------------------------------------------------
+    def priors(self, image_hw: tuple[int, int], outputs: dict) -> Priors:
+        """Priors (jnp leaves) of the static padded input size; `outputs` for methods
+        whose priors come from predictions."""
+        raise NotImplementedError(f"{type(self).__name__} must define priors()")
 
-    def priors_for(self, images: jax.Array) -> Priors:
-        """Priors of the (static) padded input size, as jnp constants."""
-        p = self.make_priors(tuple(images.shape[1:3]))
-        return jax.tree_util.tree_map(jnp.asarray, p)
+    def assign(self, outputs: dict, priors: Priors, gt: GroundTruth) -> Any:
+        """Batched assignment ([B, N, ...] leaves) of priors to the GT rows."""
+        raise NotImplementedError(f"{type(self).__name__} must define assign()")
 
-    # -- parameters -----------------------------------------------------------
+    def losses(self, outputs: dict, priors: Priors, gt: GroundTruth, assignment: Any,
+               ctx: StepContext) -> dict[str, jax.Array]:
+        """Named scalars: 'loss*' terms are summed into the loss, all are metrics."""
+        raise NotImplementedError(f"{type(self).__name__} must define losses()")
+
+    def decode(self, outputs: dict, priors: Priors) -> tuple[jax.Array, jax.Array, Any]:
+        """One image: outputs [N, ...] -> (boxes [N, 4], scores [N, C], factors [N] | None)."""
+        raise NotImplementedError(f"{type(self).__name__} must define decode()")
+
+    def forward(self, params: Any, images: jax.Array, gt: GroundTruth,
+                ctx: StepContext) -> dict[str, jax.Array]:
+        """The training forward pass (the network once); MAL overrides it."""
+        del gt, ctx
+        return self.apply(params, images)
+
+    def init_state(self) -> dict:
+        """Detector-owned non-trainable state (none for most methods)."""
+        return {}
+
+    def update_state(self, det_state: Any, terms: dict, ctx: StepContext) -> Any:
+        """The state after this step (unchanged for most methods)."""
+        del terms, ctx
+        return det_state
+
+    def level_sizes(self, priors: Priors) -> tuple[int, ...]:
+        """Candidates per level of `decode`'s output (for the per-level top-k)."""
+        return priors.level_sizes
+
+    # -- the network --------------------------------------------------------------
+    def apply(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+        return self.net.apply({"params": params}, images)
+
+    def features(self, params: Any, images: jax.Array) -> tuple[jax.Array, ...]:
+        return self.net.apply({"params": params}, images, method=OneStageNetwork.features)
+
+    def predictions(self, params: Any, features: tuple[jax.Array, ...]) -> dict[str, jax.Array]:
+        return self.net.apply({"params": params}, features, method=OneStageNetwork.predictions)
+
+    # -- the contract ---------------------------------------------------------------
     def init(self, rng: jax.Array, image_hw: tuple[int, int]) -> tuple[Any, dict]:
         """(params, det_state) for inputs of size image_hw."""
         dummy = jnp.zeros((1, *image_hw, 3), jnp.float32)
         params = jax.jit(self.net.init)(rng, dummy)["params"]
-        path = self.config.model.get("pretrained", "")
+        path = self.config.model.pretrained
         if path:
             params = dict(params)
             imported = torch_import.resnet_params_from_torch(
@@ -99,43 +182,46 @@ class DenseDetector:
             params["backbone"] = jax.tree_util.tree_map(jnp.asarray, imported)
         return params, self.init_state()
 
-    def init_state(self) -> dict:
-        """Detector-owned non-trainable state (none for the baselines)."""
-        return {}
-
     def trainable_mask(self, params: Any) -> Any:
         b = self.config.model.backbone
         return resnet.frozen_param_mask(params, b.frozen_stages, b.norm, prefix="backbone")
 
-    def apply(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
-        return self.net.apply({"params": params}, images)
-
-    # -- inference ------------------------------------------------------------
-    def decode(self, outputs: dict, priors: Priors) -> tuple[jax.Array, jax.Array, Any]:
-        """Per image: outputs [N, ...] -> (boxes [N, 4], scores [N, C], factors [N] | None)."""
-        raise NotImplementedError  # implemented by each method
+    def loss_fn(self, params: Any, batch: dict, rng: jax.Array, det_state: Any,
+                step: jax.Array) -> tuple[jax.Array, tuple[dict, Any]]:
+        """(loss, (metrics, det_state)) of one training batch (see the module docstring)."""
+        images = batch["image"]
+        gt = ground_truth_from_batch(batch)
+        ctx = StepContext(rng=rng, step=step, det_state=det_state)
+        outputs = self.forward(params, images, gt, ctx)
+        priors = self.priors(tuple(images.shape[1:3]), outputs)
+        assignment = self.assign(outputs, priors, gt)
+        terms = self.losses(outputs, priors, gt, assignment, ctx)
+        return total_loss(terms), (terms, self.update_state(det_state, terms, ctx))
 
     def predict(self, params: Any, images: jax.Array, image_hw: jax.Array) -> Detections:
         """images [B, H, W, 3], image_hw [B, 2] -> Detections with [B, max_det, ...] leaves."""
         outputs = self.apply(params, images)
-        priors = self.priors_for(images)
+        priors = self.priors(tuple(images.shape[1:3]), outputs)
+        level_sizes = self.level_sizes(priors)
         t = self.config.test
 
         def one(out, hw):
             boxes, scores, factors = self.decode(out, priors)
             return dense_postprocess(
-                boxes,
-                scores,
-                priors.level_sizes,
-                hw,
-                score_thr=t.score_thr,
-                pre_nms_topk=t.pre_nms_topk,
-                iou_threshold=t.nms_iou,
-                max_det=t.max_det,
+                boxes, scores, level_sizes, hw, score_thr=t.score_thr,
+                pre_nms_topk=t.pre_nms_topk, iou_threshold=t.nms_iou, max_det=t.max_det,
                 score_factors=factors,
             )
 
         return jax.vmap(one)(outputs, image_hw)
+
+
+def check_assigner(config: Any, names: tuple[str, ...]) -> str:
+    """`config.assigner.name`, which must be one of `names` (the ones the method runs)."""
+    name = config.assigner.name
+    if name not in names:
+        raise ValueError(f"{config.detector}: assigner.name={name!r}; expected one of {names}")
+    return name
 
 
 def focal_classification_loss(
@@ -145,11 +231,11 @@ def focal_classification_loss(
 
     cls_logits [B, N, C]; assignment, gt batched. Returns (loss, num_pos, pos [B, N]).
     """
-    pos = assignment.gt_index >= 0
+    pos = assignment.positive
     cls_t = jax.vmap(lambda a, g: targets.classification_targets(a, g.labels, num_classes))(
         assignment, gt
     )
-    cls_w = (assignment.gt_index != -2).astype(jnp.float32)  # ignored priors: no loss
+    cls_w = (~assignment.ignored).astype(jnp.float32)  # ignored priors: no loss
     num_pos = normalizer(pos.astype(jnp.float32))
     loss = jnp.sum(sigmoid_focal_loss(cls_logits, cls_t, alpha, gamma) * cls_w[..., None])
     return loss / num_pos, num_pos, pos

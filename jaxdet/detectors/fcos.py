@@ -22,11 +22,22 @@ from jaxdet.assign import fcos as fcos_assign
 from jaxdet.assign import targets
 from jaxdet.core import coders
 from jaxdet.core import priors as priors_lib
-from jaxdet.core.types import Priors, ground_truth_from_batch
-from jaxdet.detectors.dense import DenseDetector, focal_classification_loss, normalizer
+from jaxdet.detectors.dense import (
+    DenseDetector,
+    StepContext,
+    check_assigner,
+    focal_classification_loss,
+    normalizer,
+)
 from jaxdet.losses.centerness import centerness_loss, centerness_targets
 from jaxdet.losses.iou import giou_loss, iou_loss
 from jaxdet.models.heads.fcos_head import FCOSHead
+
+
+def points(strides: tuple[int, ...], image_hw: tuple[int, int]):
+    """One point per feature-map location, at the cell centre (offset 0.5), as jnp."""
+    p = priors_lib.make_points(priors_lib.feature_shapes(image_hw, strides), strides, offset=0.5)
+    return jax.tree_util.tree_map(jnp.asarray, p)
 
 
 class FCOS(DenseDetector):
@@ -37,21 +48,20 @@ class FCOS(DenseDetector):
             feat_channels=h.channels,
             stacked_convs=h.num_convs,
             norm=h.norm,
-            gn_groups=h.get("gn_groups", 32),
+            gn_groups=h.gn_groups,
             norm_on_bbox=True,
             centerness_on_reg=True,
             dtype=jnp.dtype(config.model.dtype),
         )
         super().__init__(config, head)
+        check_assigner(config, ("fcos",))
         self.hp = config.assigner
         self.loss_cfg = config.loss
 
-    def make_priors(self, image_hw: tuple[int, int]) -> Priors:
-        return priors_lib.make_points(
-            priors_lib.feature_shapes(image_hw, self.strides), self.strides, offset=0.5
-        )
+    def priors(self, image_hw, outputs=None):
+        return points(self.strides, image_hw)
 
-    def assign(self, priors: Priors, gt):
+    def assign(self, outputs, priors, gt):
         hp = self.hp
         ranges = tuple(tuple(float(v) for v in r) for r in hp.regress_ranges)
         return jax.vmap(
@@ -64,44 +74,34 @@ class FCOS(DenseDetector):
             )
         )(gt)
 
-    def loss_fn(self, params, batch, rng, det_state, step):
-        del rng, step
-        images = batch["image"]
-        out = self.apply(params, images)
-        priors = self.priors_for(images)
-        gt = ground_truth_from_batch(batch)
-        loss, metrics = self.losses(out, priors, gt, self.assign(priors, gt))
-        return loss, (metrics, det_state)
-
-    def losses(self, out, priors, gt, assignment):
+    def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):
         lc = self.loss_cfg
         gt_boxes, _ = jax.vmap(targets.gather_gt)(assignment, gt)
         loss_cls, num_pos, pos = focal_classification_loss(
-            out["cls_logits"], assignment, gt, self.num_classes, lc.focal_alpha, lc.focal_gamma
+            outputs["cls_logits"], assignment, gt, self.num_classes, lc.focal_alpha,
+            lc.focal_gamma,
         )
         ltrb_t = coders.distance_encode(priors.centers, gt_boxes)  # pixels
         ctr_t = jnp.where(pos, centerness_targets(ltrb_t), 0.0)
         ctr_sum = normalizer(ctr_t, 1e-6)
         # Boxes from distances in stride units (norm_on_bbox): IoU is scale-invariant.
-        pred_boxes = coders.distance_decode(priors.centers, out["box_ltrb"], priors.strides)
+        pred_boxes = coders.distance_decode(priors.centers, outputs["box_ltrb"], priors.strides)
         box_fn = giou_loss if lc.box_loss == "giou" else iou_loss
         loss_box = (
             lc.box_weight
             * jnp.sum(jnp.where(pos, box_fn(pred_boxes, gt_boxes) * ctr_t, 0.0))
             / ctr_sum
         )
-        loss_ctr = jnp.sum(jnp.where(pos, centerness_loss(out["centerness"], ctr_t), 0.0)) / num_pos
-        metrics = dict(
-            loss_cls=loss_cls,
-            loss_box=loss_box,
-            loss_ctr=loss_ctr,
-            num_pos=jnp.sum(pos) / pos.shape[0],
-        )
-        return loss_cls + loss_box + loss_ctr, metrics
+        loss_ctr = jnp.sum(
+            jnp.where(pos, centerness_loss(outputs["centerness"], ctr_t), 0.0)
+        ) / num_pos
+        return dict(loss_cls=loss_cls, loss_box=loss_box, loss_ctr=loss_ctr,
+                    num_pos=jnp.sum(pos) / pos.shape[0])
 
-    def decode(self, out, priors):
-        boxes = coders.distance_decode(priors.centers, out["box_ltrb"], priors.strides)
-        return boxes, jax.nn.sigmoid(out["cls_logits"]), jax.nn.sigmoid(out["centerness"])
+    def decode(self, outputs, priors):
+        boxes = coders.distance_decode(priors.centers, outputs["box_ltrb"], priors.strides)
+        return (boxes, jax.nn.sigmoid(outputs["cls_logits"]),
+                jax.nn.sigmoid(outputs["centerness"]))
 
 
 def make(config: Any) -> FCOS:

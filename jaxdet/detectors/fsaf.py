@@ -50,55 +50,56 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.assign import center_region, center_region_grid, fsaf_select, targets
-from jaxdet.core import coders
 from jaxdet.core import priors as priors_lib
-from jaxdet.core.types import Detections, GroundTruth, Priors, ground_truth_from_batch
-from jaxdet.detectors.dense import DenseDetector, normalizer
-from jaxdet.detectors.retinanet import RetinaNet
+from jaxdet.core.types import GroundTruth, Priors
+from jaxdet.detectors import retinanet
+from jaxdet.detectors.dense import DenseDetector, StepContext, check_assigner, normalizer
 from jaxdet.losses.focal import sigmoid_focal_loss
 from jaxdet.losses.iou import iou_loss
 from jaxdet.models.heads.fsaf_head import FSAFHead
-from jaxdet.ops.postprocess import dense_postprocess
 
 MIN_TBLR = 1e-4  # mmdetection clamps the predictions before the loss
 
 
-class FSAF(RetinaNet):
-    """RetinaNet plus the FSAF anchor-free branch (or the anchor-free branch alone)."""
+class FSAF(DenseDetector):
+    """The FSAF anchor-free branch, alone or beside RetinaNet's anchor-based branch.
+
+    Priors: {'af': one stride-sized square per location, 'ab': RetinaNet's anchors}
+    ('ab' only with the anchor-based branch). Assignment: {'af': (Assignment,
+    ignore_labels [B, N, C], selection info), 'ab': RetinaNet's Assignment}.
+    """
 
     def __init__(self, config: Any):
         f = config.fsaf
         h = config.model.head
         self.fsaf = f
         self.anchor_based = bool(f.anchor_based)
-        self.anchor = config.get("anchor")
-        num_anchors = 1
-        if self.anchor_based:
-            num_anchors = len(self.anchor.ratios) * int(self.anchor.scales_per_octave)
+        self.anchor = config.anchor
         head = FSAFHead(
             num_classes=int(config.data.num_classes), anchor_based=self.anchor_based,
-            num_anchors=num_anchors, feat_channels=h.channels, stacked_convs=h.num_convs,
-            norm=h.norm, gn_groups=h.get("gn_groups", 32),
-            prior_prob=float(config.loss.get("prior_prob", 0.01)),
+            num_anchors=retinanet.num_anchors(self.anchor) if self.anchor_based else 1,
+            feat_channels=h.channels, stacked_convs=h.num_convs,
+            norm=h.norm, gn_groups=h.gn_groups, prior_prob=float(config.loss.prior_prob),
             reg_bias_init=float(f.reg_bias_init), dtype=jnp.dtype(config.model.dtype),
         )
-        DenseDetector.__init__(self, config, head)
-        self.hp = config.get("assigner")
+        super().__init__(config, head)
+        self.hp = config.assigner
+        if self.anchor_based:
+            check_assigner(config, ("max_iou",))
         self.loss_cfg = config.loss
-        self.box_stds = tuple(config.loss.get("box_stds", (1.0, 1.0, 1.0, 1.0)))
+        self.box_stds = tuple(config.loss.box_stds)
 
     # -- priors ---------------------------------------------------------------
-    def make_priors(self, image_hw: tuple[int, int]) -> Priors:
-        """The anchor-free branch's priors: one stride-sized square per location."""
-        return priors_lib.make_anchors(
-            priors_lib.feature_shapes(image_hw, self.strides), self.strides,
-            octave_base_scale=1.0, scales_per_octave=1, ratios=(1.0,),
-        )
+    def priors(self, image_hw, outputs=None) -> dict[str, Priors]:
+        af = jax.tree_util.tree_map(jnp.asarray, center_region_priors(self.strides, image_hw))
+        if not self.anchor_based:
+            return {"af": af}
+        return {"af": af, "ab": retinanet.anchors(self.anchor, self.strides, image_hw)}
 
-    def ab_priors_for(self, images: jax.Array) -> Priors:
-        """RetinaNet anchors of the anchor-based branch."""
-        p = RetinaNet.make_priors(self, tuple(images.shape[1:3]))
-        return jax.tree_util.tree_map(jnp.asarray, p)
+    def level_sizes(self, priors):
+        """Both branches' candidates enter the per-level top-k: ab levels, then af levels."""
+        ab = priors["ab"].level_sizes if self.anchor_based else ()
+        return ab + priors["af"].level_sizes
 
     # -- anchor-free branch -----------------------------------------------------
     def af_boxes(self, tblr: jax.Array, priors: Priors) -> jax.Array:
@@ -162,73 +163,66 @@ class FSAF(RetinaNet):
         info = dict(selected=online, heuristic=heuristic, counted=counted)
         return assignment, ignore_labels, info
 
-    def af_losses(self, out: dict, priors: Priors, gt: GroundTruth):
-        """(L_af = loss_cls + loss_box, metrics) of the anchor-free branch."""
+    def af_losses(self, out: dict, priors: Priors, gt: GroundTruth, af_assignment) -> dict:
+        """The anchor-free branch's terms: af_loss_cls, af_loss_box (each / num_pos),
+        af_num_pos and the selection metrics."""
         lc = self.loss_cfg
-        assignment, ignore_labels, info = self.af_assign(out, priors, gt)
-        pos = assignment.gt_index >= 0
+        assignment, ignore_labels, info = af_assignment
+        pos = assignment.positive
         gt_boxes, _ = targets.gather_gt(assignment, gt)
         cls_t = targets.classification_targets(assignment, gt.labels, self.num_classes)
-        w = ((assignment.gt_index != -2)[..., None] & ~ignore_labels).astype(jnp.float32)
+        w = ((~assignment.ignored)[..., None] & ~ignore_labels).astype(jnp.float32)
         num_pos = normalizer(pos.astype(jnp.float32))
         focal = sigmoid_focal_loss(out["af_cls_logits"], cls_t, lc.focal_alpha, lc.focal_gamma)
         loss_cls = jnp.sum(focal * w) / num_pos
         boxes = self.af_boxes(jnp.maximum(out["af_tblr"], MIN_TBLR), priors)
         box_l = iou_loss(boxes, gt_boxes, mode="log", eps=float(self.fsaf.iou_eps))
         loss_box = jnp.sum(jnp.where(pos, box_l, 0.0)) / num_pos
-        metrics = dict(af_loss_cls=loss_cls, af_loss_box=loss_box,
-                       af_num_pos=jnp.sum(pos) / pos.shape[0])
-        metrics.update(selection_metrics(info, len(self.strides)))
-        return loss_cls + loss_box, metrics
+        terms = dict(af_loss_cls=loss_cls, af_loss_box=loss_box,
+                     af_num_pos=jnp.sum(pos) / pos.shape[0])
+        terms.update(selection_metrics(info, len(self.strides)))
+        return terms
 
     # -- training ---------------------------------------------------------------
-    def loss_fn(self, params, batch, rng, det_state, step):
-        del rng, step
-        images = batch["image"]
-        out = self.apply(params, images)
-        gt = ground_truth_from_batch(batch)
-        loss_af, metrics = self.af_losses(out, self.priors_for(images), gt)
-        loss = float(self.fsaf.af_weight) * loss_af
+    def assign(self, outputs, priors, gt):
+        result = {"af": self.af_assign(outputs, priors["af"], gt)}
         if self.anchor_based:
-            ab_priors = self.ab_priors_for(images)
-            loss_ab, ab_metrics = RetinaNet.losses(self, out, ab_priors, gt,
-                                                   self.assign(ab_priors, gt))
-            loss = loss + loss_ab
-            metrics.update({f"ab_{k}": v for k, v in ab_metrics.items()})
-        return loss, (metrics, det_state)
+            result["ab"] = retinanet.max_iou_assign(priors["ab"], gt, self.hp)
+        return result
+
+    def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):
+        """loss_af = af_weight x (af_loss_cls + af_loss_box); with the anchor-based
+        branch also loss_ab = RetinaNet's loss_cls + loss_box (as ab_loss_cls, ab_loss_box)."""
+        terms = self.af_losses(outputs, priors["af"], gt, assignment["af"])
+        terms["loss_af"] = float(self.fsaf.af_weight) * (
+            terms["af_loss_cls"] + terms["af_loss_box"]
+        )
+        if self.anchor_based:
+            ab = retinanet.retina_losses(outputs, priors["ab"], gt, assignment["ab"],
+                                         self.num_classes, self.loss_cfg, self.box_stds)
+            terms["loss_ab"] = ab["loss_cls"] + ab["loss_box"]
+            terms.update({f"ab_{k}": v for k, v in ab.items()})
+        return terms
 
     # -- inference --------------------------------------------------------------
-    def decode(self, out, priors):
-        """Anchor-free branch of one image: (boxes [N, 4], scores [N, C], None)."""
-        return self.af_boxes(out["af_tblr"], priors), jax.nn.sigmoid(out["af_cls_logits"]), None
-
-    def predict(self, params: Any, images: jax.Array, image_hw: jax.Array) -> Detections:
-        """images [B, H, W, 3], image_hw [B, 2] -> Detections [B, max_det, ...].
-
-        With the anchor-based branch, both branches' candidates (per-level top-k of each)
-        enter one class-aware NMS.
-        """
-        out = self.apply(params, images)
-        priors = self.priors_for(images)
-        level_sizes = priors.level_sizes
-        ab_priors = self.ab_priors_for(images) if self.anchor_based else None
+    def decode(self, outputs, priors):
+        """One image: the anchor-based candidates (if any) then the anchor-free ones:
+        (boxes [N, 4], scores [N, C], None)."""
+        boxes = self.af_boxes(outputs["af_tblr"], priors["af"])
+        scores = jax.nn.sigmoid(outputs["af_cls_logits"])
         if self.anchor_based:
-            level_sizes = ab_priors.level_sizes + level_sizes
-        t = self.config.test
+            ab_boxes = retinanet.decode_boxes(outputs["box_deltas"], priors["ab"], self.box_stds)
+            boxes = jnp.concatenate([ab_boxes, boxes], axis=0)
+            scores = jnp.concatenate([jax.nn.sigmoid(outputs["cls_logits"]), scores], axis=0)
+        return boxes, scores, None
 
-        def one(o, hw):
-            boxes, scores, _ = self.decode(o, priors)
-            if self.anchor_based:
-                ab_boxes = coders.delta_xywh_decode(ab_priors.boxes, o["box_deltas"],
-                                                    stds=self.box_stds)
-                boxes = jnp.concatenate([ab_boxes, boxes], axis=0)
-                scores = jnp.concatenate([jax.nn.sigmoid(o["cls_logits"]), scores], axis=0)
-            return dense_postprocess(
-                boxes, scores, level_sizes, hw, score_thr=t.score_thr,
-                pre_nms_topk=t.pre_nms_topk, iou_threshold=t.nms_iou, max_det=t.max_det,
-            )
 
-        return jax.vmap(one)(out, image_hw)
+def center_region_priors(strides: tuple[int, ...], image_hw: tuple[int, int]) -> Priors:
+    """The anchor-free branch's priors: one stride-sized square per location (NumPy)."""
+    return priors_lib.make_anchors(
+        priors_lib.feature_shapes(image_hw, strides), strides,
+        octave_base_scale=1.0, scales_per_octave=1, ratios=(1.0,),
+    )
 
 
 def selection_metrics(info: dict, num_levels: int) -> dict:

@@ -29,16 +29,32 @@ import jax.numpy as jnp
 
 from jaxdet.assign import hambox as ham
 from jaxdet.assign import targets
-from jaxdet.core import coders
-from jaxdet.core.types import Assignment, Priors, ground_truth_from_batch
-from jaxdet.detectors.dense import normalizer
-from jaxdet.detectors.retinanet import RetinaNet
+from jaxdet.core.types import Assignment, GroundTruth, Priors
+from jaxdet.detectors import retinanet
+from jaxdet.detectors.dense import DenseDetector, StepContext, check_assigner, normalizer
 from jaxdet.losses.regression_aware_focal import regression_aware_focal_loss
-from jaxdet.losses.smooth_l1 import smooth_l1_loss
 
 
-class HAMBox(RetinaNet):
-    def assign(self, priors: Priors, gt) -> Assignment:
+class HAMBox(DenseDetector):
+    """RetinaNet's network and inference; HAMBox's online anchor compensation.
+
+    Assignment: (final Assignment [B, N] with quality = 1 for matched anchors and the
+    regressed IoU for compensated ones, compensated [B, N] bool).
+    """
+
+    def __init__(self, config: Any):
+        self.anchor = config.anchor
+        head = retinanet.retina_head(config, retinanet.num_anchors(config.anchor))
+        super().__init__(config, head)
+        check_assigner(config, ("hambox",))
+        self.hp = config.assigner
+        self.loss_cfg = config.loss
+        self.box_stds = tuple(config.loss.box_stds)
+
+    def priors(self, image_hw, outputs=None):
+        return retinanet.anchors(self.anchor, self.strides, image_hw)
+
+    def match(self, priors: Priors, gt: GroundTruth) -> Assignment:
         """Stage 1 for a batch: gt [B, M, ...] -> Assignment [B, N] (quality 1 on positives)."""
         hp = self.hp
         return jax.vmap(
@@ -48,62 +64,50 @@ class HAMBox(RetinaNet):
             )
         )(gt)
 
-    def pred_boxes(self, out, priors: Priors) -> jax.Array:
+    def pred_boxes(self, outputs: dict, priors: Priors) -> jax.Array:
         """Decoded regressions [B, N, 4] of the head outputs, without gradient."""
-        deltas = jax.lax.stop_gradient(out["box_deltas"])
-        anchors = jnp.broadcast_to(priors.boxes, deltas.shape)
-        return coders.delta_xywh_decode(anchors, deltas, stds=self.box_stds)
+        deltas = jax.lax.stop_gradient(outputs["box_deltas"])
+        return retinanet.decode_boxes(deltas, priors, self.box_stds)
 
-    def assign_online(self, out, priors: Priors, gt) -> tuple[Assignment, Assignment, jax.Array]:
-        """(stage-1 Assignment, final Assignment, compensated [B, N] bool) for a batch."""
+    def assign(self, outputs, priors, gt) -> tuple[Assignment, jax.Array]:
+        """Stage 1, then stage 2 from the detached regressions: (final, compensated)."""
         hp = self.hp
-        matched = self.assign(priors, gt)
         final, comp = jax.vmap(
             lambda a, g, b: ham.compensate(
                 a, g, b, k=hp.k, iou_thr=hp.comp_iou_thr, count_matched=hp.count_matched,
                 priors=priors,
             )
-        )(matched, gt, self.pred_boxes(out, priors))
-        return matched, final, comp
+        )(self.match(priors, gt), gt, self.pred_boxes(outputs, priors))
+        return final, comp
 
-    def loss_fn(self, params, batch, rng, det_state, step):
-        del rng, step
-        images = batch["image"]
-        out = self.apply(params, images)
-        priors = self.priors_for(images)
-        gt = ground_truth_from_batch(batch)
-        _, assignment, comp = self.assign_online(out, priors, gt)
-        loss, metrics = self.hambox_losses(out, priors, gt, assignment, comp)
-        return loss, (metrics, det_state)
-
-    def hambox_losses(self, out, priors, gt, assignment, compensated):
-        """Loss terms from the head outputs [B, N, ...] and the final assignment."""
+    def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):
+        """Regression-aware focal loss and smooth L1 over matched + compensated anchors."""
+        assignment, compensated = assignment
         lc = self.loss_cfg
-        pos = assignment.gt_index >= 0
+        pos = assignment.positive
         num_pos = normalizer(pos.astype(jnp.float32))
-        cls_t = jax.vmap(lambda a, g: targets.classification_targets(a, g.labels,
-                                                                     self.num_classes))(
-            assignment, gt
-        )
-        weight = jnp.where(pos, assignment.quality, 1.0) * (assignment.gt_index != -2)
+        cls_t = jax.vmap(
+            lambda a, g: targets.classification_targets(a, g.labels, self.num_classes)
+        )(assignment, gt)
+        weight = jnp.where(pos, assignment.quality, 1.0) * (~assignment.ignored)
         loss_cls = jnp.sum(regression_aware_focal_loss(
-            out["cls_logits"], cls_t, weight, lc.focal_alpha, lc.focal_gamma)) / num_pos
-        gt_boxes, _ = jax.vmap(targets.gather_gt)(assignment, gt)
-        anchors = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
-        box_t = coders.delta_xywh_encode(anchors, gt_boxes, stds=self.box_stds)
-        box_l = jnp.sum(smooth_l1_loss(out["box_deltas"], box_t, beta=lc.smooth_l1_beta), -1)
-        loss_box = lc.box_weight * jnp.sum(jnp.where(pos, box_l, 0.0)) / num_pos
+            outputs["cls_logits"], cls_t, weight, lc.focal_alpha, lc.focal_gamma)) / num_pos
+        box_l = retinanet.box_loss(outputs["box_deltas"], priors, gt, assignment, num_pos, lc,
+                                   self.box_stds)
         b = pos.shape[0]
         n_comp = jnp.sum(compensated)
-        metrics = dict(
+        return dict(
             loss_cls=loss_cls,
-            loss_box=loss_box,
+            loss_box=box_l,
             num_pos=jnp.sum(pos) / b,
             num_compensated=n_comp / b,
             comp_iou=jnp.sum(jnp.where(compensated, assignment.quality, 0.0))
             / jnp.maximum(n_comp, 1),
         )
-        return loss_cls + loss_box, metrics
+
+    def decode(self, outputs, priors):
+        boxes = retinanet.decode_boxes(outputs["box_deltas"], priors, self.box_stds)
+        return boxes, jax.nn.sigmoid(outputs["cls_logits"]), None
 
 
 def make(config: Any) -> HAMBox:

@@ -44,34 +44,25 @@ import jax.numpy as jnp
 
 from jaxdet.assign import anchor_bags, common
 from jaxdet.core import coders
-from jaxdet.core import priors as priors_lib
-from jaxdet.core.types import Priors, ground_truth_from_batch
-from jaxdet.detectors.dense import DenseDetector, normalizer
+from jaxdet.core.types import GroundTruth, Priors
+from jaxdet.detectors import retinanet
+from jaxdet.detectors.dense import DenseDetector, StepContext, normalizer
 from jaxdet.losses import mal as mal_loss
 from jaxdet.losses.smooth_l1 import smooth_l1_loss
-from jaxdet.models.heads.retina_head import RetinaHead
 
 DEPRESSION_MODES = ("selected", "image", "none")
 
 
-def _features(net, images):
-    return net.neck(net.backbone(images))
-
-
-def _head(net, features):
-    return net.head(features)
-
-
 class MAL(DenseDetector):
+    """RetinaNet's network and inference; anchor bags, selection and depression.
+
+    Assignment: the batched `AnchorBags` ([B, M, K] leaves). `forward` applies the
+    feature depression between the FPN and the head (and reports how much).
+    """
+
     def __init__(self, config: Any):
-        h = config.model.head
         self.anchor = config.anchor
-        num_anchors = len(self.anchor.ratios) * int(self.anchor.scales_per_octave)
-        head = RetinaHead(
-            num_classes=int(config.data.num_classes), num_anchors=num_anchors,
-            feat_channels=h.channels, stacked_convs=h.num_convs, norm=h.get("norm"),
-            prior_prob=float(config.loss.prior_prob), dtype=jnp.dtype(config.model.dtype),
-        )
+        head = retinanet.retina_head(config, retinanet.num_anchors(config.anchor))
         super().__init__(config, head)
         self.loss_cfg = config.loss
         self.box_stds = tuple(config.loss.box_stds)
@@ -83,23 +74,19 @@ class MAL(DenseDetector):
         self.depression = str(m.depression)
         if self.depression not in DEPRESSION_MODES:
             raise ValueError(f"mal.depression={self.depression!r}; expected {DEPRESSION_MODES}")
-        self.schedule_steps = int(m.schedule_steps) or int(config.train.get("num_steps") or 0)
+        self.schedule_steps = int(m.schedule_steps) or int(config.train.num_steps)
         if self.schedule_steps <= 0 and (self.selection or self.depression != "none"):
             raise ValueError(
                 "MAL's selection/depression schedules need the training length: set "
                 "config.mal.schedule_steps (or config.train.num_steps)."
             )
 
-    def make_priors(self, image_hw: tuple[int, int]) -> Priors:
-        return priors_lib.make_anchors(
-            priors_lib.feature_shapes(image_hw, self.strides), self.strides,
-            octave_base_scale=self.anchor.octave_base_scale,
-            scales_per_octave=self.anchor.scales_per_octave, ratios=tuple(self.anchor.ratios),
-        )
+    def priors(self, image_hw, outputs=None):
+        return retinanet.anchors(self.anchor, self.strides, image_hw)
 
     # -- pieces ---------------------------------------------------------------
-    def bags(self, priors: Priors, gt) -> anchor_bags.AnchorBags:
-        """Batched anchor bags: [B, M, K] leaves."""
+    def assign(self, outputs, priors: Priors, gt: GroundTruth) -> anchor_bags.AnchorBags:
+        """Batched anchor bags: [B, M, K] leaves (prediction-free)."""
         return jax.vmap(lambda g: anchor_bags.build(priors, g, bag_size=self.bag_size))(gt)
 
     def bag_confidence(self, out: dict, priors: Priors, gt, bags) -> jax.Array:
@@ -109,8 +96,8 @@ class MAL(DenseDetector):
         labels = jnp.clip(jnp.asarray(gt.labels, jnp.int32), 0, c - 1)
         gt_boxes, _, _ = common.split_gt(gt)
         logit = out["cls_logits"][bags.index, labels[:, None]]  # [M, K]
-        anchors = priors.boxes[bags.index]  # [M, K, 4]
-        target = coders.delta_xywh_encode(anchors, gt_boxes[:, None, :], stds=self.box_stds)
+        anchor_boxes = priors.boxes[bags.index]  # [M, K, 4]
+        target = coders.delta_xywh_encode(anchor_boxes, gt_boxes[:, None, :], stds=self.box_stds)
         box_l = smooth_l1_loss(out["box_deltas"][bags.index], target, beta=lc.smooth_l1_beta)
         return mal_loss.joint_confidence(logit, lc.box_weight * jnp.sum(box_l, axis=-1))
 
@@ -127,7 +114,7 @@ class MAL(DenseDetector):
         a = priors.num_base
         b = feats[0].shape[0]
         if self.depression == "selected":
-            clean = jax.lax.stop_gradient(self.net.apply({"params": params}, feats, method=_head))
+            clean = jax.lax.stop_gradient(self.predictions(params, feats))
 
             def selected_positions(out, g, bg):
                 p = self.bag_confidence(out, priors, g, bg)
@@ -150,35 +137,30 @@ class MAL(DenseDetector):
         return tuple(out_feats), ratio, depressed / b
 
     # -- training -------------------------------------------------------------
-    def loss_fn(self, params, batch, rng, det_state, step):
-        del rng
-        images = batch["image"]
-        priors = self.priors_for(images)
-        gt = ground_truth_from_batch(batch)
-        bags = self.bags(priors, gt)
-        s = self.num_selected(step)
-        metrics = {}
+    def forward(self, params, images, gt, ctx: StepContext) -> dict:
+        """The head outputs; with depression, of the depressed FPN features. Adds the
+        scalars 'depression_ratio' and 'depressed_positions' (per image) to the outputs."""
         if self.depression == "none":
-            out = self.apply(params, images)
-        else:
-            feats = self.net.apply({"params": params}, images, method=_features)
-            feats, ratio, depressed = self.depress_features(params, feats, priors, gt, bags,
-                                                            step, s)
-            out = self.net.apply({"params": params}, feats, method=_head)
-            metrics.update(depression_ratio=ratio, depressed_positions=depressed)
-        loss, terms = self.losses(out, priors, gt, bags, s)
-        metrics.update(terms)
-        metrics["num_selected"] = jnp.asarray(s, jnp.float32)
-        return loss, (metrics, det_state)
+            return self.apply(params, images)
+        priors = self.priors(tuple(images.shape[1:3]))
+        bags = self.assign(None, priors, gt)
+        feats = self.features(params, images)
+        feats, ratio, depressed = self.depress_features(
+            params, feats, priors, gt, bags, ctx.step, self.num_selected(ctx.step)
+        )
+        out = dict(self.predictions(params, feats))
+        out.update(depression_ratio=ratio, depressed_positions=depressed)
+        return out
 
-    def losses(self, out, priors, gt, bags, s):
-        """(loss, metrics) from head outputs, batched GT and bags, s(t) selected per bag."""
+    def losses(self, outputs, priors, gt, assignment, ctx: StepContext):
+        """loss_pos, loss_neg (FreeAnchor's bag losses with s(t) selected per bag) and
+        the bag statistics; outputs [B, N, ...], assignment the batched bags."""
         lc = self.loss_cfg
         c = self.num_classes
-        priors = jax.tree_util.tree_map(jnp.asarray, priors)
-
+        bags = assignment
+        s = self.num_selected(ctx.step)
         pred = coders.delta_xywh_decode(
-            priors.boxes, jax.lax.stop_gradient(out["box_deltas"]), stds=self.box_stds
+            priors.boxes, jax.lax.stop_gradient(outputs["box_deltas"]), stds=self.box_stds
         )
         box_prob = anchor_bags.positive_probability_batch(pred, gt, c, bbox_thr=lc.bbox_thr,
                                                           priors=priors)
@@ -195,20 +177,25 @@ class MAL(DenseDetector):
             best = jnp.max(jnp.where(bg.valid, jax.lax.stop_gradient(p), 0.0), axis=-1)
             return pos, neg, jnp.sum(has_bag), jnp.sum(best)
 
-        pos, neg, n_gt, best = jax.vmap(one)(out, gt, bags, box_prob)
+        head = {k: outputs[k] for k in ("cls_logits", "box_deltas")}
+        pos, neg, n_gt, best = jax.vmap(one)(head, gt, bags, box_prob)
         num_gt = normalizer(n_gt.astype(jnp.float32))
-        loss_pos = jnp.sum(pos) / num_gt
-        loss_neg = jnp.sum(neg) / normalizer(n_gt.astype(jnp.float32) * self.bag_size)
-        metrics = dict(
-            loss_pos=loss_pos, loss_neg=loss_neg, num_gt=jnp.sum(n_gt) / n_gt.shape[0],
+        terms = dict(
+            loss_pos=jnp.sum(pos) / num_gt,
+            loss_neg=jnp.sum(neg) / normalizer(n_gt.astype(jnp.float32) * self.bag_size),
+            num_gt=jnp.sum(n_gt) / n_gt.shape[0],
             bag_max_conf=jnp.sum(best) / num_gt,
         )
-        return loss_pos + loss_neg, metrics
+        for k in ("depression_ratio", "depressed_positions"):
+            if k in outputs:
+                terms[k] = outputs[k]
+        terms["num_selected"] = jnp.asarray(s, jnp.float32)
+        return terms
 
     # -- inference ------------------------------------------------------------
-    def decode(self, out, priors):
-        boxes = coders.delta_xywh_decode(priors.boxes, out["box_deltas"], stds=self.box_stds)
-        return boxes, jax.nn.sigmoid(out["cls_logits"]), None
+    def decode(self, outputs, priors):
+        boxes = retinanet.decode_boxes(outputs["box_deltas"], priors, self.box_stds)
+        return boxes, jax.nn.sigmoid(outputs["cls_logits"]), None
 
 
 def make(config: Any) -> MAL:

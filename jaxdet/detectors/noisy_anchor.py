@@ -31,71 +31,74 @@ import jax.numpy as jnp
 from jaxdet.assign import noisy_anchor as na_assign
 from jaxdet.assign import targets
 from jaxdet.core import coders
-from jaxdet.core import priors as priors_lib
-from jaxdet.core.types import Assignment, Priors, ground_truth_from_batch
-from jaxdet.detectors.dense import normalizer
-from jaxdet.detectors.retinanet import RetinaNet
+from jaxdet.core.types import Assignment, GroundTruth, Priors
+from jaxdet.detectors import retinanet
+from jaxdet.detectors.dense import DenseDetector, StepContext, check_assigner, normalizer
 from jaxdet.losses import noisy_anchor as na_loss
 from jaxdet.losses.smooth_l1 import smooth_l1_loss
 
 
-class NoisyAnchorRetinaNet(RetinaNet):
-    def assign(self, priors: Priors, gt, image_hw: tuple[int, int]) -> Assignment:
-        """Batched candidate bags, prediction-free (quality = anchor IoU); gt [B, M, ...];
-        image_hw: the static padded input size (gives the anchor grid of every level)."""
+class NoisyAnchorRetinaNet(DenseDetector):
+    """RetinaNet's network and inference, trained from candidate bags with soft labels.
+
+    Assignment: (Assignment [B, N] with quality = cleanliness, loc [B, N], cls [B, N]).
+    """
+
+    def __init__(self, config: Any):
+        self.anchor = config.anchor
+        head = retinanet.retina_head(config, retinanet.num_anchors(config.anchor))
+        super().__init__(config, head)
+        check_assigner(config, ("noisy_anchor",))
+        self.hp = config.assigner
+        self.loss_cfg = config.loss
+        self.box_stds = tuple(config.loss.box_stds)
+
+    def priors(self, image_hw, outputs=None):
+        return retinanet.anchors(self.anchor, self.strides, image_hw)
+
+    def candidate_bags(self, priors: Priors, gt: GroundTruth) -> Assignment:
+        """Batched candidate bags, prediction-free (quality = anchor IoU); gt [B, M, ...]."""
         hp = self.hp
-        grid = priors_lib.feature_shapes(tuple(image_hw), self.strides)
         return jax.vmap(
             lambda g: na_assign.candidate_bags(
                 priors, g, topk=hp.topk, min_pos_iou=hp.min_pos_iou,
-                ignore_iof_thr=hp.ignore_iof_thr, grid_shapes=grid,
+                ignore_iof_thr=hp.ignore_iof_thr, grid_shapes=priors.feature_shapes,
             )
         )(gt)
 
-    def assign_with_terms(self, out, priors: Priors, gt, image_hw: tuple[int, int]):
+    def assign(self, outputs, priors, gt):
         """(Assignment with quality = cleanliness, loc [B, N], cls [B, N]) from the
-        stop_gradient-ed head outputs `out` ([B, N, ...])."""
-        bags = self.assign(priors, gt, image_hw)
-        deltas = jax.lax.stop_gradient(out["box_deltas"])
-        pred_boxes = coders.delta_xywh_decode(
-            jnp.broadcast_to(priors.boxes, deltas.shape), deltas, stds=self.box_stds
-        )
-        probs = jax.nn.sigmoid(jax.lax.stop_gradient(out["cls_logits"]))
+        stop_gradient-ed head outputs ([B, N, ...])."""
+        bags = self.candidate_bags(priors, gt)
+        deltas = jax.lax.stop_gradient(outputs["box_deltas"])
+        pred_boxes = retinanet.decode_boxes(deltas, priors, self.box_stds)
+        probs = jax.nn.sigmoid(jax.lax.stop_gradient(outputs["cls_logits"]))
         loc, cls = jax.vmap(na_assign.cleanliness_terms)(bags.gt_index, gt, pred_boxes, probs)
         quality = na_assign.cleanliness(loc, cls, self.hp.alpha)
         return Assignment(gt_index=bags.gt_index, quality=quality), loc, cls
 
-    def loss_fn(self, params, batch, rng, det_state, step):
-        del rng, step
-        images = batch["image"]
-        out = self.apply(params, images)
-        priors = self.priors_for(images)
-        gt = ground_truth_from_batch(batch)
-        assignment, loc, cls = self.assign_with_terms(out, priors, gt, images.shape[1:3])
-        loss, metrics = self.noisy_losses(out, priors, gt, assignment, loc, cls)
-        return loss, (metrics, det_state)
-
-    def noisy_losses(self, out, priors, gt, assignment, loc, cls):
-        """Loss terms given the head outputs, the assignment (quality = soft label)
-        and the cleanliness terms [B, N]."""
+    def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):
+        """Soft-label focal loss and box loss, both re-weighted by the cleanliness terms."""
+        assignment, loc, cls = assignment
         lc = self.loss_cfg
-        pos = assignment.gt_index >= 0
+        pos = assignment.positive
         num_pos = normalizer(pos.astype(jnp.float32))
         r = na_loss.reweight_factors(
             loc, cls, pos, alpha=self.hp.alpha, gamma=lc.reweight_gamma, max_score=lc.max_score
         )
-        gt_boxes, _ = targets.gather_gt(assignment, gt)
+        gt_boxes, _ = jax.vmap(targets.gather_gt)(assignment, gt)
         cls_t = targets.classification_targets(assignment, gt.labels, self.num_classes, soft=True)
         cls_w = targets.sample_weights(assignment)["cls_weight"] * r  # ignored: no loss
         soft = jnp.where(pos, assignment.quality, 0.0)
-        cls_l = na_loss.soft_focal_loss(out["cls_logits"], cls_t, lc.focal_alpha, lc.focal_gamma)
+        cls_l = na_loss.soft_focal_loss(outputs["cls_logits"], cls_t, lc.focal_alpha,
+                                        lc.focal_gamma)
         loss_cls = jnp.sum(cls_l * cls_w[..., None]) / num_pos
-        anchors = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
-        box_t = coders.delta_xywh_encode(anchors, gt_boxes, stds=self.box_stds)
-        box_l = jnp.sum(smooth_l1_loss(out["box_deltas"], box_t, beta=lc.smooth_l1_beta), -1)
+        anchor_boxes = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
+        box_t = coders.delta_xywh_encode(anchor_boxes, gt_boxes, stds=self.box_stds)
+        box_l = jnp.sum(smooth_l1_loss(outputs["box_deltas"], box_t, beta=lc.smooth_l1_beta), -1)
         loss_box = lc.box_weight * jnp.sum(jnp.where(pos, box_l * r, 0.0)) / num_pos
         n_pos = jnp.maximum(jnp.sum(pos), 1)
-        metrics = dict(
+        return dict(
             loss_cls=loss_cls,
             loss_box=loss_box,
             num_pos=jnp.sum(pos) / pos.shape[0],
@@ -103,7 +106,10 @@ class NoisyAnchorRetinaNet(RetinaNet):
             loc_iou=jnp.sum(loc) / n_pos,
             r_max=jnp.max(jnp.where(pos, r, 0.0)),
         )
-        return loss_cls + loss_box, metrics
+
+    def decode(self, outputs, priors):
+        boxes = retinanet.decode_boxes(outputs["box_deltas"], priors, self.box_stds)
+        return boxes, jax.nn.sigmoid(outputs["cls_logits"]), None
 
 
 def make(config: Any) -> NoisyAnchorRetinaNet:

@@ -1,11 +1,14 @@
 """RetinaNet (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017).
 
 Head: `RetinaHead` (4 convs of 256, no norm, A = 9 anchors: 3 scales x 3 ratios,
-octave base scale 4). Assigner: max-IoU (pos 0.5, neg 0.4, min_pos 0.0, low-quality
-matches) or, with `config.assigner.name = 'atss'`, ATSS's adaptive selection (the
-ATSS paper's "RetinaNet + ATSS" row). Losses as mmdetection's `RetinaHead`:
-sigmoid focal (0.25, 2) / num_pos, L1 on delta-xywh (stds 1) / num_pos.
+octave base scale 4). Assigner (`config.assigner.name`): 'max_iou' (pos 0.5, neg 0.4,
+min_pos 0.0, low-quality matches) or 'atss', ATSS's adaptive selection (the ATSS
+paper's "RetinaNet + ATSS" row). Losses as mmdetection's `RetinaHead`: sigmoid focal
+(0.25, 2) / num_pos, smooth L1 (beta 0: L1) on delta-xywh / num_pos.
 Inference: sigmoid scores, per-level top-1000, score > 0.05, NMS 0.5, 100 dets.
+
+The pieces other methods reuse are module-level functions: `anchors`, `retina_head`,
+`max_iou_assign`, `box_loss`, `retina_losses`, `decode_boxes`.
 """
 
 from __future__ import annotations
@@ -19,83 +22,113 @@ from jaxdet.assign import atss as atss_assign
 from jaxdet.assign import max_iou, targets
 from jaxdet.core import coders
 from jaxdet.core import priors as priors_lib
-from jaxdet.core.types import Priors, ground_truth_from_batch
-from jaxdet.detectors.dense import DenseDetector, focal_classification_loss
+from jaxdet.core.types import Assignment, GroundTruth, Priors
+from jaxdet.detectors.dense import (
+    DenseDetector,
+    StepContext,
+    check_assigner,
+    focal_classification_loss,
+)
 from jaxdet.losses.smooth_l1 import smooth_l1_loss
 from jaxdet.models.heads.retina_head import RetinaHead
 
 
-class RetinaNet(DenseDetector):
-    def __init__(self, config: Any):
-        h = config.model.head
-        self.anchor = config.anchor
-        num_anchors = len(self.anchor.ratios) * int(self.anchor.scales_per_octave)
-        head = RetinaHead(
-            num_classes=int(config.data.num_classes),
-            num_anchors=num_anchors,
-            feat_channels=h.channels,
-            stacked_convs=h.num_convs,
-            prior_prob=float(config.loss.get("prior_prob", 0.01)),
-            dtype=jnp.dtype(config.model.dtype),
+def num_anchors(anchor_cfg: Any) -> int:
+    """Anchors per location: len(ratios) x scales_per_octave."""
+    return len(anchor_cfg.ratios) * int(anchor_cfg.scales_per_octave)
+
+
+def anchors(anchor_cfg: Any, strides: tuple[int, ...], image_hw: tuple[int, int]) -> Priors:
+    """The anchor lattice of `config.anchor` for a padded input of size image_hw (jnp)."""
+    p = priors_lib.make_anchors(
+        priors_lib.feature_shapes(image_hw, strides), strides,
+        octave_base_scale=anchor_cfg.octave_base_scale,
+        scales_per_octave=anchor_cfg.scales_per_octave, ratios=tuple(anchor_cfg.ratios),
+    )
+    return jax.tree_util.tree_map(jnp.asarray, p)
+
+
+def retina_head(config: Any, num_anchors: int) -> RetinaHead:
+    """RetinaHead from config.model.head, config.loss.prior_prob and the class count."""
+    h = config.model.head
+    return RetinaHead(
+        num_classes=int(config.data.num_classes), num_anchors=num_anchors,
+        feat_channels=h.channels, stacked_convs=h.num_convs, norm=h.norm,
+        prior_prob=float(config.loss.prior_prob), dtype=jnp.dtype(config.model.dtype),
+    )
+
+
+def max_iou_assign(priors: Priors, gt: GroundTruth, hp: Any) -> Assignment:
+    """Batched max-IoU assignment with `config.assigner`'s thresholds: gt [B, M, ...]."""
+    return jax.vmap(
+        lambda g: max_iou.assign(
+            priors, g, pos_iou_thr=hp.pos_iou_thr, neg_iou_thr=hp.neg_iou_thr,
+            min_pos_iou=hp.min_pos_iou, ignore_iof_thr=hp.ignore_iof_thr,
         )
-        super().__init__(config, head)
+    )(gt)
+
+
+def box_loss(box_deltas: jax.Array, priors: Priors, gt: GroundTruth, assignment: Assignment,
+             num_pos: jax.Array, loss_cfg: Any, box_stds: tuple[float, ...]) -> jax.Array:
+    """box_weight x smooth L1 on delta-xywh over the positives / num_pos.
+
+    box_deltas [B, N, 4]; priors [N, ...]; gt and assignment batched.
+    """
+    gt_boxes, _ = jax.vmap(targets.gather_gt)(assignment, gt)
+    anchor_boxes = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
+    box_t = coders.delta_xywh_encode(anchor_boxes, gt_boxes, stds=box_stds)
+    box_l = smooth_l1_loss(box_deltas, box_t, beta=loss_cfg.smooth_l1_beta)
+    pos = assignment.positive
+    return loss_cfg.box_weight * jnp.sum(jnp.where(pos[..., None], box_l, 0.0)) / num_pos
+
+
+def retina_losses(outputs: dict, priors: Priors, gt: GroundTruth, assignment: Assignment,
+                  num_classes: int, loss_cfg: Any, box_stds: tuple[float, ...]) -> dict:
+    """RetinaNet's terms: loss_cls (focal / num_pos), loss_box (`box_loss`), num_pos
+    (per image). outputs: 'cls_logits' [B, N, C], 'box_deltas' [B, N, 4]."""
+    loss_cls, num_pos, pos = focal_classification_loss(
+        outputs["cls_logits"], assignment, gt, num_classes, loss_cfg.focal_alpha,
+        loss_cfg.focal_gamma,
+    )
+    loss_box = box_loss(outputs["box_deltas"], priors, gt, assignment, num_pos, loss_cfg, box_stds)
+    return dict(loss_cls=loss_cls, loss_box=loss_box, num_pos=jnp.sum(pos) / pos.shape[0])
+
+
+def decode_boxes(box_deltas: jax.Array, priors: Priors, box_stds: tuple[float, ...]) -> jax.Array:
+    """Delta-xywh regressions [..., N, 4] -> boxes [..., N, 4] (xyxy)."""
+    anchor_boxes = jnp.broadcast_to(priors.boxes, box_deltas.shape)
+    return coders.delta_xywh_decode(anchor_boxes, box_deltas, stds=box_stds)
+
+
+class RetinaNet(DenseDetector):
+    assigners = ("max_iou", "atss")
+
+    def __init__(self, config: Any):
+        self.anchor = config.anchor
+        super().__init__(config, retina_head(config, num_anchors(config.anchor)))
         self.hp = config.assigner
+        self.assigner = check_assigner(config, self.assigners)
         self.loss_cfg = config.loss
         self.box_stds = tuple(config.loss.box_stds)
 
-    def make_priors(self, image_hw: tuple[int, int]) -> Priors:
-        return priors_lib.make_anchors(
-            priors_lib.feature_shapes(image_hw, self.strides),
-            self.strides,
-            octave_base_scale=self.anchor.octave_base_scale,
-            scales_per_octave=self.anchor.scales_per_octave,
-            ratios=tuple(self.anchor.ratios),
-        )
+    def priors(self, image_hw, outputs=None):
+        return anchors(self.anchor, self.strides, image_hw)
 
-    def assign(self, priors: Priors, gt):
+    def assign(self, outputs, priors, gt):
         hp = self.hp
-        if hp.name == "max_iou":
-            fn = lambda g: max_iou.assign(
-                priors,
-                g,
-                pos_iou_thr=hp.pos_iou_thr,
-                neg_iou_thr=hp.neg_iou_thr,
-                min_pos_iou=hp.min_pos_iou,
-                ignore_iof_thr=hp.ignore_iof_thr,
-            )
-        elif hp.name == "atss":
+        if self.assigner == "atss":
             return atss_assign.assign_batch(
                 priors, gt, topk=hp.topk, ignore_iof_thr=hp.ignore_iof_thr
             )
-        else:
-            raise ValueError(f"unknown assigner.name {hp.name!r} (max_iou | atss)")
-        return jax.vmap(fn)(gt)
+        return max_iou_assign(priors, gt, hp)
 
-    def loss_fn(self, params, batch, rng, det_state, step):
-        del rng, step
-        images = batch["image"]
-        out = self.apply(params, images)
-        priors = self.priors_for(images)
-        gt = ground_truth_from_batch(batch)
-        loss, metrics = self.losses(out, priors, gt, self.assign(priors, gt))
-        return loss, (metrics, det_state)
+    def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):
+        return retina_losses(outputs, priors, gt, assignment, self.num_classes, self.loss_cfg,
+                             self.box_stds)
 
-    def losses(self, out, priors, gt, assignment):
-        lc = self.loss_cfg
-        gt_boxes, _ = jax.vmap(targets.gather_gt)(assignment, gt)
-        loss_cls, num_pos, pos = focal_classification_loss(
-            out["cls_logits"], assignment, gt, self.num_classes, lc.focal_alpha, lc.focal_gamma
-        )
-        anchors = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
-        box_t = coders.delta_xywh_encode(anchors, gt_boxes, stds=self.box_stds)
-        box_l = smooth_l1_loss(out["box_deltas"], box_t, beta=lc.smooth_l1_beta)
-        loss_box = lc.box_weight * jnp.sum(jnp.where(pos[..., None], box_l, 0.0)) / num_pos
-        metrics = dict(loss_cls=loss_cls, loss_box=loss_box, num_pos=jnp.sum(pos) / pos.shape[0])
-        return loss_cls + loss_box, metrics
-
-    def decode(self, out, priors):
-        boxes = coders.delta_xywh_decode(priors.boxes, out["box_deltas"], stds=self.box_stds)
-        return boxes, jax.nn.sigmoid(out["cls_logits"]), None
+    def decode(self, outputs, priors):
+        boxes = decode_boxes(outputs["box_deltas"], priors, self.box_stds)
+        return boxes, jax.nn.sigmoid(outputs["cls_logits"]), None
 
 
 def make(config: Any) -> RetinaNet:

@@ -23,9 +23,10 @@ cls_fg / cls_bg (the classification objective's foreground / background parts
 BCE, whatever the objective), guided_ratio (this step's r), guided_scale (the
 factor applied).
 
-The base classes' `losses` provide the regression terms (every `loss_*`
-metric except `loss_cls`); their focal classification term is replaced here
-and, being unused, is removed by XLA under jit.
+Composition: `SamplingFree` holds the base detector and calls its `priors`,
+`assign`, `losses` and `decode`. The base's terms are its regression terms plus
+`loss_cls` (every one-stage method names its classification term so); that
+focal term is replaced here and, being unused, is removed by XLA under jit.
 """
 
 from __future__ import annotations
@@ -38,22 +39,27 @@ import jax.numpy as jnp
 from jaxdet.assign import targets
 from jaxdet.core.types import Priors, ground_truth_from_batch
 from jaxdet.detectors.atss import ATSS
-from jaxdet.detectors.dense import normalizer
+from jaxdet.detectors.dense import DenseDetector, StepContext, normalizer
 from jaxdet.detectors.fcos import FCOS
 from jaxdet.detectors.retinanet import RetinaNet
 from jaxdet.losses import guided
 from jaxdet.losses.cross_entropy import sigmoid_binary_cross_entropy
 from jaxdet.losses.focal import sigmoid_focal_loss
 
+BASES = {"retinanet": RetinaNet, "fcos": FCOS, "atss": ATSS}
 
-class SamplingFree:
-    """Mixin: put it before a `DenseDetector` subclass (see the classes below)."""
+
+class SamplingFree(DenseDetector):
+    """A base one-stage detector (RetinaNet, FCOS or ATSS) trained sampling-free."""
 
     def __init__(self, config: Any):
-        super().__init__(config)
         sf = config.sampling_free
+        if sf.base not in BASES:
+            raise ValueError(f"sampling_free.base must be one of {sorted(BASES)}, got {sf.base!r}")
         if sf.cls_loss not in ("bce", "focal"):
             raise ValueError(f"sampling_free.cls_loss: 'bce' or 'focal', got {sf.cls_loss!r}")
+        self.base = BASES[sf.base](config)
+        super().__init__(config, self.base.net.head)
         self.sf = sf
         self.class_bias = guided.optimal_bias(float(sf.prior_prob))
         self.thresholds = None
@@ -68,35 +74,43 @@ class SamplingFree:
         return with_class_bias(params, self.class_bias), det_state
 
     def init_state(self) -> dict:
-        state = dict(super().init_state())
-        state.update(guided.guided_init_state())
-        return state
+        return guided.guided_init_state()
+
+    def update_state(self, det_state, terms, ctx: StepContext):
+        """The guided ratio's running mean over the first `guided_warmup` steps."""
+        if not self.sf.guided:
+            return det_state
+        g_state = {k: det_state[k] for k in guided.guided_init_state()}
+        _, g_state = guided.guided_update(g_state, terms["guided_ratio"],
+                                          int(self.sf.guided_warmup))
+        return {**det_state, **g_state}
+
+    # -- the base's hooks ---------------------------------------------------------
+    def priors(self, image_hw, outputs=None):
+        return self.base.priors(image_hw, outputs)
+
+    def assign(self, outputs, priors, gt):
+        return self.base.assign(outputs, priors, gt)
+
+    def level_sizes(self, priors):
+        return self.base.level_sizes(priors)
 
     # -- training -----------------------------------------------------------------
-    def loss_fn(self, params, batch, rng, det_state, step):
-        del rng, step
-        images = batch["image"]
-        out = self.apply(params, images)
-        priors = self.priors_for(images)
-        gt = ground_truth_from_batch(batch)
-        assignment = self.assign(priors, gt)
-        _, metrics = self.losses(out, priors, gt, assignment)
-        reg_terms = [
-            v for k, v in sorted(metrics.items()) if k.startswith("loss_") and k != "loss_cls"
-        ]
-        cls = self.classification_terms(out["cls_logits"], assignment, gt)
+    def losses(self, outputs, priors, gt, assignment, ctx: StepContext):
+        """The base's regression terms, then loss_cls = guided scale x (cls_fg + cls_bg)."""
+        terms = dict(self.base.losses(outputs, priors, gt, assignment, ctx))
+        del terms["loss_cls"]  # the base's focal term, replaced below
+        reg_terms = [v for k, v in sorted(terms.items()) if k.startswith("loss")]
+        cls = self.classification_terms(outputs["cls_logits"], assignment, gt)
         loss_cls = cls["cls_fg"] + cls["cls_bg"]
         ratio = guided.guided_ratio(loss_cls, reg_terms)
         if self.sf.guided:
-            g_state = {k: det_state[k] for k in guided.guided_init_state()}
-            scale, g_state = guided.guided_update(g_state, ratio, int(self.sf.guided_warmup))
-            det_state = {**det_state, **g_state}
+            g_state = {k: ctx.det_state[k] for k in guided.guided_init_state()}
+            scale, _ = guided.guided_update(g_state, ratio, int(self.sf.guided_warmup))
         else:
             scale = jnp.ones((), jnp.float32)
-        loss = scale * loss_cls + sum(reg_terms)
-        metrics = dict(metrics)
-        metrics.update(cls, loss_cls=loss_cls, guided_ratio=ratio, guided_scale=scale)
-        return loss, (metrics, det_state)
+        terms.update(cls, loss_cls=scale * loss_cls, guided_ratio=ratio, guided_scale=scale)
+        return terms
 
     def classification_terms(self, cls_logits, assignment, gt) -> dict[str, jax.Array]:
         """cls_logits [B, N, C] -> dict of scalars, each / global num_pos:
@@ -104,8 +118,8 @@ class SamplingFree:
         cls_t = jax.vmap(
             lambda a, g: targets.classification_targets(a, g.labels, self.num_classes)
         )(assignment, gt)
-        weights = (assignment.gt_index != -2).astype(jnp.float32)  # ignored priors: no loss
-        num_pos = normalizer((assignment.gt_index >= 0).astype(jnp.float32))
+        weights = (~assignment.ignored).astype(jnp.float32)  # ignored priors: no loss
+        num_pos = normalizer(assignment.positive.astype(jnp.float32))
         bce = sigmoid_binary_cross_entropy(cls_logits, cls_t)
         if self.sf.cls_loss == "bce":
             objective = bce
@@ -122,35 +136,20 @@ class SamplingFree:
     def count_priors(self, batch: dict) -> tuple[jax.Array, jax.Array]:
         """Assigner statistics of a batch for estimating pi: (fg_per_class [C],
         num_all []) summed over the batch (see `guided.estimate_prior`)."""
-        priors: Priors = self.priors_for(batch["image"])
+        priors: Priors = self.priors(tuple(batch["image"].shape[1:3]))
         gt = ground_truth_from_batch(batch)
-        assignment = self.assign(priors, gt)
+        assignment = self.assign(None, priors, gt)
         fg, num_all = jax.vmap(
             lambda a, g: guided.prior_counts(a.gt_index, g.labels, self.num_classes)
         )(assignment, gt)
         return jnp.sum(fg, axis=0), jnp.sum(num_all)
 
     # -- inference ----------------------------------------------------------------
-    def decode(self, out, priors):
-        boxes, scores, factors = super().decode(out, priors)
+    def decode(self, outputs, priors):
+        boxes, scores, factors = self.base.decode(outputs, priors)
         if self.thresholds is not None:
             scores = guided.apply_class_thresholds(scores, self.thresholds)
         return boxes, scores, factors
-
-
-class SamplingFreeRetinaNet(SamplingFree, RetinaNet):
-    """RetinaNet trained sampling-free."""
-
-
-class SamplingFreeFCOS(SamplingFree, FCOS):
-    """FCOS trained sampling-free."""
-
-
-class SamplingFreeATSS(SamplingFree, ATSS):
-    """ATSS trained sampling-free."""
-
-
-BASES = {"retinanet": SamplingFreeRetinaNet, "fcos": SamplingFreeFCOS, "atss": SamplingFreeATSS}
 
 
 def with_class_bias(params: Any, bias: float) -> Any:
@@ -167,7 +166,4 @@ def with_class_bias(params: Any, bias: float) -> Any:
 
 
 def make(config: Any) -> SamplingFree:
-    base = config.sampling_free.base
-    if base not in BASES:
-        raise ValueError(f"sampling_free.base must be one of {sorted(BASES)}, got {base!r}")
-    return BASES[base](config)
+    return SamplingFree(config)

@@ -8,6 +8,7 @@ pycocotools. `evaluate_checkpoint(config, workdir, step)`: eval only.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ from jax.experimental import multihost_utils
 
 from jaxdet import detectors
 from jaxdet.data import pipeline
+from jaxdet.detectors import Detector
 from jaxdet.eval import coco_eval, visualize
 from jaxdet.ops import conv
 from jaxdet.train import checkpoint as ckpt_lib
@@ -43,7 +45,7 @@ def _image_hw(config: Any) -> tuple[int, int]:
 def training_length(config: Any, num_train_examples: int) -> tuple[int, int]:
     """(total_steps, steps_per_epoch) from config.train.{num_steps | epochs}."""
     steps_per_epoch = max(num_train_examples // int(config.train.batch_size), 1)
-    if config.train.get("num_steps"):
+    if config.train.num_steps:
         return int(config.train.num_steps), steps_per_epoch
     return int(round(float(config.train.epochs) * steps_per_epoch)), steps_per_epoch
 
@@ -56,9 +58,29 @@ def prepare_data(config: Any) -> None:
         multihost_utils.sync_global_devices("jaxdet: dataset prepared")
 
 
-def setup(config: Any, workdir: str, mesh=None):
-    """Builds everything training needs; returns a dict of parts (used by tests too)."""
-    mesh = mesh or mesh_lib.make_mesh(config.get("num_devices") or None)
+@dataclasses.dataclass(frozen=True)
+class TrainParts:
+    """Everything `train` needs, built once by `setup` (tests and experiments use it too).
+
+    state: the replicated TrainState (the initial one; `train` returns the trained one).
+    step_fn: the jitted `train_step(state, batch, train_rng) -> (state, metrics)`.
+    """
+
+    mesh: jax.sharding.Mesh
+    detector: Detector
+    tx: Any
+    schedule: Any
+    state: TrainState
+    train_iter: Any
+    step_fn: Any
+    train_rng: jax.Array
+    total_steps: int
+    steps_per_epoch: int
+
+
+def setup(config: Any, workdir: str, mesh=None) -> TrainParts:
+    """Builds everything training needs (mesh, data, detector, optimizer, jitted step)."""
+    mesh = mesh or mesh_lib.make_mesh(config.num_devices or None)
     local_batch = mesh_lib.check_batch_size(int(config.train.batch_size), mesh)
     prepare_data(config)
     train_iter = pipeline.from_config(
@@ -85,7 +107,7 @@ def setup(config: Any, workdir: str, mesh=None):
         donate_argnums=(0,),
         compiler_options=conv.compiler_options(),
     )
-    return dict(
+    return TrainParts(
         mesh=mesh,
         detector=detector,
         tx=tx,
@@ -99,26 +121,27 @@ def setup(config: Any, workdir: str, mesh=None):
     )
 
 
-def train(config: Any, workdir: str, parts: dict | None = None, stop_at: int | None = None):
+def train(config: Any, workdir: str, parts: TrainParts | None = None,
+          stop_at: int | None = None) -> tuple[TrainState, TrainParts]:
     """Trains to `total_steps`. `stop_at` simulates a kill: the loop just stops
     after that step, without a final checkpoint.
 
     Returns (state, parts). Raises NonFiniteLossError if the loss turns NaN/Inf.
     """
     parts = parts or setup(config, workdir)
-    mesh, state, train_iter = parts["mesh"], parts["state"], parts["train_iter"]
-    total = parts["total_steps"]
+    mesh, state, train_iter = parts.mesh, parts.state, parts.train_iter
+    total = parts.total_steps
     ckpt = ckpt_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         keep=int(config.train.keep_checkpoints),
-        async_save=bool(config.train.get("async_checkpoint", True)),
+        async_save=bool(config.train.async_checkpoint),
     )
     if ckpt.latest_step() is not None:
         state = ckpt.restore(state, train_iter)
         logging.info("resumed from step %d", int(state.step))
         if jax.process_index() == 0:
             print(f"Resumed from checkpoint at step {int(state.step)} in {ckpt.directory}")
-    writer = MetricWriter(workdir, tensorboard=bool(config.train.get("tensorboard", True)))
+    writer = MetricWriter(workdir, tensorboard=bool(config.train.tensorboard))
     start = int(state.step)
     end = total if stop_at is None else min(stop_at, total)
     progress = Progress(total, int(config.train.batch_size), start)
@@ -129,7 +152,7 @@ def train(config: Any, workdir: str, parts: dict | None = None, stop_at: int | N
     step = start
     while step < end:
         batch = mesh_lib.global_batch(next(train_iter), mesh)
-        state, metrics = parts["step_fn"](state, batch, parts["train_rng"])
+        state, metrics = parts.step_fn(state, batch, parts.train_rng)
         all_finite = jnp.logical_and(all_finite, metrics["finite"])
         step += 1
         pending.append(metrics)
@@ -149,7 +172,7 @@ def train(config: Any, workdir: str, parts: dict | None = None, stop_at: int | N
                 )
             if must_log and pending:
                 means = jax.tree_util.tree_map(lambda *xs: np.mean(np.stack(xs)), *pending)
-                means["lr"] = parts["schedule"](step - 1)
+                means["lr"] = parts.schedule(step - 1)
                 values = writer.write(step, means, prefix="train/")
                 progress.report(step, {k.split("/", 1)[1]: v for k, v in values.items()})
                 pending = []
@@ -163,7 +186,8 @@ def train(config: Any, workdir: str, parts: dict | None = None, stop_at: int | N
 
 
 def evaluate(
-    config: Any, detector: Any, params: Any, mesh, workdir: str, *, step: int, draw: int = 8
+    config: Any, detector: Detector, params: Any, mesh, workdir: str, *, step: int,
+    draw: int = 8,
 ) -> dict[str, float]:
     """Runs COCO evaluation of `params` on the val split; prints and saves the summary."""
     batch_size = int(config.eval.batch_size)
@@ -216,13 +240,13 @@ def evaluate(
 def train_and_evaluate(config: Any, workdir: str) -> dict[str, float]:
     state, parts = train(config, workdir)
     return evaluate(
-        config, parts["detector"], state.params, parts["mesh"], workdir, step=int(state.step)
+        config, parts.detector, state.params, parts.mesh, workdir, step=int(state.step)
     )
 
 
 def evaluate_checkpoint(config: Any, workdir: str, step: int | None = None) -> dict[str, float]:
     """Evaluates checkpoint `step` (default latest) of `workdir`."""
-    mesh = mesh_lib.make_mesh(config.get("num_devices") or None)
+    mesh = mesh_lib.make_mesh(config.num_devices or None)
     prepare_data(config)
     detector = detectors.build(config)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), async_save=False)

@@ -57,9 +57,9 @@ def make_optimizer(
     get zero updates.
     """
     parts = []
-    if cfg.get("grad_clip"):
+    if cfg.grad_clip:
         parts.append(optax.clip_by_global_norm(float(cfg.grad_clip)))
-    name = cfg.get("name", "sgd")
+    name = cfg.name
     if name == "sgd":
         # torch SGD's weight decay adds wd * p to the gradient before momentum.
         if cfg.weight_decay:

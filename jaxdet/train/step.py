@@ -1,6 +1,6 @@
 """The pure train step: loss, gradients, optimizer update, NaN guard.
 
-A detector (see `jaxdet.detectors`) provides
+A `jaxdet.detectors.Detector` provides
   `loss_fn(params, batch, rng, det_state, step) -> (loss, (metrics, det_state))`
 where `det_state` is the detector's own non-trainable state (e.g. the frozen
 guided-loss ratio of sampling-free training); it lives in the TrainState and so
@@ -16,6 +16,8 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
+
+from jaxdet.detectors import Detector
 
 
 @flax.struct.dataclass
@@ -39,7 +41,7 @@ def train_step(
     batch: dict,
     base_rng: jax.Array,
     *,
-    detector: Any,
+    detector: Detector,
     tx: optax.GradientTransformation,
 ) -> tuple[TrainState, dict]:
     """One optimisation step. If the loss or the gradient is not finite, the

@@ -45,7 +45,7 @@ def test_train_save_restore_eval(name, data_dir, tmp_path):
     assert os.path.exists(os.path.join(workdir, "eval", "coco_stats_12.json"))
     assert os.path.exists(os.path.join(workdir, "predictions_12.png"))
     # The restored parameters predict exactly like the trained ones.
-    det = parts["detector"]
+    det = parts.detector
     images = jnp.zeros((2, *config.data.image_size, 3))
     hw = jnp.asarray([config.data.image_size] * 2, jnp.int32)
     dets = jax.jit(det.predict)(state.params, images, hw)

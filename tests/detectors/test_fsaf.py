@@ -37,10 +37,16 @@ def _gt(boxes, labels):
                        valid=jnp.ones((1, m), bool), ignore=jnp.zeros((1, m), bool))
 
 
+def _af_loss(det, out, priors, gt):
+    """(L_af, terms) of the anchor-free branch, its assignment made from `out`."""
+    terms = det.af_losses(out, priors, gt, det.af_assign(out, priors, gt))
+    return terms["af_loss_cls"] + terms["af_loss_box"], terms
+
+
 def _crafted_outputs(det, good_prior):
     """AF outputs of one 64 px image: confident background everywhere; the priors
     `good_prior` (int or list) predict the GT (class 1) exactly, the others badly."""
-    priors = det.priors_for(jnp.zeros((1, 64, 64, 3)))
+    priors = det.priors((64, 64))["af"]
     n = priors.boxes.shape[0]
     cls = jnp.full((1, n, C), -8.0)
     cls = cls.at[0, good_prior, 1].set(8.0)
@@ -62,13 +68,13 @@ def test_online_selection_picks_the_lowest_loss_level(selection, data_dir):
     np.testing.assert_array_equal(info["heuristic"], [[2]])  # size rule: P5
     pos = set(np.nonzero(np.asarray(assignment.gt_index[0]) >= 0)[0].tolist())
     assert pos == (set(P4_CAND) if selection == "online" else set(P5_CAND))
-    loss, metrics = det.af_losses(out, priors, gt)
+    loss, metrics = _af_loss(det, out, priors, gt)
     assert float(metrics["fsaf/mismatch"]) == 1.0 and float(metrics["fsaf/num_gts"]) == 1.0
     assert float(metrics["fsaf/sel_l1"]) == 1.0 and float(metrics["fsaf/heur_l2"]) == 1.0
 
     # Gradients: the GT's class gets no signal on the priors of the levels it does not
     # train (ignored), the other classes do; no box gradient there.
-    grads = jax.grad(lambda o: det.af_losses(o, priors, gt)[0])(out)
+    grads = jax.grad(lambda o: _af_loss(det, o, priors, gt)[0])(out)
     g_cls, g_box = np.asarray(grads["af_cls_logits"][0]), np.asarray(grads["af_tblr"][0])
     off = P3_CAND + (P5_CAND if selection == "online" else P4_CAND)
     assert np.all(g_cls[off, 1] == 0) and np.all(g_cls[off][:, [0, 2]] != 0)
@@ -85,7 +91,7 @@ def test_selection_is_inside_jit_and_sees_no_gradient(data_dir):
     np.testing.assert_array_equal(sel[0, :1], [0])
     # Loss of the selection path is under stop_gradient: the loss only differentiates
     # through the final, selected targets (finite everywhere).
-    grads = jax.jit(jax.grad(lambda o: det.af_losses(o, priors, gt)[0]))(out)
+    grads = jax.jit(jax.grad(lambda o: _af_loss(det, o, priors, gt)[0]))(out)
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
 
 
@@ -96,7 +102,7 @@ def test_lattice_assignment_equals_the_dense_one(selection, data_dir, monkeypatc
     config = tiny_config(AF, data_dir)
     config.fsaf.selection = selection
     det = detectors.build(config)
-    priors = det.priors_for(jnp.zeros((1, 64, 64, 3)))
+    priors = det.priors((64, 64))["af"]
     assert center_region_grid.is_tiling(priors)
     rng = np.random.default_rng(0)
     b, m, n = 3, 7, priors.boxes.shape[0]
@@ -120,8 +126,8 @@ def test_branches_are_merged_before_nms(data_dir):
     config = tiny_config(AB_AF, data_dir)
     det = detectors.build(config)
     images = jnp.zeros((1, 64, 64, 3))
-    af_priors = det.priors_for(images)
-    ab_priors = det.ab_priors_for(images)
+    both = det.priors(images.shape[1:3])
+    af_priors, ab_priors = both["af"], both["ab"]
     n_ab = ab_priors.boxes.shape[0]
     k = 64 * 9 + 10 * 9 + 4  # a P4 anchor (ratio 1, middle scale)
     ab_box = np.asarray(ab_priors.boxes[k])
@@ -196,7 +202,7 @@ def test_train_save_restore_eval(module, data_dir, tmp_path):
     stats = loop.evaluate_checkpoint(config, workdir)
     for key in ("AP", "AP50", "AR100"):
         assert key in stats and np.isfinite(stats[key])
-    det = parts["detector"]
+    det = parts.detector
     images = jnp.zeros((2, *config.data.image_size, 3))
     hw = jnp.asarray([config.data.image_size] * 2, jnp.int32)
     dets = jax.jit(det.predict)(state.params, images, hw)

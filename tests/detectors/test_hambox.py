@@ -13,6 +13,7 @@ from configs.hambox import hambox_r50_fpn_1x_coco, hambox_tiny_shapes
 from jaxdet import detectors
 from jaxdet.core import coders
 from jaxdet.core.types import ground_truth_from_batch
+from jaxdet.detectors.dense import total_loss
 from jaxdet.train import loop
 from tests.tiny import synthetic_batch, tiny_config, train_tiny
 
@@ -42,7 +43,7 @@ def test_train_save_restore_eval(data_dir, tmp_path):
         assert key in stats and np.isfinite(stats[key])
     images = jnp.zeros((2, *config.data.image_size, 3))
     hw = jnp.asarray([config.data.image_size] * 2, jnp.int32)
-    dets = jax.jit(parts["detector"].predict)(state.params, images, hw)
+    dets = jax.jit(parts.detector.predict)(state.params, images, hw)
     assert dets.boxes.shape == (2, config.test.max_det, 4)
 
 
@@ -80,12 +81,13 @@ def test_compensation_from_regressed_boxes(tiny):
     config, det, params, _ = tiny
     batch = _two_box_batch(config)
     out = dict(jax.jit(det.apply)(params, batch["image"]))
-    priors = det.priors_for(batch["image"])
+    priors = det.priors(batch["image"].shape[1:3])
     gt = ground_truth_from_batch(batch)
     target = jnp.broadcast_to(batch["boxes"][:, :1], out["box_deltas"].shape)
     anchors = jnp.broadcast_to(priors.boxes, target.shape)
     out["box_deltas"] = coders.delta_xywh_encode(anchors, target, stds=det.box_stds)
-    matched, final, comp = jax.jit(det.assign_online)(out, priors, gt)
+    matched = jax.jit(det.match)(priors, gt)
+    final, comp = jax.jit(det.assign)(out, priors, gt)
     g1, g, c, q = (np.asarray(x) for x in (matched.gt_index, final.gt_index, comp,
                                             final.quality))
     n0 = np.sum(g1[0] == 0)
@@ -97,8 +99,8 @@ def test_compensation_from_regressed_boxes(tiny):
     assert n1 >= 1 and np.sum(g[1] == 0) == max(5, n1) and c[1].sum() == max(5 - n1, 0)
     assert np.all(g[c] >= 0) and np.all(g1[c] == -1)  # compensated = stage-1 negatives
     assert not np.any(g[0] >= 2) and not np.any(g[1] >= 1)  # padding rows never match
-    loss, metrics = det.hambox_losses(out, priors, gt, final, comp)
-    assert np.isfinite(float(loss))
+    metrics = det.losses(out, priors, gt, (final, comp))
+    assert np.isfinite(float(total_loss(metrics)))
     assert float(metrics["num_compensated"]) == c.sum() / 2
 
 
@@ -108,16 +110,15 @@ def test_assignment_carries_no_gradient(tiny):
     config, det, params, _ = tiny
     batch = _two_box_batch(config)
     out = jax.jit(det.apply)(params, batch["image"])
-    priors = det.priors_for(batch["image"])
+    priors = det.priors(batch["image"].shape[1:3])
     gt = ground_truth_from_batch(batch)
-    _, frozen, comp = jax.jit(det.assign_online)(out, priors, gt)
+    frozen = jax.jit(det.assign)(out, priors, gt)
 
     def live(o):
-        _, a, c = det.assign_online(o, priors, gt)
-        return det.hambox_losses(o, priors, gt, a, c)[0]
+        return total_loss(det.losses(o, priors, gt, det.assign(o, priors, gt)))
 
     def fixed(o):
-        return det.hambox_losses(o, priors, gt, frozen, comp)[0]
+        return total_loss(det.losses(o, priors, gt, frozen))
 
     (l1, g1), (l2, g2) = jax.jit(
         lambda o: (jax.value_and_grad(live)(o), jax.value_and_grad(fixed)(o))
@@ -133,7 +134,7 @@ def test_configs_build():
     a = config.assigner
     assert (a.pos_iou_thr, a.k, a.comp_iou_thr) == (0.35, 5, 0.5)
     det = detectors.build(config)
-    p = det.make_priors((64, 64))
+    p = det.priors((64, 64))
     # One square anchor per location, 0.68 x 4 x stride: 21.76 px at stride 8.
     np.testing.assert_allclose(np.asarray(p.boxes[0, 2] - p.boxes[0, 0]), 21.76, rtol=1e-5)
     tiny_cfg = hambox_tiny_shapes.get_config()

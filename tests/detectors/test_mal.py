@@ -14,6 +14,7 @@ import pytest
 from jaxdet import detectors
 from jaxdet.assign import anchor_bags
 from jaxdet.core.types import GroundTruth
+from jaxdet.detectors.dense import StepContext, total_loss
 from jaxdet.train import loop
 from tests.tiny import synthetic_batch, tiny_config, train_tiny
 
@@ -93,7 +94,7 @@ def test_free_anchor_like_loss_matches_mmdetection(data_dir):
     config.mal.depression = "none"
     config.bags.ignore_iof_thr = -1.0  # mmdetection ignores crowd boxes altogether
     det = detectors.build(config)
-    priors = det.make_priors((64, 64))
+    priors = det.priors((64, 64))
     n, c = priors.num_priors, det.num_classes
     rng = np.random.default_rng(0)
     out = dict(cls_logits=rng.normal(-3, 1.5, (2, n, c)).astype(np.float32),
@@ -103,8 +104,10 @@ def test_free_anchor_like_loss_matches_mmdetection(data_dir):
     # equal IoUs at the K-th place, as the dense path does (the grid path may not).
     dense = lambda g: jax.vmap(
         lambda g1: anchor_bags.build(priors, g1, bag_size=det.bag_size, method="dense"))(g)
-    fn = jax.jit(lambda o, g: det.losses(o, priors, g, dense(g), det.bag_size))
-    loss, metrics = fn(out, gt)
+    ctx = StepContext(rng=None, step=jnp.int32(0), det_state={})
+    fn = jax.jit(lambda o, g: det.losses(o, priors, g, dense(g), ctx))
+    metrics = fn(out, gt)
+    loss = total_loss(metrics)
     gts = [(gt.boxes[0, :2], gt.labels[0, :2]), (gt.boxes[1, :2], gt.labels[1, :2])]
     pos, neg = _np_free_anchor(out["cls_logits"].astype(np.float64),
                                out["box_deltas"].astype(np.float64),
@@ -116,7 +119,7 @@ def test_free_anchor_like_loss_matches_mmdetection(data_dir):
     # With the default ignore IoF 0.5, anchors on the crowd box drop out of the negative loss.
     config.bags.ignore_iof_thr = 0.5
     det2 = detectors.build(config)
-    _, m2 = jax.jit(lambda o, g: det2.losses(o, priors, g, dense(g), 40))(out, gt)
+    m2 = jax.jit(lambda o, g: det2.losses(o, priors, g, dense(g), ctx))(out, gt)
     assert float(m2["loss_neg"]) < float(metrics["loss_neg"])
     np.testing.assert_allclose(m2["loss_pos"], metrics["loss_pos"], rtol=1e-6)
 
@@ -189,11 +192,11 @@ def test_whole_map_depression_is_the_released_code(data_dir):
     config = tiny_config("mal", data_dir, num_steps=12)
     config.mal.depression = "image"
     det = detectors.build(config)
-    priors = jax.tree_util.tree_map(jnp.asarray, det.make_priors((64, 64)))
+    priors = det.priors((64, 64))
     rng = np.random.default_rng(1)
     feats = tuple(rng.normal(size=(2, s, s, 16)).astype(np.float32) for s in (8, 4, 2))
     gt = _gt_batch()
-    bags = det.bags(priors, gt)
+    bags = det.assign(None, priors, gt)
     for step, ratio in ((0, 0.0), (2, 0.2), (5, 0.5), (8, 0.3)):
         out, r, n = jax.jit(lambda f, t: det.depress_features(None, f, priors, gt, bags, t, 40))(
             feats, jnp.int32(step))
@@ -211,7 +214,7 @@ def test_train_save_restore_eval(data_dir, tmp_path):
     stats = loop.evaluate_checkpoint(config, workdir)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         assert key in stats and np.isfinite(stats[key])
-    det = parts["detector"]
+    det = parts.detector
     images = jnp.zeros((2, *config.data.image_size, 3))
     hw = jnp.asarray([config.data.image_size] * 2, jnp.int32)
     dets = jax.jit(det.predict)(state.params, images, hw)

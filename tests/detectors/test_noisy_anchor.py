@@ -12,6 +12,7 @@ import pytest
 from configs.noisy_anchor import noisy_anchor_r50_fpn_1x_coco
 from jaxdet import detectors
 from jaxdet.core.types import ground_truth_from_batch
+from jaxdet.detectors.dense import total_loss
 from jaxdet.train import loop
 from tests.tiny import synthetic_batch, tiny_config, train_tiny
 
@@ -40,7 +41,7 @@ def test_train_save_restore_eval(data_dir, tmp_path):
     stats = loop.evaluate_checkpoint(config, workdir)
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         assert key in stats and np.isfinite(stats[key])
-    det = parts["detector"]
+    det = parts.detector
     images = jnp.zeros((2, *config.data.image_size, 3))
     hw = jnp.asarray([config.data.image_size] * 2, jnp.int32)
     dets = jax.jit(det.predict)(state.params, images, hw)
@@ -80,10 +81,9 @@ def test_assignment_and_weights(tiny):
     config, det, params, loss_and_grad = tiny
     batch = _two_box_batch(config)
     out = jax.jit(det.apply)(params, batch["image"])
-    priors = det.priors_for(batch["image"])
+    priors = det.priors(batch["image"].shape[1:3])
     gt = ground_truth_from_batch(batch)
-    hw = tuple(config.data.image_size)
-    assignment, loc, cls = jax.jit(det.assign_with_terms, static_argnums=3)(out, priors, gt, hw)
+    assignment, loc, cls = jax.jit(det.assign)(out, priors, gt)
     g = np.asarray(assignment.gt_index)
     # Bags of at most topk = 20 anchors for each real GT (the lone GT of image 1 keeps
     # all 20); padding rows none.
@@ -107,16 +107,15 @@ def test_soft_labels_and_weights_carry_no_gradient(tiny):
     config, det, params, _ = tiny
     batch = _two_box_batch(config)
     out = jax.jit(det.apply)(params, batch["image"])
-    priors = det.priors_for(batch["image"])
+    priors = det.priors(batch["image"].shape[1:3])
     gt = ground_truth_from_batch(batch)
-    hw = tuple(config.data.image_size)
-    frozen = jax.jit(det.assign_with_terms, static_argnums=3)(out, priors, gt, hw)
+    frozen = jax.jit(det.assign)(out, priors, gt)
 
     def live(o):
-        return det.noisy_losses(o, priors, gt, *det.assign_with_terms(o, priors, gt, hw))[0]
+        return total_loss(det.losses(o, priors, gt, det.assign(o, priors, gt)))
 
     def fixed(o, frozen):
-        return det.noisy_losses(o, priors, gt, *frozen)[0]
+        return total_loss(det.losses(o, priors, gt, frozen))
 
     (l_live, g_live), (l_fixed, g_fixed) = jax.jit(
         lambda o, f: (jax.value_and_grad(live)(o), jax.value_and_grad(fixed)(o, f))
@@ -133,4 +132,4 @@ def test_full_size_config_builds():
     assert config.assigner.topk == 50 and config.assigner.alpha == 0.75
     assert config.loss.reweight_gamma == 1.0
     det = detectors.build(config)
-    assert det.make_priors((64, 64)).boxes.shape[1] == 4
+    assert det.priors((64, 64)).boxes.shape[1] == 4

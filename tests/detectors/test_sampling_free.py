@@ -81,7 +81,7 @@ def test_loss_terms_by_hand(base, data_dir):
     # The classification loss recomputed in numpy: BCE over non-ignored pairs / num_pos.
     out = det.apply(params, batch["image"])
     gt = ground_truth_from_batch(batch)
-    a = det.assign(det.priors_for(batch["image"]), gt)
+    a = det.assign(out, det.priors(batch["image"].shape[1:3]), gt)
     gi = np.asarray(a.gt_index)
     labels = np.take_along_axis(np.asarray(gt.labels), np.maximum(gi, 0), axis=1)
     t = (np.eye(det.num_classes)[labels] * (gi >= 0)[..., None])
@@ -137,7 +137,7 @@ def test_class_thresholds_in_decode_and_predict(data_dir):
     params, _ = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
     images = _batch(config)["image"]
     out = det.apply(params, images)
-    priors = det.priors_for(images)
+    priors = det.priors(images.shape[1:3])
     _, scores, _ = det.decode(jax.tree_util.tree_map(lambda x: x[0], out), priors)
     raw = jax.nn.sigmoid(out["cls_logits"][0])
     assert float(jnp.max(scores[:, 0])) == 0.0

@@ -25,7 +25,7 @@ def main() -> None:
     mesh_lib.maybe_initialize_distributed()
     config = tiny_config("atss", data_dir, num_steps=4, checkpoint_every=2)
     state, parts = loop.train(config, workdir)
-    stats = loop.evaluate(config, parts["detector"], state.params, parts["mesh"], workdir,
+    stats = loop.evaluate(config, parts.detector, state.params, parts.mesh, workdir,
                           step=int(state.step), draw=0)
     leaves = jax.tree_util.tree_leaves(state.params)
     param_sum = float(sum(np.sum(np.asarray(x.addressable_data(0), np.float64)) for x in leaves))

@@ -51,7 +51,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     config = tiny_config("atss", data_dir, num_steps=8, checkpoint_every=2)
     workdir = str(tmp_path / "nan")
     parts = loop.setup(config, workdir)
-    detector = parts["detector"]
+    detector = parts.detector
     original = detector.loss_fn
 
     def poisoned(params, batch, rng, det_state, step):
@@ -59,11 +59,14 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
         return jnp.where(step >= 3, jnp.nan, loss), aux
 
     detector.loss_fn = poisoned
+    import dataclasses
     import functools
 
     from jaxdet.train.step import train_step
 
-    parts["step_fn"] = jax.jit(functools.partial(train_step, detector=detector, tx=parts["tx"]))
+    parts = dataclasses.replace(
+        parts, step_fn=jax.jit(functools.partial(train_step, detector=detector, tx=parts.tx))
+    )
     with pytest.raises(loop.NonFiniteLossError, match="NaN/Inf"):
         loop.train(config, workdir, parts=parts)
     ckpt = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -77,11 +80,11 @@ def test_ynnpack_switch_reaches_the_train_jit(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(conv, "YNNPACK", "off")
     config = tiny_config("atss", data_dir, num_steps=1, checkpoint_every=1)
     parts = loop.setup(config, str(tmp_path / "off"))
-    batch = mesh_lib.global_batch(next(parts["train_iter"]), parts["mesh"])
-    compiled = parts["step_fn"].lower(parts["state"], batch, parts["train_rng"]).compile()
+    batch = mesh_lib.global_batch(next(parts.train_iter), parts.mesh)
+    compiled = parts.step_fn.lower(parts.state, batch, parts.train_rng).compile()
     if conv.compiler_options() is not None:  # CPU, and this jaxlib knows the option
         assert "%ynn_fusion" not in compiled.as_text()
-    state, metrics = compiled(parts["state"], batch, parts["train_rng"])
+    state, metrics = compiled(parts.state, batch, parts.train_rng)
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 
