@@ -10,10 +10,10 @@ each. Prints ms per image of the JAX version (after warm-up, median of
 the steadier figure on a shared machine) and of the NumPy reference
 (tests/assign/numpy_ref.py, mmdetection's semantics line by line, median over
 images), and their ratio. The last two columns are the row's process CPU time over
-that of the spine's ATSS in the same process: `atss_grid` (`atss.assign_batch`, the
-lattice search the ATSS detector runs, the stricter reference) and `atss` (the generic
-per-image `atss.assign`); the label-assignment issue's bound is 3x. Add an assigner by
-adding a row to BENCHES.
+that of ATSS in the same process: `atss_grid` (`atss.assign_batch`, the lattice search
+the ATSS detector runs, the stricter reference) and `atss` (the generic per-image
+`atss.assign`). Figures and machines: benchmarks/README.md. Add an assigner by adding a
+row to BENCHES.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ BENCHES = {
         lambda p, b, v, i: _np_bags(p.boxes, b, v, i, 40),
         "anchors9",
     ),
-    # The same bags on the spine's setting (one anchor per location, N = 22,300).
+    # The same bags on ATSS's setting (one anchor per location, N = 22,300).
     "mal_bags_a1": (
         lambda p, g: anchor_bags.build(p, g, bag_size=40),
         lambda p, b, v, i: _np_bags(p.boxes, b, v, i, 40),
@@ -159,7 +159,7 @@ BENCHES = {
         "anchors9",
         True,
     ),
-    # The same on the spine's setting (one anchor per location, N = 22,300).
+    # The same on ATSS's setting (one anchor per location, N = 22,300).
     "mal_bags_prob_a1": (
         lambda p, g: _mal_bags_prob(p, g),
         lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
@@ -195,7 +195,7 @@ BENCHES = {
     # scores (80 classes).
     "noisy_anchor": (lambda p, g: _noisy_assign(p, g), lambda p, b, v, i: _noisy_ref(p, b, v, i),
                      "anchors9"),
-    # The same on the spine's setting (one anchor per location, N = 22,300).
+    # The same on ATSS's setting (one anchor per location, N = 22,300).
     "noisy_anchor_a1": (lambda p, g: _noisy_assign(p, g), lambda p, b, v, i: _noisy_ref(p, b, v, i),
                         "anchors1"),
     # HAMBox: matching at 0.35 + online compensation (K = 5, T2 = 0.5) from the regressed

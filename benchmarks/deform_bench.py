@@ -1,6 +1,6 @@
 """Deformable conv 3x3 vs a dense 3x3 `lax.conv` of the same shape, in one process.
 
-    python benchmarks/deform_bench.py                # issue 3 shape: B=2, 50x76, 256->256
+    python benchmarks/deform_bench.py                # B=2, 50x76, 256->256 (default)
     python benchmarks/deform_bench.py --repeats 3 --variants tiled-rows,simple
 
 Reports median milliseconds of forward and forward+backward (gradients of x,

@@ -10,10 +10,10 @@ at most 4 points per axis, so ``sampling_ratio=0`` is exact with the default
 MultiScaleRoIAlign default) and 0 (adaptive, mmdetection's default), gather and
 einsum methods; a "-samples" suffix switches the gather method's tap form off
 (`jaxdet.ops.roi_align.TAPS`), the baseline of the tap form's ratio. Reports
-median ms (and compile seconds) per variant; the issue's
-target is <= 40 ms forward on the 2-core CPU (torchvision: 41 ms on the machine the
-issue was written on; `--torch-python PY`, a Python with torch and torchvision, times
-`torchvision.ops.roi_align` on the same RoIs here: benchmarks/torchvision_roi_align.py).
+median ms (and compile seconds) per variant against a budget of 40 ms forward (wall)
+on a 2-core CPU; `--torch-python PY`, a Python with torch and torchvision, times
+`torchvision.ops.roi_align` on the same RoIs on the same machine
+(benchmarks/torchvision_roi_align.py).
 """
 
 from __future__ import annotations

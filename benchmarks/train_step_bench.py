@@ -13,10 +13,10 @@ The reference for the R50 setting is torchvision's RetinaNet R50-FPN train step 
 2x512x512 (`benchmarks/torchvision_retinanet_step.py`). With `--torch-python PY` (a
 Python with torch and torchvision, which jaxdet does not depend on) it is run right
 after, on the same machine, and the ratio is printed; without it the ratio is taken
-against `TORCHVISION_R50_STEP_S`, the issue's figure from the machine it was written
-on (the machines differ: torch 2.14.1 measured 9.5 s on a 2-core AMD EPYC, where
-jaxdet's step was 5.1-7.2 s, and 3.5-3.9 s on a 2-core Xeon with AVX-512, where
-jaxdet's was 3.2 s).
+against the constant `TORCHVISION_R50_STEP_S` (2.2 s, a figure from another machine;
+torchvision's step differs a lot between machines: with torch 2.14.1 it took 9.5 s on
+a 2-core AMD EPYC, where jaxdet's step was 5.1-7.2 s, and 3.5-3.9 s on a 2-core Xeon
+with AVX-512, where jaxdet's was 3.2 s; see benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from jaxdet.ops import conv  # noqa: E402
 from jaxdet.train import optim  # noqa: E402
 from jaxdet.train.step import create_train_state, train_step  # noqa: E402
 
-TORCHVISION_R50_STEP_S = 2.2  # the issue's figure (torch 2.14.1 measured 9.5 s on our EPYC)
+TORCHVISION_R50_STEP_S = 2.2  # fallback reference (s) without --torch-python (module docstring)
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 

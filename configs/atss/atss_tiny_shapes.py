@@ -5,7 +5,7 @@
 # Trained from scratch (no pretrained weights exist offline) with AdamW, which converges
 # much faster here than SGD in a short schedule. Measured on shapes val (batch 16, cosine):
 # SGD lr 0.02, 2500 steps: AP 0.577; AdamW lr 2e-3, 2000 steps: 0.657; AdamW lr 4e-3,
-# 1800 steps: 0.670 (this config; 0.672 since jaxdet.ops.conv changed the float summation order).
+# 1800 steps: 0.672 (this config; 0.670 with another float summation order in the conv gradients).
 import ml_collections
 
 from configs import common

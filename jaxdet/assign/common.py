@@ -8,7 +8,7 @@ this is several times faster than XLA's column reductions over an [M, N]
 array, and its cost follows the number of real GTs in the batch rather than
 `max_boxes`.
 
-Conventions (DESIGN.md section 2): padding rows (valid=False) never take part;
+Conventions (docs/DESIGN.md, "Conventions"): padding rows (valid=False) never take part;
 ignore rows (valid & ignore, e.g. COCO crowd) are never matched, and priors they
 cover become `-2` (ignored).
 """

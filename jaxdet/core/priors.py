@@ -1,6 +1,6 @@
 """Prior generators: anchors (mmdetection `AnchorGenerator`) and points.
 
-Order of the concatenated priors (DESIGN.md): level (P3..P7), then row-major
+Order of the concatenated priors (docs/DESIGN.md, "Conventions"): level (P3..P7), then row-major
 (y, x), then anchor index. All functions run in NumPy at trace time: priors
 depend only on static shapes and are built once per input shape.
 """

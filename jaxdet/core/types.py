@@ -1,4 +1,4 @@
-"""Array containers shared by every package (see DESIGN.md section 2).
+"""Array containers shared by every package (see docs/DESIGN.md, "Conventions").
 
 All are `flax.struct` dataclasses, i.e. pytrees: they pass through `jit`, `vmap`
 and `tree_map`. Shapes are given per image; batched versions add a leading `B`.

@@ -193,7 +193,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
 
 def record_features(image_format: str = "png") -> tfds.features.FeaturesDict:
-    """The flat feature set shared by `shapes` and `coco_dir` (DESIGN.md section 3b).
+    """The flat feature set shared by `shapes` and `coco_dir` (docs/DESIGN.md, "Data").
 
     image: encoded image; image_id: int64; file_name: str (for error messages);
     boxes [n, 4] float32 xyxy pixels of the stored image; labels [n] int64 contiguous;

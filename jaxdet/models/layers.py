@@ -237,7 +237,7 @@ def prior_bias(prior_prob: float) -> float:
 def concat_levels(outputs: Sequence[jax.Array], last_dim: int) -> jax.Array:
     """Per-level [B, H, W, A * K] -> [B, N, K] float32, N = sum_l H_l * W_l * A.
 
-    Order (DESIGN.md): level, then row-major (y, x), then anchor index; the
+    Order (docs/DESIGN.md, "Conventions"): level, then row-major (y, x), then anchor index; the
     channel axis is anchor-major (channel a * K + k), as mmdetection's
     `permute(0, 2, 3, 1).reshape(B, -1, K)`.
     """

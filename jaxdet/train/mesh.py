@@ -1,4 +1,4 @@
-"""Device mesh and data-parallel sharding (DESIGN.md section 5).
+"""Device mesh and data-parallel sharding (see docs/DESIGN.md, "Devices and hosts").
 
 Data parallel = one `jax.jit` over a `Mesh(('data',))`: parameters replicated,
 the batch sharded on its leading axis. This is what `pmap` used to do, in the
