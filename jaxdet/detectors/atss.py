@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import atss as atss_assign
 from jaxdet.assign import targets
 from jaxdet.core import coders
@@ -44,6 +45,7 @@ class ATSS(DenseDetector):
             norm=h.norm,
             gn_groups=h.get("gn_groups", 32),
             dtype=jnp.dtype(config.model.dtype),
+            platform=platform_lib.from_config(config),
         )
         super().__init__(config, head)
         self.anchor = config.anchor

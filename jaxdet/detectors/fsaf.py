@@ -49,6 +49,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import center_region, center_region_grid, fsaf_select, targets
 from jaxdet.core import coders
 from jaxdet.core import priors as priors_lib
@@ -81,6 +82,7 @@ class FSAF(RetinaNet):
             norm=h.norm, gn_groups=h.get("gn_groups", 32),
             prior_prob=float(config.loss.get("prior_prob", 0.01)),
             reg_bias_init=float(f.reg_bias_init), dtype=jnp.dtype(config.model.dtype),
+            platform=platform_lib.from_config(config),
         )
         DenseDetector.__init__(self, config, head)
         self.hp = config.get("assigner")

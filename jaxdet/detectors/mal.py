@@ -42,6 +42,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import anchor_bags, common
 from jaxdet.core import coders
 from jaxdet.core import priors as priors_lib
@@ -71,6 +72,7 @@ class MAL(DenseDetector):
             num_classes=int(config.data.num_classes), num_anchors=num_anchors,
             feat_channels=h.channels, stacked_convs=h.num_convs, norm=h.get("norm"),
             prior_prob=float(config.loss.prior_prob), dtype=jnp.dtype(config.model.dtype),
+            platform=platform_lib.from_config(config),
         )
         super().__init__(config, head)
         self.loss_cfg = config.loss

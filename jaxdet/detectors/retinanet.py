@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import atss as atss_assign
 from jaxdet.assign import max_iou, targets
 from jaxdet.core import coders
@@ -37,6 +38,7 @@ class RetinaNet(DenseDetector):
             stacked_convs=h.num_convs,
             prior_prob=float(config.loss.get("prior_prob", 0.01)),
             dtype=jnp.dtype(config.model.dtype),
+            platform=platform_lib.from_config(config),
         )
         super().__init__(config, head)
         self.hp = config.assigner
