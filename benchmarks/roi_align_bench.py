@@ -9,11 +9,10 @@ at most 4 points per axis, so ``sampling_ratio=0`` is exact with the default
 ``max_sampling_ratio=4``). Variants: sampling_ratio 2 (torchvision's
 MultiScaleRoIAlign default) and 0 (adaptive, mmdetection's default), gather and
 einsum methods; a "-samples" suffix switches the gather method's tap form off
-(`jaxdet.ops.roi_align.TAPS`), the baseline of the tap form's ratio. Reports
-median ms (and compile seconds) per variant against a budget of 40 ms forward (wall)
-on a 2-core CPU; `--torch-python PY`, a Python with torch and torchvision, times
-`torchvision.ops.roi_align` on the same RoIs on the same machine
-(benchmarks/torchvision_roi_align.py).
+(`roi_align(..., taps=False)`), the baseline of the tap form's ratio. Reports
+median ms (and compile seconds) per variant. `--torch-python PY` (a Python with torch
+and torchvision) times `torchvision.ops.roi_align` on the same RoIs here
+(benchmarks/torchvision_roi_align.py); per-machine figures: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -30,7 +29,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxdet.ops import roi_align as roi_align_lib  # noqa: E402
 from jaxdet.ops.roi_align import roi_align  # noqa: E402
 
 
@@ -73,9 +71,9 @@ def main() -> None:
         sr, method, *form = v.split("-")
         sr = int(sr[2:])
         # "-samples": the per-sample form (4 corners per sample) instead of the tap form
-        roi_align_lib.TAPS = form != ["samples"]
+        taps = form != ["samples"]
         f = jax.jit(
-            lambda f, r_, b_, sr=sr, method=method: roi_align(
+            lambda f, r_, b_, sr=sr, method=method, taps=taps: roi_align(
                 f,
                 r_,
                 b_,
@@ -84,10 +82,11 @@ def main() -> None:
                 sampling_ratio=sr,
                 aligned=True,
                 method=method,
+                taps=taps,
             )
         )
         t0 = time.perf_counter()
-        compiled = f.lower(feat, rois, bidx).compile()  # TAPS is read while tracing
+        compiled = f.lower(feat, rois, bidx).compile()
         fns[v] = (compiled, time.perf_counter() - t0)
     print(f"backend={jax.default_backend()} jax={jax.__version__}")
     print(f"roi_align: {r} RoIs, 7x7, C={c}, map [{b},{h},{w},{c}], spatial_scale 1/8")

@@ -5,18 +5,17 @@ R50-FPN at 2x512x512, on random inputs with realistic GT.
 
 Prints, per setting: compile time (s), median step time (ms), images/s, the
 compiled step's temp memory (XLA memory analysis) and the process peak RSS; each
-setting runs three times: the default (jaxdet.ops.conv's kernel gradients, XLA:CPU's
-YNNPACK fusions as `conv.YNNPACK='auto'` decides for this CPU), with XLA's conv
-kernel gradients, and with YNNPACK flipped (off where the default keeps it, on
+setting runs three times, with three `config.platform` values: the default (all
+'auto': jaxdet.ops.conv's CPU kernels and XLA:CPU's YNNPACK fusions as
+`jaxdet.platform.resolve` decides for this CPU), with `cpu_conv='off'` (XLA's conv
+kernel gradients), and with `ynnpack` flipped (off where the default keeps it, on
 where it turns it off); the ratios to the default's step time are printed.
 The reference for the R50 setting is torchvision's RetinaNet R50-FPN train step at
 2x512x512 (`benchmarks/torchvision_retinanet_step.py`). With `--torch-python PY` (a
 Python with torch and torchvision, which jaxdet does not depend on) it is run right
 after, on the same machine, and the ratio is printed; without it the ratio is taken
-against the constant `TORCHVISION_R50_STEP_S` (2.2 s, a figure from another machine;
-torchvision's step differs a lot between machines: with torch 2.14.1 it took 9.5 s on
-a 2-core AMD EPYC, where jaxdet's step was 5.1-7.2 s, and 3.5-3.9 s on a 2-core Xeon
-with AVX-512, where jaxdet's was 3.2 s; see benchmarks/README.md).
+against `TORCHVISION_R50_STEP_S`, a figure measured on another machine (per-machine
+figures: benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -37,11 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.atss import atss_r50_fpn_1x_coco, atss_tiny_shapes  # noqa: E402
 from jaxdet import detectors  # noqa: E402
-from jaxdet.ops import conv  # noqa: E402
+from jaxdet import platform as platform_lib  # noqa: E402
 from jaxdet.train import optim  # noqa: E402
 from jaxdet.train.step import create_train_state, train_step  # noqa: E402
 
-TORCHVISION_R50_STEP_S = 2.2  # fallback reference (s) without --torch-python (module docstring)
+TORCHVISION_R50_STEP_S = 2.2  # torchvision's step time (s), measured on another machine
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -71,7 +70,7 @@ def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -
     tx = optim.make_optimizer(config.optimizer, schedule, det.trainable_mask(params))
     state = create_train_state(params, det_state, tx)
     step = jax.jit(functools.partial(train_step, detector=det, tx=tx), donate_argnums=(0,),
-                   compiler_options=conv.compiler_options())
+                   compiler_options=platform_lib.from_config(config).compiler_options())
     batch = jax.device_put(random_batch(batch_size, hw, config.data.max_boxes,
                                         config.data.num_classes))
     rng = jax.random.PRNGKey(1)
@@ -99,14 +98,16 @@ def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -
 
 def bench_both(name: str, get_config, batch_size: int, hw: tuple[int, int], steps: int):
     """The default step, then with XLA's conv kernel gradients, then with YNNPACK flipped."""
-    flipped = "on" if conv.ynnpack_off() else "off"
-    runs = (("default", "auto", "auto"), ("xla kernel grads", "xla", "auto"),
+    default = platform_lib.from_config(get_config())
+    flipped = "off" if default.ynnpack else "on"
+    print(f"  default platform: {default}")
+    runs = (("default", "auto", "auto"), ("xla kernel grads", "off", "auto"),
             (f"YNNPACK {flipped}", "auto", flipped))
     times = {}
-    for label, kernel_grad, ynnpack in runs:
-        conv.KERNEL_GRAD, conv.YNNPACK = kernel_grad, ynnpack
-        times[label] = bench(f"{name} [{label}]", get_config(), batch_size, hw, steps)
-    conv.KERNEL_GRAD, conv.YNNPACK = "auto", "auto"
+    for label, cpu_conv, ynnpack in runs:
+        config = get_config()
+        config.platform.cpu_conv, config.platform.ynnpack = cpu_conv, ynnpack
+        times[label] = bench(f"{name} [{label}]", config, batch_size, hw, steps)
     for label in times:
         if label != "default":
             print(f"  step time with {label} / default = {times[label] / times['default']:.2f}x")

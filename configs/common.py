@@ -153,4 +153,10 @@ def base(detector: str, data: ml_collections.ConfigDict, model: ml_collections.C
     config.test = ml_collections.ConfigDict(
         dict(score_thr=0.05, nms_iou=0.6, max_det=100, pre_nms_topk=1000)
     )
+    # What the model is compiled for (jaxdet.platform): 'auto' or a value each.
+    # target: 'cpu' | 'gpu' | 'tpu'; cpu_conv: 'on' | 'off' (jaxdet.ops.conv's CPU
+    # kernels); ynnpack: 'on' | 'off' (XLA:CPU's YNNPACK fusions).
+    config.platform = ml_collections.ConfigDict(
+        dict(target="auto", cpu_conv="auto", ynnpack="auto")
+    )
     return config

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import atss as atss_assign
 from jaxdet.assign import targets
 from jaxdet.core import coders
@@ -49,6 +50,7 @@ class ATSS(DenseDetector):
             norm=h.norm,
             gn_groups=h.gn_groups,
             dtype=jnp.dtype(config.model.dtype),
+            platform=platform_lib.from_config(config),
         )
         super().__init__(config, head)
         check_assigner(config, ("atss",))

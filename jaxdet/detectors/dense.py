@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import targets
 from jaxdet.core.types import Detections, GroundTruth, Priors, ground_truth_from_batch
 from jaxdet.losses.focal import sigmoid_focal_loss
@@ -59,7 +60,9 @@ class OneStageNetwork(nn.Module):
         return self.predictions(self.features(images))
 
 
-def build_backbone_neck(model_cfg: Any) -> tuple[nn.Module, nn.Module]:
+def build_backbone_neck(
+    model_cfg: Any, platform: platform_lib.Platform = platform_lib.DEFAULT
+) -> tuple[nn.Module, nn.Module]:
     """ResNet + FPN from `config.model` (see configs/common.py for the fields)."""
     dtype = jnp.dtype(model_cfg.dtype)
     b = model_cfg.backbone
@@ -70,6 +73,7 @@ def build_backbone_neck(model_cfg: Any) -> tuple[nn.Module, nn.Module]:
         frozen_stages=b.frozen_stages,
         gn_groups=b.gn_groups,
         dtype=dtype,
+        platform=platform,
     )
     f = model_cfg.fpn
     neck = FPN(
@@ -78,6 +82,7 @@ def build_backbone_neck(model_cfg: Any) -> tuple[nn.Module, nn.Module]:
         add_extra_convs=f.extra_convs,
         relu_before_extra_convs=f.relu_before_extra,
         dtype=dtype,
+        platform=platform,
     )
     if f.num_outs != len(model_cfg.strides):
         raise ValueError(
@@ -117,7 +122,7 @@ class DenseDetector:
         self.config = config
         self.num_classes = int(config.data.num_classes)
         self.strides = tuple(int(s) for s in config.model.strides)
-        backbone, neck = build_backbone_neck(config.model)
+        backbone, neck = build_backbone_neck(config.model, platform_lib.from_config(config))
         self.net = OneStageNetwork(backbone=backbone, neck=neck, head=head)
 
     # -- method hooks -----------------------------------------------------------

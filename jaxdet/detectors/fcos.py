@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import fcos as fcos_assign
 from jaxdet.assign import targets
 from jaxdet.core import coders
@@ -52,6 +53,7 @@ class FCOS(DenseDetector):
             norm_on_bbox=True,
             centerness_on_reg=True,
             dtype=jnp.dtype(config.model.dtype),
+            platform=platform_lib.from_config(config),
         )
         super().__init__(config, head)
         check_assigner(config, ("fcos",))

@@ -49,6 +49,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import center_region, center_region_grid, fsaf_select, targets
 from jaxdet.core import priors as priors_lib
 from jaxdet.core.types import GroundTruth, Priors
@@ -81,6 +82,7 @@ class FSAF(DenseDetector):
             feat_channels=h.channels, stacked_convs=h.num_convs,
             norm=h.norm, gn_groups=h.gn_groups, prior_prob=float(config.loss.prior_prob),
             reg_bias_init=float(f.reg_bias_init), dtype=jnp.dtype(config.model.dtype),
+            platform=platform_lib.from_config(config),
         )
         super().__init__(config, head)
         self.hp = config.assigner

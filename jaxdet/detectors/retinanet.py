@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxdet import platform as platform_lib
 from jaxdet.assign import atss as atss_assign
 from jaxdet.assign import max_iou, targets
 from jaxdet.core import coders
@@ -55,6 +56,7 @@ def retina_head(config: Any, num_anchors: int) -> RetinaHead:
         num_classes=int(config.data.num_classes), num_anchors=num_anchors,
         feat_channels=h.channels, stacked_convs=h.num_convs, norm=h.norm,
         prior_prob=float(config.loss.prior_prob), dtype=jnp.dtype(config.model.dtype),
+        platform=platform_lib.from_config(config),
     )
 
 

@@ -9,9 +9,11 @@
 - `concat_levels`: [B, H, W, A * K] per level -> [B, sum(H * W * A), K].
 
 Conventions: NHWC; `dtype` is the compute dtype (e.g. bfloat16), parameters are
-always float32. Every parameter lives in the 'params' collection: there are no
-mutable collections, so one `model.apply({'params': p}, x)` serves training and
-inference. Which parameters are frozen is decided by `jaxdet.models.freeze`.
+always float32; `platform` (a `jaxdet.platform.Platform`, default: XLA's convs)
+picks the conv kernels. Every parameter lives in the 'params' collection: there
+are no mutable collections, so one `model.apply({'params': p}, x)` serves
+training and inference. Which parameters are frozen is decided by
+`jaxdet.models.freeze`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.ops import conv as conv_ops
+from jaxdet.platform import DEFAULT, Platform
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -135,13 +138,14 @@ def conv(
     dtype: Dtype,
     kernel_init: Initializer,
     bias_init: Initializer = nn.initializers.zeros,
+    platform: Platform = DEFAULT,
     name: str | None = None,
 ) -> nn.Conv:
     """A square conv with torch's symmetric padding `kernel // 2`.
 
     Output size ceil(H / stride) for odd kernels, as `priors.feature_shapes`
     assumes, and the same sampling grid as torch (so imported weights match). The
-    kernel gradient is `jaxdet.ops.conv`'s (fast on CPU).
+    conv goes through `jaxdet.ops.conv.conv_fn(platform)` (XLA's, or the CPU kernels).
     """
     p = kernel // 2
     return nn.Conv(
@@ -154,7 +158,7 @@ def conv(
         param_dtype=jnp.float32,
         kernel_init=kernel_init,
         bias_init=bias_init,
-        conv_general_dilated=conv_ops.conv_general_dilated,
+        conv_general_dilated=conv_ops.conv_fn(platform),
         name=name,
     )
 
@@ -174,6 +178,7 @@ class ConvNormAct(nn.Module):
     num_groups: int = 32
     kernel_init: Initializer = normal_001
     dtype: Dtype = jnp.float32
+    platform: Platform = DEFAULT
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -185,6 +190,7 @@ class ConvNormAct(nn.Module):
             use_bias=bias,
             dtype=self.dtype,
             kernel_init=self.kernel_init,
+            platform=self.platform,
             name="conv",
         )(x)
         norm = make_norm(self.norm, dtype=self.dtype, num_groups=self.num_groups, name="norm")
@@ -202,6 +208,7 @@ class ConvTower(nn.Module):
     use_bias: bool | None = None
     num_groups: int = 32
     dtype: Dtype = jnp.float32
+    platform: Platform = DEFAULT
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -213,6 +220,7 @@ class ConvTower(nn.Module):
                 use_bias=self.use_bias,
                 num_groups=self.num_groups,
                 dtype=self.dtype,
+                platform=self.platform,
                 name=f"conv_{i}",
             )(x)
         return x

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdet.ops.deform_conv import deform_conv2d
+from jaxdet.platform import DEFAULT, Platform
 
 Array = jnp.ndarray
 
@@ -60,6 +61,7 @@ class DeformConv(nn.Module):
     bias_init: Callable = nn.initializers.zeros
     impl: str = "tiled"
     layout: str = "auto"
+    platform: Platform = DEFAULT  # its target resolves layout="auto"
 
     def _padding(self) -> tuple[int, int]:
         if self.padding is not None:
@@ -101,6 +103,7 @@ class DeformConv(nn.Module):
             groups=self.groups,
             impl=self.impl,
             layout=self.layout,
+            target=self.platform.target,
         )
         if bias is not None:
             y = y + bias.astype(y.dtype)
@@ -125,6 +128,7 @@ class ModulatedDeformConv(nn.Module):
     bias_init: Callable = nn.initializers.zeros
     impl: str = "tiled"
     layout: str = "auto"
+    platform: Platform = DEFAULT  # its target resolves layout="auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -167,5 +171,6 @@ class ModulatedDeformConv(nn.Module):
             bias_init=self.bias_init,
             impl=self.impl,
             layout=self.layout,
+            platform=self.platform,
             name="deform",
         )(x, offsets, mask)

@@ -1,124 +1,48 @@
 """2-D convolution and max pooling with backward passes that are fast on XLA:CPU.
 
 XLA:CPU runs a forward NHWC x HWIO convolution on Eigen's fast path, but the kernel
-gradient it derives (a convolution with the batch and feature roles exchanged) is up
-to ~3x slower than the same contraction written as kh * kw matmuls of shifted input
-slices against the output gradient, and a 1x1 conv is 2-10x slower forward + backward
-than a matmul; `reduce_window` max pooling's backward (select-and-scatter) is ~3x
-slower than a max over the strided slices. `benchmarks/conv_bench.py` prints each
-ratio.
+gradient it derives (a convolution with the batch and feature roles exchanged) can be
+slower than the same contraction written as kh * kw matmuls of shifted input slices
+against the output gradient, a 1x1 conv slower forward + backward than a matmul, and
+`reduce_window` max pooling's backward (select-and-scatter) slower than a max over the
+strided slices. `benchmarks/conv_bench.py` prints each ratio (figures per machine:
+benchmarks/README.md).
 
-- `conv_general_dilated`: drop-in for `lax.conv_general_dilated` (the `nn.Conv` hook).
-  On CPU, plain 2-D NHWC / HWIO convs get the slice-matmul kernel gradient when
-  `Cin * Cout >= 512` (below that XLA's own is as fast; forward and input gradient
-  stay XLA's) -- on CPUs with AVX-512, where XLA's small convs are faster, only from
-  64M multiply-adds per kernel tap -- and 1x1 convs without padding are a matmul on
-  the strided input.
-  Anything else (dilation, groups, other layouts, string padding, GPU / TPU, where
-  cuDNN / the TPU compiler do this well) is `lax.conv_general_dilated` unchanged.
+Which of these apply is decided by a `jaxdet.platform.Platform` value passed in, never
+by the local backend or the host CPU at trace time:
+
+- `conv_general_dilated(..., platform=p)`: drop-in for `lax.conv_general_dilated`
+  (`conv_fn(p)` is the `nn.Conv` hook). Where `p.cpu_conv` (a CPU target with
+  `conv_kernel_grad='slices'`), plain 2-D NHWC / HWIO convs get the slice-matmul kernel
+  gradient where `p.use_slices(Cin, Cout, multiply-adds per tap)` (forward and input
+  gradient stay XLA's), and 1x1 convs without padding are a matmul on the strided
+  input. Anything else (dilation, groups, other layouts, string padding, GPU / TPU
+  targets) is `lax.conv_general_dilated` unchanged. Both give the same values up to
+  float summation order.
 - `max_pool`: max pooling with -inf padding (torch `MaxPool2d` / `nn.max_pool`) as a
   max over strided slices, with a written-out backward (per-phase pads instead of a
   strided scatter per tap). Gradient: equal to `nn.max_pool`'s, ties included (the
-  first maximum of a window takes it).
+  first maximum of a window takes it). `pool(x, ..., platform=p)` uses it on CPU
+  targets and `nn.max_pool` elsewhere.
 
-`KERNEL_GRAD` ('auto' | 'slices' | 'xla') picks at trace time; 'auto' = 'slices' on
-CPU, 'xla' = plain `lax.conv_general_dilated` everywhere. They give the same values up
-to float summation order.
-
-YNNPACK. jax 0.10's XLA:CPU hands convolutions to YNNPACK fusions (`ynn_fusion` in the
-compiled HLO). On a 2-core AMD EPYC (AVX2, no AVX-512) they ran on one thread: a 3x3
-conv [16, 16, 16, 64] -> 64 took 4.7 ms forward with them and 2.95 ms without, 26.7 ms
-against 9.4 ms forward + backward, and the tiny ATSS train step was 0.78x as long with
-them off and XLA's kernel gradients (four variants compiled in one process, timings
-interleaved). On a 2-core Xeon with AVX-512 turning them off made the step 1.06-1.36x
-slower; on a 2-core AMD EPYC with AVX-512 (Zen 4) it made it 0.87x as long (two
-rounds of on / off / auto in one process). `benchmarks/train_step_bench.py` prints
-the on/off ratio. `compiler_options()` gives the per-jit option that turns them off
-(`xla_cpu_experimental_ynn_fusion_type=''`) where `YNNPACK` says so: 'auto' = off on
-AMD x86 CPUs and on x86 CPUs without AVX-512, 'on' / 'off' everywhere on CPU; the
-train and eval jits of `jaxdet.train.loop` pass it. With them off, small convs keep
-XLA's kernel gradient (the AVX-512 rule above), which is what measured fastest there.
+The jit option that turns XLA:CPU's YNNPACK fusions off is
+`jaxdet.platform.Platform.compiler_options()`.
 """
 
 from __future__ import annotations
 
 import functools
-import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
-KERNEL_GRAD = "auto"
-YNNPACK = "auto"  # 'auto' | 'on' | 'off' (module docstring)
-_YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+from jaxdet.platform import DEFAULT, LARGE_TAP_MACS, Platform
+
 _NHWC = ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))  # lhs, rhs, out specs of NHWC/HWIO
-_MIN_CIN_COUT = 512
-# A "large" conv: at least this many multiply-adds per kernel tap (B * Ho * Wo * Cin *
-# Cout). On CPUs with AVX-512, XLA's own kernel gradient wins below it (measured with
-# benchmarks/conv_bench.py on a Xeon with AVX-512: 0.70-0.99x for every tiny-model
-# shape, up to 17M multiply-adds per tap; 1.13-3.1x from 134M up), so only large convs
-# take the tap matmuls there; and only large convs are blocked (below: whole maps, as
-# measured fast on the AVX2 EPYC).
-LARGE_TAP_MACS = 1 << 26
 # Output pixels (B * rows * Wo) per block of `kernel_grad`'s scan for large convs
-# (1-2k measured best for the R50 shapes on the AVX-512 Xeon).
+# (at least `LARGE_TAP_MACS` multiply-adds per tap; smaller ones take whole maps).
 BLOCK_PIXELS = 2048
-
-
-@functools.cache
-def _cpuinfo(key: str) -> str:
-    """The value of the first `key` line of Linux /proc/cpuinfo ('' if none or unreadable)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(key):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def _cpu_has_avx512() -> bool:
-    """Whether the host CPU reports AVX-512F."""
-    return "avx512f" in _cpuinfo("flags").split()
-
-
-def _cpu_is_amd() -> bool:
-    """Whether the host CPU is an AMD one (`vendor_id`)."""
-    return _cpuinfo("vendor_id") == "AuthenticAMD"
-
-
-def _is_x86() -> bool:
-    return platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-
-
-@functools.cache
-def _ynn_option_accepted() -> bool:
-    """Whether this jaxlib's XLA:CPU knows the YNNPACK fusion option (probed once)."""
-    try:
-        jax.jit(lambda v: v + 1, compiler_options={_YNN_OPTION: ""}).lower(
-            jax.ShapeDtypeStruct((), jnp.float32)).compile()
-    except Exception:  # XLA rejects an unknown option at compile time
-        return False
-    return True
-
-
-def ynnpack_off() -> bool:
-    """Whether jits should turn XLA:CPU's YNNPACK fusions off (`YNNPACK`, backend, CPU)."""
-    if YNNPACK not in ("auto", "on", "off"):
-        raise ValueError(f"YNNPACK={YNNPACK!r}; expected 'auto', 'on' or 'off'")
-    if YNNPACK == "on" or jax.default_backend() != "cpu":
-        return False
-    if YNNPACK == "auto" and (not _is_x86() or (_cpu_has_avx512() and not _cpu_is_amd())):
-        return False
-    return _ynn_option_accepted()
-
-
-def compiler_options() -> dict[str, str] | None:
-    """`compiler_options` for `jax.jit` of a train / eval step: the YNNPACK switch
-    (module docstring), or None (XLA's defaults)."""
-    return {_YNN_OPTION: ""} if ynnpack_off() else None
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -129,30 +53,6 @@ def _is_nhwc(dimension_numbers) -> bool:
                  dimension_numbers.out_spec)
         return tuple(tuple(s) for s in specs) == _NHWC
     return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
-
-
-def _fast_paths() -> bool:
-    """Whether the matmul paths apply (KERNEL_GRAD, backend); checked at trace time."""
-    mode = KERNEL_GRAD
-    if mode not in ("auto", "slices", "xla"):
-        raise ValueError(f"KERNEL_GRAD={mode!r}; expected 'auto', 'slices' or 'xla'")
-    return mode == "slices" or (mode == "auto" and jax.default_backend() == "cpu")
-
-
-def _use_slices(rhs_shape: Sequence[int], out_shape: Sequence[int] | None = None) -> bool:
-    """Slice-matmul kernel gradient for this [kh, kw, Cin, Cout] kernel and
-    [B, Ho, Wo, Cout] output? ('auto': Cin * Cout >= 512; with AVX-512 or with
-    YNNPACK off, at least `LARGE_TAP_MACS` multiply-adds per tap, which needs
-    `out_shape`.)"""
-    if not _fast_paths():
-        return False
-    if KERNEL_GRAD == "slices":
-        return True
-    cin, cout = rhs_shape[2], rhs_shape[3]
-    if _cpu_has_avx512() or ynnpack_off():
-        rows = 0 if out_shape is None else out_shape[0] * out_shape[1] * out_shape[2]
-        return rows * cin * cout >= LARGE_TAP_MACS
-    return cin * cout >= _MIN_CIN_COUT
 
 
 def conv_general_dilated(
@@ -167,11 +67,14 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    *,
+    platform: Platform = DEFAULT,
 ) -> jax.Array:
-    """`lax.conv_general_dilated` with the CPU-fast kernel gradient (see module doc).
+    """`lax.conv_general_dilated`, with the CPU kernels where `platform.cpu_conv`
+    (module docstring).
 
-    The fast path: lhs [B, H, W, Cin], rhs [kh, kw, Cin, Cout] (NHWC / HWIO), explicit
-    padding pairs, no dilation, one group. Returns [B, Ho, Wo, Cout].
+    The CPU kernels take: lhs [B, H, W, Cin], rhs [kh, kw, Cin, Cout] (NHWC / HWIO),
+    explicit padding pairs, no dilation, one group. Returns [B, Ho, Wo, Cout].
     """
     plain = (
         _is_nhwc(dimension_numbers)
@@ -183,15 +86,16 @@ def conv_general_dilated(
         and batch_group_count == 1
         and preferred_element_type is None
     )
-    if plain and _fast_paths():
+    if plain and platform.cpu_conv:
         pads = tuple((int(lo), int(hi)) for lo, hi in padding)
         strides = tuple(int(s) for s in window_strides)
         if rhs.shape[:2] == (1, 1) and pads == ((0, 0), (0, 0)):
-            # A 1x1 conv is a matmul (2.5-10x faster than XLA:CPU's, forward + backward).
+            # A 1x1 conv is a matmul on the strided input.
             return _matmul_1x1(lhs[:, :: strides[0], :: strides[1]], rhs[0, 0], precision)
         ho = (lhs.shape[1] + sum(pads[0]) - rhs.shape[0]) // strides[0] + 1
         wo = (lhs.shape[2] + sum(pads[1]) - rhs.shape[1]) // strides[1] + 1
-        if _use_slices(rhs.shape, (lhs.shape[0], ho, wo, rhs.shape[3])):
+        cin, cout = rhs.shape[2], rhs.shape[3]
+        if platform.use_slices(cin, cout, lhs.shape[0] * ho * wo * cin * cout):
             return _conv_nhwc(lhs, rhs, strides, pads, precision)
     return jax.lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
@@ -199,6 +103,12 @@ def conv_general_dilated(
         feature_group_count=feature_group_count, batch_group_count=batch_group_count,
         precision=precision, preferred_element_type=preferred_element_type,
     )
+
+
+@functools.cache
+def conv_fn(platform: Platform) -> Callable[..., jax.Array]:
+    """`conv_general_dilated` for `platform`: the `conv_general_dilated` hook of `nn.Conv`."""
+    return functools.partial(conv_general_dilated, platform=platform)
 
 
 def _xla_conv(x, w, strides, pads, precision):
@@ -232,7 +142,7 @@ def _matmul_1x1(x, w, precision):
 
     The backward is written out: with autodiff's einsum transpose, XLA:CPU gave the
     kernel gradient's dot a transposed copy of dy, fused with the recomputed BN / ReLU
-    backward, in every 1x1 conv of ResNet-50 (16% of the R50-FPN train step).
+    backward, in every 1x1 conv of ResNet-50.
     """
     return jnp.einsum("bhwc,co->bhwo", x, w, precision=precision)
 
@@ -273,10 +183,10 @@ def kernel_grad(
 
     x [B, H, W, Cin], dy [B, Ho, Wo, Cout] -> [kh, kw, Cin, Cout] (dtype of x), where
     X_ij [B * Ho * Wo, Cin] is the padded input shifted by tap (i, j) at the stride.
-    Products accumulate in float32. Large maps are done in a `lax.scan` over blocks of
-    output rows (about `BLOCK_PIXELS` output pixels each, dy zero-padded to whole
-    blocks), so that each block's shifted views stay in cache: 1.3-2x faster than
-    whole-map slices for the R50 shapes on an AVX-512 Xeon (benchmarks/conv_bench.py).
+    Products accumulate in float32. Large maps (at least `LARGE_TAP_MACS` multiply-adds
+    per tap) are done in a `lax.scan` over blocks of output rows (about `BLOCK_PIXELS`
+    output pixels each, dy zero-padded to whole blocks), so that each block's shifted
+    views stay in cache (benchmarks/conv_bench.py compares the two).
     """
     kh, kw, cin, cout = kernel_shape
     sh, sw = strides
@@ -345,8 +255,8 @@ def _max_pool_fwd(x, window, stride, padding):
 def _max_pool_bwd(window, stride, padding, res, dy):
     """Each tap's share of dy lands on its phase of the padded map (tap (i, j) on phase
     (i % s, j % s) at offset (i // s, j // s)): plain pads and adds on phase-sized
-    arrays, then one interleave, instead of a strided scatter per tap (2.7x faster
-    forward + backward than autodiff of the slice max for the R18 stem's shape)."""
+    arrays, then one interleave, instead of a strided scatter per tap (what autodiff
+    of the slice max gives)."""
     x, out = res
     b, h, w, c = x.shape
     xp, views, (ho, wo) = _pool_views(x, window, stride, padding)
@@ -370,3 +280,15 @@ def _max_pool_bwd(window, stride, padding, res, dy):
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1, *,
+         platform: Platform = DEFAULT) -> jax.Array:
+    """Square max pooling with -inf padding, x [B, H, W, C] -> [B, Ho, Wo, C]: `max_pool`
+    on CPU targets, XLA's `reduce_window` (as `nn.max_pool`) elsewhere. Same values."""
+    if platform.target == "cpu":
+        return max_pool(x, window, stride, padding)
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, window, window, 1), (1, stride, stride, 1),
+        ((0, 0), (padding, padding), (padding, padding), (0, 0)),
+    )

@@ -33,9 +33,18 @@ def location_grid(height: int, width: int, stride: int = 1, dtype=jnp.float32) -
 
 
 def sample_points(
-    feat: Array, points: Array, *, boundary: str = "zero", layout: str = "auto", impl: str = "auto"
+    feat: Array,
+    points: Array,
+    *,
+    boundary: str = "zero",
+    layout: str = "auto",
+    impl: str = "auto",
+    target: str = "cpu",
 ) -> Array:
-    """feat [B, H, W, C], points [B, ..., 2] (y, x) absolute feature pixels -> [B, ..., C]."""
+    """feat [B, H, W, C], points [B, ..., 2] (y, x) absolute feature pixels -> [B, ..., C].
+
+    `boundary`, `layout`, `impl`, `target`: as `sampling.bilinear_sample_batched`.
+    """
     if feat.ndim != 4:
         raise ValueError(f"feat must be [B, H, W, C], got shape {feat.shape}")
     if points.ndim < 2 or points.shape[0] != feat.shape[0] or points.shape[-1] != 2:
@@ -44,7 +53,9 @@ def sample_points(
         )
     b = feat.shape[0]
     batch = jnp.arange(b, dtype=jnp.int32).reshape((b,) + (1,) * (points.ndim - 2))
-    return bilinear_sample_batched(feat, batch, points, boundary=boundary, layout=layout, impl=impl)
+    return bilinear_sample_batched(
+        feat, batch, points, boundary=boundary, layout=layout, impl=impl, target=target
+    )
 
 
 def sample_at_offsets(
@@ -56,6 +67,7 @@ def sample_at_offsets(
     boundary: str = "zero",
     layout: str = "auto",
     impl: str = "auto",
+    target: str = "cpu",
 ) -> Array:
     """Samples per-location point sets given as offsets from each location.
 
@@ -70,7 +82,8 @@ def sample_at_offsets(
     pdtype = jnp.promote_types(offsets.dtype, jnp.float32)
     base = location_grid(ho, wo, stride, pdtype)[None, :, :, None, :]
     out = sample_points(
-        feat, base + offsets.astype(pdtype), boundary=boundary, layout=layout, impl=impl
+        feat, base + offsets.astype(pdtype), boundary=boundary, layout=layout, impl=impl,
+        target=target,
     )
     if reduce is None:
         return out

@@ -28,112 +28,47 @@ bounds and out-of-map corners read real zeros. The four corners are then read
 either with one packed gather of a 2x2 window with channels on the last axis
 (``layout="packed"``: one gather, the form TPUs and GPUs want) or with four row
 gathers of ``C`` contiguous values (``layout="rows"``: measured faster on
-XLA:CPU). ``layout="auto"`` picks ``rows`` on CPU and ``packed`` elsewhere.
+XLA:CPU). ``layout="auto"`` picks ``rows`` for ``target="cpu"`` and ``packed``
+for 'gpu' / 'tpu' (`jaxdet.platform.Platform.target`).
 
 Backends
 --------
 ``impl="xla"`` is the portable path below (differentiable by autodiff in both
 ``feat`` and ``points``). ``impl="pallas"`` calls the Pallas kernel of
-`jaxdet.ops.pallas.sampling` (custom VJP). ``impl="auto"`` uses Pallas only on
-GPU/TPU when enabled (`jaxdet.ops.pallas.set_enabled` or ``JAXDET_PALLAS=1``),
-XLA otherwise.
+`jaxdet.ops.pallas.sampling` (custom VJP). ``impl="auto"`` uses Pallas only for
+GPU/TPU targets when enabled (`jaxdet.ops.pallas.set_enabled` or
+``JAXDET_PALLAS=1``), XLA otherwise. The geometry shared with the Pallas kernel
+(`Corners`, `corners`, `pad_map`, ...) lives in `jaxdet.ops.bilinear`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
-import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdet.ops.bilinear import (  # noqa: F401 (re-exported)
+    BOUNDARIES,
+    Corners,
+    clamp_grad_scale,
+    corners,
+    pad_map,
+)
+
 Array = jnp.ndarray
 
-BOUNDARIES = ("zero", "clamp")
 LAYOUTS = ("auto", "rows", "packed")
 
 
-def default_layout() -> str:
-    """Gather layout for the default backend: 'rows' on CPU, 'packed' elsewhere."""
-    return "rows" if jax.default_backend() == "cpu" else "packed"
+def default_layout(target: str = "cpu") -> str:
+    """Gather layout for a target ('cpu' | 'gpu' | 'tpu'): 'rows' on CPU, 'packed' elsewhere."""
+    return "rows" if target == "cpu" else "packed"
 
 
-def resolve_layout(layout: str) -> str:
+def resolve_layout(layout: str, target: str = "cpu") -> str:
+    """`layout`, with 'auto' resolved for `target`."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown gather layout {layout!r}; expected one of {LAYOUTS}")
-    return default_layout() if layout == "auto" else layout
-
-
-class Corners(NamedTuple):
-    """Where and how much each of the 4 corners of a point contributes.
-
-    y0, x0: int32 row / column of the top-left corner in the *padded* map
-      (original index + 1), always in [0, H] x [0, W].
-    ly, lx: fractional parts (NaN for NaN points).
-    inside: float factor of the boundary rule: 1 inside, 0 outside, NaN for NaN
-      points.
-    Corner weights are w00 = hy*hx, w01 = hy*lx, w10 = ly*hx, w11 = ly*lx, each
-    times `inside`, with hy = 1 - ly, hx = 1 - lx.
-    """
-
-    y0: Array
-    x0: Array
-    ly: Array
-    lx: Array
-    inside: Array
-
-    def weights(self) -> tuple[Array, Array, Array, Array]:
-        hy = 1.0 - self.ly
-        hx = 1.0 - self.lx
-        m = self.inside
-        return hy * hx * m, hy * self.lx * m, self.ly * hx * m, self.ly * self.lx * m
-
-
-def corners(y: Array, x: Array, height: int, width: int, boundary: str = "zero") -> Corners:
-    """Top-left corner (padded coordinates), fractions and boundary factor of points."""
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"unknown boundary {boundary!r}; expected one of {BOUNDARIES}")
-    nan = jnp.isnan(y) | jnp.isnan(x)
-    if boundary == "zero":
-        inside = (y > -1.0) & (y < height) & (x > -1.0) & (x < width)
-    else:
-        inside = (y >= -1.0) & (y <= height) & (x >= -1.0) & (x <= width)
-    keep = inside | nan
-    # Outside (incl. +-inf) points are moved to 0 so that their weights are finite
-    # and vanish exactly; NaN points keep NaN so that the output is NaN.
-    ys = jnp.where(keep, y, 0.0)
-    xs = jnp.where(keep, x, 0.0)
-    if boundary == "clamp":
-        ys = jnp.clip(ys, 0.0, height - 1.0)
-        xs = jnp.clip(xs, 0.0, width - 1.0)
-    fy = jnp.floor(ys)
-    fx = jnp.floor(xs)
-    ly = ys - fy
-    lx = xs - fx
-    y0 = jnp.clip(jnp.nan_to_num(lax.stop_gradient(fy)), -1.0, height - 1.0).astype(jnp.int32) + 1
-    x0 = jnp.clip(jnp.nan_to_num(lax.stop_gradient(fx)), -1.0, width - 1.0).astype(jnp.int32) + 1
-    # The factor is NaN for NaN points: XLA rewrites `w * float(pred)` into a
-    # select, which would silently turn NaN weights into 0.
-    factor = jnp.where(nan, jnp.asarray(jnp.nan, y.dtype), inside.astype(y.dtype))
-    return Corners(y0, x0, ly, lx, factor)
-
-
-def clamp_grad_scale(
-    y: Array, x: Array, height, width, boundary: str
-) -> tuple[Array | float, Array | float]:
-    """d(clamped coordinate)/d(coordinate) of the boundary rule, for hand-written
-    point gradients: 1 for "zero"; for "clamp", 0 where the coordinate was clamped."""
-    if boundary == "zero":
-        return 1.0, 1.0
-    sy = ((y > 0.0) & (y < height - 1.0)).astype(y.dtype)
-    sx = ((x > 0.0) & (x < width - 1.0)).astype(x.dtype)
-    return sy, sx
-
-
-def pad_map(feat: Array) -> Array:
-    """Zero-pads the two spatial axes (-3, -2) of a [..., H, W, C] map by one pixel."""
-    pad = [(0, 0)] * (feat.ndim - 3) + [(1, 1), (1, 1), (0, 0)]
-    return jnp.pad(feat, pad)
+    return default_layout(target) if layout == "auto" else layout
 
 
 def gather_corners(
@@ -252,7 +187,7 @@ def _check(feat: Array, points: Array, ndim: int) -> None:
         raise ValueError(f"points must be [..., 2] (y, x), got shape {points.shape}")
 
 
-def _use_pallas(impl: str) -> bool:
+def _use_pallas(impl: str, target: str) -> bool:
     if impl == "xla":
         return False
     if impl == "pallas":
@@ -261,7 +196,7 @@ def _use_pallas(impl: str) -> bool:
         raise ValueError(f"unknown impl {impl!r}; expected 'auto', 'xla' or 'pallas'")
     from jaxdet.ops import pallas as pallas_cfg
 
-    return pallas_cfg.use_pallas()
+    return pallas_cfg.use_pallas(target)
 
 
 def bilinear_sample(
@@ -271,19 +206,21 @@ def bilinear_sample(
     boundary: str = "zero",
     layout: str = "auto",
     impl: str = "auto",
+    target: str = "cpu",
 ) -> Array:
     """Samples feat [H, W, C] at points [..., 2] = (y, x) pixels -> [..., C].
 
-    See the module docstring for the boundary rules, layouts and backends.
+    See the module docstring for the boundary rules, layouts and backends;
+    `target` ('cpu' | 'gpu' | 'tpu') resolves the 'auto' ones.
     Differentiable in `feat` and `points`. The output has feat's dtype; bf16
     maps are interpolated in f32 and cast back.
     """
     _check(feat, points, 3)
-    if _use_pallas(impl):
+    if _use_pallas(impl, target):
         from jaxdet.ops.pallas import sampling as pallas_sampling
 
-        return pallas_sampling.bilinear_sample(feat, points, boundary=boundary)
-    return _sample_xla(feat, points, None, boundary, resolve_layout(layout))
+        return pallas_sampling.bilinear_sample(feat, points, boundary=boundary, target=target)
+    return _sample_xla(feat, points, None, boundary, resolve_layout(layout, target))
 
 
 def bilinear_sample_batched(
@@ -294,16 +231,20 @@ def bilinear_sample_batched(
     boundary: str = "zero",
     layout: str = "auto",
     impl: str = "auto",
+    target: str = "cpu",
 ) -> Array:
     """Samples feat [B, H, W, C] at points [..., 2] of images batch_index [...] -> [..., C].
 
     `batch_index` (int, broadcastable to points.shape[:-1]) is clipped to [0, B).
+    Other arguments as `bilinear_sample`.
     """
     _check(feat, points, 4)
     batch = jnp.broadcast_to(jnp.asarray(batch_index, jnp.int32), points.shape[:-1])
     batch = jnp.clip(batch, 0, feat.shape[0] - 1)
-    if _use_pallas(impl):
+    if _use_pallas(impl, target):
         from jaxdet.ops.pallas import sampling as pallas_sampling
 
-        return pallas_sampling.bilinear_sample_batched(feat, batch, points, boundary=boundary)
-    return _sample_xla(feat, points, batch, boundary, resolve_layout(layout))
+        return pallas_sampling.bilinear_sample_batched(
+            feat, batch, points, boundary=boundary, target=target
+        )
+    return _sample_xla(feat, points, batch, boundary, resolve_layout(layout, target))

@@ -22,10 +22,10 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from jaxdet import detectors
+from jaxdet import platform as platform_lib
 from jaxdet.data import pipeline
 from jaxdet.detectors import Detector
 from jaxdet.eval import coco_eval, visualize
-from jaxdet.ops import conv
 from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import mesh as mesh_lib
 from jaxdet.train import optim
@@ -105,7 +105,7 @@ def setup(config: Any, workdir: str, mesh=None) -> TrainParts:
         ),
         out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
-        compiler_options=conv.compiler_options(),
+        compiler_options=platform_lib.from_config(config).compiler_options(),
     )
     return TrainParts(
         mesh=mesh,
@@ -199,7 +199,7 @@ def evaluate(
             mesh_lib.data_sharded(mesh),
             mesh_lib.data_sharded(mesh),
         ),
-        compiler_options=conv.compiler_options(),
+        compiler_options=platform_lib.from_config(config).compiler_options(),
     )
     evaluator = coco_eval.evaluator_for(config.data)
     first: tuple[dict, Any] | None = None

@@ -1,4 +1,5 @@
-"""jaxdet.ops.conv: the slice-matmul kernel gradient and the slice max pool equal XLA's."""
+"""jaxdet.ops.conv: the slice-matmul kernel gradient and the slice max pool equal XLA's;
+jaxdet.platform's CPU rules pick them."""
 
 import flax.linen as nn
 import jax
@@ -6,15 +7,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdet import platform as platform_lib
 from jaxdet.models import layers
 from jaxdet.ops import conv
+from jaxdet.platform import Platform
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+SLICES = Platform(target="cpu", conv_kernel_grad="slices")  # every plain conv
 
 
 @pytest.fixture
-def slices_mode(monkeypatch):
-    monkeypatch.setattr(conv, "KERNEL_GRAD", "slices")
+def fresh_resolve():
+    """`platform.resolve` caches its values: clear around tests that patch the CPU facts."""
+    platform_lib._resolve.cache_clear()
+    yield
+    platform_lib._resolve.cache_clear()
 
 
 def _xla(x, w, s, pads):
@@ -34,16 +41,15 @@ def _xla(x, w, s, pads):
     ],
 )
 @pytest.mark.parametrize("blocked", [False, True])
-def test_conv_value_and_grads_equal_xla(slices_mode, monkeypatch, blocked,
-                                        b, h, w, cin, cout, k, s, pads):
+def test_conv_value_and_grads_equal_xla(monkeypatch, blocked, b, h, w, cin, cout, k, s, pads):
     if blocked:  # kernel_grad's scan over blocks of output rows, for any size
         monkeypatch.setattr(conv, "LARGE_TAP_MACS", 0)
         monkeypatch.setattr(conv, "BLOCK_PIXELS", 2 * b * w)  # ~2 rows, a ragged last block
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(b, h, w, cin)), jnp.float32)
     kern = jnp.asarray(rng.normal(size=(k, k, cin, cout)), jnp.float32)
-    ours = jax.jit(lambda x_, k_: conv.conv_general_dilated(x_, k_, s, pads,
-                                                            dimension_numbers=NHWC))
+    ours = jax.jit(lambda x_, k_: conv.conv_general_dilated(
+        x_, k_, s, pads, dimension_numbers=NHWC, platform=SLICES))
     y = _xla(x, kern, s, pads)
     np.testing.assert_allclose(ours(x, kern), y, rtol=1e-5, atol=1e-5)  # 1x1: a matmul
     dy = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
@@ -62,13 +68,13 @@ def test_kernel_grad_by_hand():
     np.testing.assert_array_equal(dw[..., 0, 0], want)
 
 
-def test_bf16_kernel_grad_keeps_dtype_and_is_close(slices_mode):
+def test_bf16_kernel_grad_keeps_dtype_and_is_close():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(2, 8, 8, 16)), jnp.bfloat16)
     kern = jnp.asarray(rng.normal(size=(3, 3, 16, 32)) * 0.1, jnp.bfloat16)
     pads = ((1, 1), (1, 1))
-    f = lambda k_: jnp.sum(conv.conv_general_dilated(x, k_, (1, 1), pads,
-                                                     dimension_numbers=NHWC).astype(jnp.float32))
+    f = lambda k_: jnp.sum(conv.conv_general_dilated(
+        x, k_, (1, 1), pads, dimension_numbers=NHWC, platform=SLICES).astype(jnp.float32))
     g = jax.grad(f)(kern)
     assert g.dtype == jnp.bfloat16
     ref = jax.grad(lambda k_: jnp.sum(_xla(x.astype(jnp.float32), k_, (1, 1), pads)))(
@@ -76,44 +82,53 @@ def test_bf16_kernel_grad_keeps_dtype_and_is_close(slices_mode):
     np.testing.assert_allclose(np.asarray(g, np.float32), ref, rtol=2e-2, atol=2e-1)
 
 
-def test_other_convs_fall_back_to_xla(slices_mode):
+def test_other_convs_fall_back_to_xla():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(1, 8, 8, 4)), jnp.float32)
     kern = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)  # 2 groups
     kw = dict(dimension_numbers=NHWC, feature_group_count=2, rhs_dilation=(2, 2))
-    ours = conv.conv_general_dilated(x, kern, (1, 1), "SAME", **kw)
+    ours = conv.conv_general_dilated(x, kern, (1, 1), "SAME", platform=SLICES, **kw)
     want = jax.lax.conv_general_dilated(x, kern, (1, 1), "SAME", **kw)
     np.testing.assert_array_equal(ours, want)
 
 
-def test_xla_mode_is_plain_lax(monkeypatch):
-    monkeypatch.setattr(conv, "KERNEL_GRAD", "xla")
+@pytest.mark.parametrize("plat", [Platform(), Platform(target="tpu"), Platform(target="gpu")])
+def test_xla_platforms_are_plain_lax(plat):
     f = lambda x_, k_: conv.conv_general_dilated(x_, k_, (1, 1), ((0, 0), (0, 0)),
-                                                 dimension_numbers=NHWC)
+                                                 dimension_numbers=NHWC, platform=plat)
     hlo = jax.jit(f).lower(jnp.ones((1, 4, 4, 8)), jnp.ones((1, 1, 8, 8))).as_text()
     assert "convolution" in hlo and "dot_general" not in hlo
 
 
+def _taps_macs(rhs, out):
+    return out[0] * out[1] * out[2] * rhs[2] * rhs[3]
+
+
 @pytest.mark.parametrize("avx512", [False, True])
-def test_auto_uses_xla_for_small_convs(monkeypatch, avx512):
-    monkeypatch.setattr(conv, "KERNEL_GRAD", "auto")
-    monkeypatch.setattr(conv, "YNNPACK", "on")  # the AVX2 rule with XLA's YNNPACK fusions
-    monkeypatch.setattr(conv, "_cpu_has_avx512", lambda: avx512)
-    cpu = jax.default_backend() == "cpu"
+def test_auto_uses_xla_for_small_convs(monkeypatch, fresh_resolve, avx512):
+    monkeypatch.setattr(platform_lib.cpu, "has_avx512", lambda: avx512)
+    # ynnpack 'on': the AVX2 rule with XLA's YNNPACK fusions
+    p = platform_lib.resolve(target="cpu", cpu_conv="auto", ynnpack="on")
+    use = lambda rhs, out: p.use_slices(rhs[2], rhs[3], _taps_macs(rhs, out))
     tiny_out, r50_out = (16, 16, 16, 32), (2, 64, 64, 128)
-    assert not conv._use_slices((3, 3, 16, 16), tiny_out)
-    assert conv._use_slices((3, 3, 32, 32), tiny_out) == (cpu and not avx512)
-    assert conv._use_slices((3, 3, 128, 128), r50_out) == cpu
-    monkeypatch.setattr(conv, "KERNEL_GRAD", "fast")
-    with pytest.raises(ValueError, match="KERNEL_GRAD"):
-        conv._use_slices((3, 3, 32, 32))
+    assert not use((3, 3, 16, 16), tiny_out)
+    assert use((3, 3, 32, 32), tiny_out) == (not avx512)
+    assert use((3, 3, 128, 128), r50_out)
+    assert not platform_lib.resolve(target="cpu", cpu_conv="off").cpu_conv
+    assert platform_lib.resolve(target="cpu", cpu_conv="on").use_slices(1, 1, 1)
+    for target in ("gpu", "tpu"):
+        assert platform_lib.resolve(target=target, cpu_conv="on") == Platform(target=target)
+    with pytest.raises(ValueError, match="cpu_conv"):
+        platform_lib.resolve(target="cpu", cpu_conv="fast")
+    with pytest.raises(ValueError, match="CPU targets"):
+        Platform(target="tpu", conv_kernel_grad="slices")
 
 
-def test_flax_conv_layer_under_vmap_matches_plain_nn_conv(slices_mode):
+def test_flax_conv_layer_under_vmap_matches_plain_nn_conv():
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(3, 2, 10, 10, 8)), jnp.float32)  # vmapped over axis 0
     ours = layers.conv(16, 3, 2, use_bias=True, dtype=jnp.float32,
-                       kernel_init=nn.initializers.normal(1.0))
+                       kernel_init=nn.initializers.normal(1.0), platform=SLICES)
     plain = nn.Conv(16, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                     kernel_init=nn.initializers.normal(1.0))
     params = ours.init(jax.random.PRNGKey(0), x[0])
@@ -175,31 +190,29 @@ def test_max_pool_gradient_equals_nn_max_pool_with_ties(window, stride, padding,
     ("off", True, False, True, True),
     ("on", False, True, True, False),
 ])
-def test_ynnpack_switch(monkeypatch, mode, avx512, amd, x86, want):
-    monkeypatch.setattr(conv, "YNNPACK", mode)
-    monkeypatch.setattr(conv, "_cpu_has_avx512", lambda: avx512)
-    monkeypatch.setattr(conv, "_cpu_is_amd", lambda: amd)
-    monkeypatch.setattr(conv, "_is_x86", lambda: x86)
-    monkeypatch.setattr(conv, "_ynn_option_accepted", lambda: True)
-    want = want and jax.default_backend() == "cpu"
-    assert conv.ynnpack_off() == want
-    assert conv.compiler_options() == ({"xla_cpu_experimental_ynn_fusion_type": ""}
-                                       if want else None)
+def test_ynnpack_switch(monkeypatch, fresh_resolve, mode, avx512, amd, x86, want):
+    monkeypatch.setattr(platform_lib.cpu, "has_avx512", lambda: avx512)
+    monkeypatch.setattr(platform_lib.cpu, "is_amd", lambda: amd)
+    monkeypatch.setattr(platform_lib.cpu, "is_x86", lambda: x86)
+    monkeypatch.setattr(platform_lib.cpu, "ynn_option_accepted", lambda: True)
+    p = platform_lib.resolve(target="cpu", cpu_conv="auto", ynnpack=mode)
+    assert p.ynnpack == (not want)
+    assert p.compiler_options() == ({"xla_cpu_experimental_ynn_fusion_type": ""}
+                                    if want else None)
     # with YNNPACK off, small convs keep XLA's kernel gradient (the AVX-512 rule)
-    monkeypatch.setattr(conv, "KERNEL_GRAD", "auto")
-    small = conv._use_slices((3, 3, 32, 32), (16, 16, 16, 32))
-    assert small == (jax.default_backend() == "cpu" and not avx512 and not want)
-    monkeypatch.setattr(conv, "YNNPACK", "sometimes")
-    with pytest.raises(ValueError, match="YNNPACK"):
-        conv.ynnpack_off()
+    assert p.use_slices(32, 32, _taps_macs((3, 3, 32, 32), (16, 16, 16, 32))) == (
+        not avx512 and not want)
+    # other targets: no CPU option, whatever the setting
+    assert platform_lib.resolve(target="tpu", ynnpack=mode).compiler_options() is None
+    with pytest.raises(ValueError, match="ynnpack"):
+        platform_lib.resolve(target="cpu", ynnpack="sometimes")
 
 
-def test_ynnpack_off_option_gives_plain_xla_convs(monkeypatch):
+def test_ynnpack_off_option_gives_plain_xla_convs(fresh_resolve):
     """The option is accepted by this jaxlib (or the switch stays off), gives the same
     values, and the compiled conv has no YNNPACK fusion."""
-    monkeypatch.setattr(conv, "YNNPACK", "off")
-    opts = conv.compiler_options()
-    if jax.default_backend() != "cpu" or not conv._ynn_option_accepted():
+    opts = platform_lib.resolve(target="cpu", ynnpack="off").compiler_options()
+    if jax.default_backend() != "cpu" or not platform_lib.cpu.ynn_option_accepted():
         assert opts is None
         return
     rng = np.random.default_rng(4)

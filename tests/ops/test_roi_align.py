@@ -334,14 +334,6 @@ def test_multilevel_bad_input_under_jit(method):
     assert empty.shape == (0, 2, 2, 3)
 
 
-@pytest.fixture()
-def per_sample_form(monkeypatch):
-    """roi_align's gather method with the tap form switched off."""
-    from jaxdet.ops import roi_align as roi_align_lib
-
-    monkeypatch.setattr(roi_align_lib, "TAPS", False)
-
-
 def _fitting_case(seed=3):
     """RoIs whose bins are at most 4 map pixels (7x7 output): the tap form applies.
     Includes RoIs on and across the map border, a tiny one and one with x2 < x1."""
@@ -361,7 +353,7 @@ def _fitting_case(seed=3):
     (True, 0, 5), (False, 0, 5), (True, 2, 4), (True, 3, 4), (False, 4, 4),
 ])
 def test_tap_form_matches_reference_and_per_sample_form(aligned, sampling_ratio, max_sr):
-    from jaxdet.ops import roi_align as roi_align_lib
+    from jaxdet.ops import roi_bins
 
     feat, rois, bidx = _fitting_case()
     if sampling_ratio > 0:  # bins of at most k pixels for the tap form with k samples
@@ -370,8 +362,8 @@ def test_tap_form_matches_reference_and_per_sample_form(aligned, sampling_ratio,
     kw = dict(output_size=7, sampling_ratio=sampling_ratio, aligned=aligned,
               max_sampling_ratio=max_sr)
     s = sampling_ratio or max_sr
-    y1, x1, rh, rw = roi_align_lib._roi_geometry(jnp.asarray(rois), 1.0, aligned)
-    fits = [roi_align_lib._axis_taps(*roi_align_lib._axis_samples(
+    y1, x1, rh, rw = roi_bins.roi_geometry(jnp.asarray(rois), 1.0, aligned)
+    fits = [roi_bins.axis_taps(*roi_bins.axis_samples(
         a, n, 7, sampling_ratio, max_sr, jnp.full(20, float(size))), s + 1)[2]
         for a, n, size in ((y1, rh, 23), (x1, rw, 31))]
     assert all(bool(f) for f in fits), "the case must exercise the tap form"
@@ -379,53 +371,37 @@ def test_tap_form_matches_reference_and_per_sample_form(aligned, sampling_ratio,
     taps = np.asarray(f(feat, rois, bidx))
     ref = roi_align_ref(feat, rois, bidx, (7, 7), 1.0, sampling_ratio, aligned)
     np.testing.assert_allclose(taps, ref, rtol=1e-5, atol=1e-5)
-    old = roi_align_lib.TAPS
-    try:
-        roi_align_lib.TAPS = False
-        per_sample = np.asarray(jax.jit(lambda f, r, b: roi_align(f, r, b, **kw))(feat, rois, bidx))
-    finally:
-        roi_align_lib.TAPS = old
+    per_sample = np.asarray(
+        jax.jit(lambda f, r, b: roi_align(f, r, b, taps=False, **kw))(feat, rois, bidx))
     np.testing.assert_allclose(taps, per_sample, rtol=1e-5, atol=1e-5)
 
 
-def test_tap_form_gradients_and_nan(per_sample_form):
-    """The tap form (TAPS set back on below; the fixture restores it) against the
-    per-sample form: NaN only in the NaN RoI, equal values and feature gradients."""
-    from jaxdet.ops import roi_align as roi_align_lib
-
+def test_tap_form_gradients_and_nan():
+    """The tap form against the per-sample form (taps=False): NaN only in the NaN RoI,
+    equal values and feature gradients."""
     feat, rois, bidx = _fitting_case(4)
     rois = rois.copy()
     rois[6, 1] = np.nan
-    roi_align_lib.TAPS = False
-    ref_out = np.asarray(roi_align(feat, rois, bidx, output_size=7))
-    roi_align_lib.TAPS = True
+    ref_out = np.asarray(roi_align(feat, rois, bidx, output_size=7, taps=False))
     out = np.asarray(jax.jit(lambda f: roi_align(f, rois, bidx, output_size=7))(feat))
     assert np.isnan(out[6]).all() and np.isfinite(np.delete(out, 6, 0)).all()
     np.testing.assert_allclose(np.delete(out, 6, 0), np.delete(ref_out, 6, 0), atol=1e-5)
     # The NaN RoI's gradient is NaN in both forms; compare the other RoIs' only.
     keep = np.arange(20) != 6
-    grad = lambda f: jax.grad(
-        lambda f: jnp.sum(jnp.sin(roi_align(f, rois[keep], bidx[keep], output_size=7))))(f)
-    g_taps = np.asarray(jax.jit(grad)(feat))
-    roi_align_lib.TAPS = False
-    g_samples = np.asarray(jax.jit(grad)(feat))
+    grad = lambda f, taps: jax.grad(lambda f: jnp.sum(jnp.sin(
+        roi_align(f, rois[keep], bidx[keep], output_size=7, taps=taps))))(f)
+    g_taps = np.asarray(jax.jit(lambda f: grad(f, True))(feat))
+    g_samples = np.asarray(jax.jit(lambda f: grad(f, False))(feat))
     np.testing.assert_allclose(g_taps, g_samples, rtol=1e-5, atol=1e-5)
 
 
 def test_multilevel_tap_form_matches_per_sample_form():
-    from jaxdet.ops import roi_align as roi_align_lib
-
     rng = np.random.default_rng(5)
     feats = [rng.normal(size=(2, 64 // s, 96 // s, 4)).astype(np.float32) for s in (4, 8, 16)]
     rois = _random_rois(rng, 30, 256, 384, min_size=4, max_size=200)
     bidx = rng.integers(0, 2, 30).astype(np.int32)
-    f = lambda: np.asarray(jax.jit(lambda fs, r, b: multilevel_roi_align(
-        fs, r, b, strides=(4, 8, 16), output_size=7))(feats, rois, bidx))
-    taps = f()
-    old = roi_align_lib.TAPS
-    try:
-        roi_align_lib.TAPS = False
-        per_sample = f()
-    finally:
-        roi_align_lib.TAPS = old
+    f = lambda taps: np.asarray(jax.jit(lambda fs, r, b: multilevel_roi_align(
+        fs, r, b, strides=(4, 8, 16), output_size=7, taps=taps))(feats, rois, bidx))
+    taps = f(True)
+    per_sample = f(False)
     np.testing.assert_allclose(taps, per_sample, rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdet.ops import conv
+from jaxdet import platform as platform_lib
 from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import loop
 from jaxdet.train import mesh as mesh_lib
@@ -74,15 +74,16 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path):
     ckpt.close()
 
 
-def test_ynnpack_switch_reaches_the_train_jit(data_dir, tmp_path, monkeypatch):
-    """`conv.YNNPACK='off'` (the default on AVX2 x86) compiles the train step without
-    XLA:CPU's YNNPACK fusions, and the step runs (values: tests/ops/test_conv.py)."""
-    monkeypatch.setattr(conv, "YNNPACK", "off")
+def test_ynnpack_switch_reaches_the_train_jit(data_dir, tmp_path):
+    """`config.platform.ynnpack='off'` (the 'auto' choice on AVX2 x86) compiles the train
+    step without XLA:CPU's YNNPACK fusions, and the step runs (values:
+    tests/ops/test_conv.py)."""
     config = tiny_config("atss", data_dir, num_steps=1, checkpoint_every=1)
+    config.platform.ynnpack = "off"
     parts = loop.setup(config, str(tmp_path / "off"))
     batch = mesh_lib.global_batch(next(parts.train_iter), parts.mesh)
     compiled = parts.step_fn.lower(parts.state, batch, parts.train_rng).compile()
-    if conv.compiler_options() is not None:  # CPU, and this jaxlib knows the option
+    if platform_lib.from_config(config).compiler_options() is not None:  # CPU, option known
         assert "%ynn_fusion" not in compiled.as_text()
     state, metrics = compiled(parts.state, batch, parts.train_rng)
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.layers import ConvTower, Scale, concat_levels, conv, normal_001, prior_bias
+from jaxdet.platform import DEFAULT, Platform
 
 Dtype = Any
 
@@ -31,6 +32,7 @@ class ATSSHead(nn.Module):
       norm: tower norm ('gn'). conv_bias: tower conv bias (None = only without norm).
       prior_prob: initial foreground probability (0.01).
       dtype: compute dtype; outputs are float32.
+      platform: the `jaxdet.platform.Platform` the convs are built for.
 
     Call: features, per level [B, H_l, W_l, Cin] -> dict
       'cls_logits': [B, N, C], 'box_deltas': [B, N, 4] (delta-xywh, scaled per level),
@@ -47,6 +49,7 @@ class ATSSHead(nn.Module):
     gn_groups: int = 32
     prior_prob: float = 0.01
     dtype: Dtype = jnp.float32
+    platform: Platform = DEFAULT
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> dict[str, jax.Array]:
@@ -58,10 +61,12 @@ class ATSSHead(nn.Module):
             use_bias=self.conv_bias,
             num_groups=self.gn_groups,
             dtype=self.dtype,
+            platform=self.platform,
             name=name,
         )
         out = lambda n, name, b=nn.initializers.zeros: conv(
-            n, 3, use_bias=True, dtype=self.dtype, kernel_init=normal_001, bias_init=b, name=name
+            n, 3, use_bias=True, dtype=self.dtype, kernel_init=normal_001, bias_init=b,
+            platform=self.platform, name=name
         )
         cls_tower, reg_tower = tower("cls_tower"), tower("reg_tower")
         cls_conv = out(a * c, "cls_out", nn.initializers.constant(prior_bias(self.prior_prob)))

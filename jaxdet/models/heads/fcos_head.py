@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.layers import ConvTower, Scale, concat_levels, conv, normal_001, prior_bias
+from jaxdet.platform import DEFAULT, Platform
 
 Dtype = Any
 
@@ -36,6 +37,7 @@ class FCOSHead(nn.Module):
         False (original FCOS) -> box_ltrb = exp(scale_l * x) in pixels.
       centerness_on_reg: centerness from the reg tower (True) or the cls tower (paper).
       dtype: compute dtype; outputs are float32.
+      platform: the `jaxdet.platform.Platform` the convs are built for.
 
     Call: features, per level [B, H_l, W_l, Cin] -> dict
       'cls_logits': [B, N, C], 'box_ltrb': [B, N, 4] (left, top, right, bottom >= 0),
@@ -53,6 +55,7 @@ class FCOSHead(nn.Module):
     norm_on_bbox: bool = True
     centerness_on_reg: bool = True
     dtype: Dtype = jnp.float32
+    platform: Platform = DEFAULT
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> dict[str, jax.Array]:
@@ -63,10 +66,12 @@ class FCOSHead(nn.Module):
             use_bias=self.conv_bias,
             num_groups=self.gn_groups,
             dtype=self.dtype,
+            platform=self.platform,
             name=name,
         )
         out = lambda n, name, b=nn.initializers.zeros: conv(
-            n, 3, use_bias=True, dtype=self.dtype, kernel_init=normal_001, bias_init=b, name=name
+            n, 3, use_bias=True, dtype=self.dtype, kernel_init=normal_001, bias_init=b,
+            platform=self.platform, name=name
         )
         cls_tower, reg_tower = tower("cls_tower"), tower("reg_tower")
         cls_conv = out(

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.layers import ConvTower, concat_levels, conv, normal_001, prior_bias
+from jaxdet.platform import DEFAULT, Platform
 
 Dtype = Any
 
@@ -38,6 +39,7 @@ class FSAFHead(nn.Module):
       prior_prob: initial foreground probability (0.01) of both class outputs.
       reg_bias_init: bias of the AF box conv (0.25, mmdetection).
       dtype: compute dtype; outputs are float32.
+      platform: the `jaxdet.platform.Platform` the convs are built for.
 
     Call: features, per level [B, H_l, W_l, Cin] -> dict
       'af_cls_logits': [B, N, C], 'af_tblr': [B, N, 4] >= 0 (top, bottom, left, right,
@@ -56,14 +58,17 @@ class FSAFHead(nn.Module):
     prior_prob: float = 0.01
     reg_bias_init: float = 0.25
     dtype: Dtype = jnp.float32
+    platform: Platform = DEFAULT
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> dict[str, jax.Array]:
         c, a = self.num_classes, self.num_anchors
         tower = lambda name: ConvTower(self.feat_channels, self.stacked_convs, norm=self.norm,
-                                       num_groups=self.gn_groups, dtype=self.dtype, name=name)
+                                       num_groups=self.gn_groups, dtype=self.dtype,
+                                       platform=self.platform, name=name)
         out = lambda n, name, b: conv(n, 3, use_bias=True, dtype=self.dtype,
-                                      kernel_init=normal_001, bias_init=b, name=name)
+                                      kernel_init=normal_001, bias_init=b,
+                                      platform=self.platform, name=name)
         cls_bias = nn.initializers.constant(prior_bias(self.prior_prob))
         cls_tower, reg_tower = tower("cls_tower"), tower("reg_tower")
         af_cls = out(c, "af_cls_out", cls_bias)

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.layers import ConvTower, concat_levels, conv, normal_001, prior_bias
+from jaxdet.platform import DEFAULT, Platform
 
 Dtype = Any
 
@@ -33,6 +34,7 @@ class RetinaHead(nn.Module):
       prior_prob: initial foreground probability pi (0.01).
       norm: tower norm (None in RetinaNet; 'gn' for GN variants).
       dtype: compute dtype; outputs are float32.
+      platform: the `jaxdet.platform.Platform` the convs are built for.
 
     Call: features, per level [B, H_l, W_l, Cin] -> dict
       'cls_logits': [B, N, C] float32, N = sum_l H_l * W_l * A,
@@ -47,12 +49,14 @@ class RetinaHead(nn.Module):
     prior_prob: float = 0.01
     norm: str | None = None
     dtype: Dtype = jnp.float32
+    platform: Platform = DEFAULT
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> dict[str, jax.Array]:
         a, c = self.num_anchors, self.num_classes
         tower = lambda name: ConvTower(
-            self.feat_channels, self.stacked_convs, norm=self.norm, dtype=self.dtype, name=name
+            self.feat_channels, self.stacked_convs, norm=self.norm, dtype=self.dtype,
+            platform=self.platform, name=name
         )
         cls_tower, reg_tower = tower("cls_tower"), tower("reg_tower")
         cls_conv = conv(
@@ -62,10 +66,12 @@ class RetinaHead(nn.Module):
             dtype=self.dtype,
             kernel_init=normal_001,
             bias_init=nn.initializers.constant(prior_bias(self.prior_prob)),
+            platform=self.platform,
             name="cls_out",
         )
         reg_conv = conv(
-            a * 4, 3, use_bias=True, dtype=self.dtype, kernel_init=normal_001, name="reg_out"
+            a * 4, 3, use_bias=True, dtype=self.dtype, kernel_init=normal_001,
+            platform=self.platform, name="reg_out"
         )
         cls, reg = [], []
         for f in features:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdet.models.layers import conv
+from jaxdet.platform import DEFAULT, Platform
 
 Dtype = Any
 EXTRA_MODES = ("on_input", "on_lateral", "on_output", "pool")
@@ -58,6 +59,7 @@ class FPN(nn.Module):
       add_extra_convs: one of EXTRA_MODES, how levels beyond the inputs are made.
       relu_before_extra_convs: ReLU before the extra convs after the first.
       dtype: compute dtype.
+      platform: the `jaxdet.platform.Platform` the convs are built for.
 
     Call: features, a sequence of [B, H_l, W_l, C_l] with increasing stride (each level
     half the previous, rounded up) -> tuple of `num_outs` arrays [B, H_l, W_l, out_channels].
@@ -68,6 +70,7 @@ class FPN(nn.Module):
     add_extra_convs: str = "on_input"
     relu_before_extra_convs: bool = False
     dtype: Dtype = jnp.float32
+    platform: Platform = DEFAULT
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> tuple[jax.Array, ...]:
@@ -85,6 +88,7 @@ class FPN(nn.Module):
                 use_bias=True,
                 dtype=self.dtype,
                 kernel_init=nn.initializers.xavier_uniform(),
+                platform=self.platform,
                 name=name,
             )
 

@@ -2,7 +2,7 @@
 
 Forward kernel: the points are cut into blocks of ``block`` points (the grid);
 each program computes its points' corner rows and weights (the same
-`sampling.corners` code as the XLA path), reads the 4 corner rows of ``C``
+`bilinear.corners` code as the XLA path), reads the 4 corner rows of ``C``
 channels from the zero-padded, flattened map ``[B*(H+2)*(W+2), C]`` and writes
 the weighted sum ``[block, C]``.
 
@@ -44,8 +44,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from jaxdet.ops import bilinear
 from jaxdet.ops import pallas as pallas_cfg
-from jaxdet.ops import sampling
 
 Array = jnp.ndarray
 
@@ -54,7 +54,7 @@ DEFAULT_BLOCK = 128
 
 def _corner_rows(cfg, pts: Array, batch: Array):
     height, width, boundary = cfg[:3]
-    cn = sampling.corners(pts[:, 0], pts[:, 1], height, width, boundary)
+    cn = bilinear.corners(pts[:, 0], pts[:, 1], height, width, boundary)
     hp, wp = height + 2, width + 2
     row = (batch * hp + cn.y0) * wp + cn.x0
     return row, cn, (0, 1, wp, wp + 1)
@@ -79,7 +79,7 @@ def _bwd_points_kernel(cfg, pts_ref, batch_ref, g_ref, feat_ref, dpts_ref):
         jnp.sum(g * feat_ref[row + off, :].astype(jnp.float32), axis=-1) for off in offs
     )
     hy, hx = 1.0 - cn.ly, 1.0 - cn.lx
-    sy, sx = sampling.clamp_grad_scale(pts[:, 0], pts[:, 1], cfg[0], cfg[1], cfg[2])
+    sy, sx = bilinear.clamp_grad_scale(pts[:, 0], pts[:, 1], cfg[0], cfg[1], cfg[2])
     dy = (cn.inside * sy) * (hx * (d10 - d00) + cn.lx * (d11 - d01))
     dx = (cn.inside * sx) * (hy * (d01 - d00) + cn.ly * (d11 - d10))
     dpts_ref[...] = jnp.stack([dy, dx], axis=-1).astype(dpts_ref.dtype)
@@ -156,15 +156,16 @@ def bilinear_sample_batched(
     boundary: str = "zero",
     block: int = DEFAULT_BLOCK,
     interpret: bool | None = None,
+    target: str = "cpu",
 ) -> Array:
     """Pallas version of `sampling.bilinear_sample_batched` (same arguments).
 
-    `interpret` defaults to True where Pallas cannot compile (CPU).
+    `interpret` defaults to True where Pallas cannot compile (a 'cpu' `target`).
     """
-    if boundary not in sampling.BOUNDARIES:
-        raise ValueError(f"unknown boundary {boundary!r}; expected one of {sampling.BOUNDARIES}")
+    if boundary not in bilinear.BOUNDARIES:
+        raise ValueError(f"unknown boundary {boundary!r}; expected one of {bilinear.BOUNDARIES}")
     if interpret is None:
-        interpret = pallas_cfg.needs_interpret()
+        interpret = pallas_cfg.needs_interpret(target)
     nb, h, w, c = feat.shape
     lead = points.shape[:-1]
     m = 1
@@ -178,7 +179,7 @@ def bilinear_sample_batched(
     if m_pad != m:
         pts = jnp.concatenate([pts, jnp.full((m_pad - m, 2), -4.0, pdtype)])
         bidx = jnp.concatenate([bidx, jnp.zeros((m_pad - m,), jnp.int32)])
-    flat = sampling.pad_map(feat).reshape(nb * (h + 2) * (w + 2), c)
+    flat = bilinear.pad_map(feat).reshape(nb * (h + 2) * (w + 2), c)
     cfg = (h, w, boundary, block, bool(interpret))
     out = _sample(cfg, flat, pts, bidx)[:m]
     return out.reshape(*lead, c)
@@ -191,8 +192,9 @@ def bilinear_sample(
     boundary: str = "zero",
     block: int = DEFAULT_BLOCK,
     interpret: bool | None = None,
+    target: str = "cpu",
 ) -> Array:
     """Pallas version of `sampling.bilinear_sample`: feat [H, W, C], points [..., 2]."""
     return bilinear_sample_batched(
-        feat[None], 0, points, boundary=boundary, block=block, interpret=interpret
+        feat[None], 0, points, boundary=boundary, block=block, interpret=interpret, target=target
     )
