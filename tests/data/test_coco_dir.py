@@ -4,22 +4,23 @@ invalid boxes, corrupt images; and evaluation maps labels back to category ids."
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from jaxdet.data import coco, pipeline
 from jaxdet.eval import coco_eval
 from tests.data.coco_fixture import write_coco_dir
 
 
 def _config(coco_root, data_dir, **kw):
-    fields = dict(
-        name="coco_dir", coco_dir=coco_root, data_dir=data_dir, builder_config="default",
-        train_split="train", val_split="val", num_classes=3, image_size=(64, 64),
+    config = common.data_coco(coco_root)
+    config.update(dict(
+        data_dir=data_dir, builder_config="default", num_classes=3, image_size=(64, 64),
         min_size=None, max_size=None, max_boxes=8, with_masks=True, mask_stride=1,
-        flip_prob=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_workers=0)
-    return ml_collections.ConfigDict({**fields, **kw})
+        flip_prob=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_workers=0))
+    config.update(kw)
+    return config
 
 
 @pytest.fixture(scope="module")
