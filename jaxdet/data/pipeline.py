@@ -65,7 +65,7 @@ def _slug(path: str) -> str:
     return f"{base[:40]}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
 
 
-def resolve_dataset(data: Any = None, data_dir: str | None = None,
+def resolve_dataset(data: Any, data_dir: str | None = None,
                     builder_config: str | None = None) -> tuple[str, str, str]:  # fmt: skip
     """(name, data_dir, builder_config) of a config.data or of a dataset name.
 
