@@ -224,9 +224,12 @@ def predict_images(detector: Any, params: Any, config: ml_collections.ConfigDict
                    images: Sequence | str, *, score_thr: float = 0.3,
                    batch_size: int | None = None) -> list[Prediction]:  # fmt: skip
     """Detections of each image (file paths, PIL images or uint8 arrays; or one folder /
-    glob string), in the original pixels. `batch_size` defaults to config.eval.batch_size."""
+    glob / file string, or one image), in the original pixels, in order. `batch_size`
+    defaults to config.eval.batch_size."""
     if isinstance(images, str):
         images = find_images(images)
+    elif isinstance(images, (np.ndarray, Image.Image)):
+        images = [images]
     cats = categories(config)
     return [p for p, _ in _iterate(detector, params, config, list(images), score_thr,
                                    batch_size, cats)]  # fmt: skip
