@@ -64,6 +64,7 @@ def random_batch(batch: int, hw: tuple[int, int], max_boxes: int, num_classes: i
 
 def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -> float:
     config.data.image_size = hw
+    config.data.num_classes = config.data.num_classes or 80  # COCO's (no dataset read here)
     det = detectors.build(config)
     params, det_state = det.init(jax.random.PRNGKey(0), hw)
     schedule = optim.make_schedule(config.optimizer, 1000, 100)

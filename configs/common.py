@@ -17,7 +17,10 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 def data_shapes(image_size: int = 128, builder_config: str = "default"
                 ) -> ml_collections.ConfigDict:
-    """The built-in procedural `shapes` dataset (generated on first use)."""
+    """The built-in procedural `shapes` dataset (generated on first use).
+
+    Every data field the input pipeline (`jaxdet.data.pipeline`) reads is here and in
+    `data_coco`, with its default: this is the one place they are defined."""
     return ml_collections.ConfigDict(
         dict(
             name="shapes",
@@ -32,6 +35,7 @@ def data_shapes(image_size: int = 128, builder_config: str = "default"
             max_size=image_size,
             max_boxes=16,
             with_masks=False,
+            mask_stride=4,  # instance masks stored at 1/mask_stride of the padded input
             flip_prob=0.5,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
@@ -47,7 +51,8 @@ def data_coco(coco_dir: str = "") -> ml_collections.ConfigDict:
     """COCO 2017 from a local COCO-format directory (instances_{train,val}2017.json).
 
     builder_config 'boxes' stores no masks (box detectors); 'default' stores them
-    (set with_masks=True too for mask heads)."""
+    (set with_masks=True too for mask heads). Any COCO-format directory works: the
+    number of classes is read from its annotations (a fixed num_classes must match)."""
     return ml_collections.ConfigDict(
         dict(
             name="coco_dir",
@@ -56,12 +61,13 @@ def data_coco(coco_dir: str = "") -> ml_collections.ConfigDict:
             coco_dir=coco_dir,
             train_split="train",
             val_split="val",
-            num_classes=80,
+            num_classes=0,  # 0: the annotations' category count (80 for COCO 2017)
             image_size=(800, 1344),
             min_size=800,
             max_size=1333,
             max_boxes=100,
             with_masks=False,
+            mask_stride=4,  # instance masks stored at 1/mask_stride of the padded input
             flip_prob=0.5,
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,

@@ -4,6 +4,11 @@
   python -m jaxdet.main --config=configs/atss/atss_r50_fpn_1x_coco.py \
       --config.data.coco_dir=/path/to/coco --workdir=runs/atss
   python -m jaxdet.main --config=... --workdir=runs/atss --mode=eval [--step=N]
+  python -m jaxdet.main --workdir=runs/atss --mode=predict --images=DIR_OR_GLOB \
+      [--config=...] [--step=N] [--score_thr=0.3] [--out=DIR]
+
+Training writes the config to `workdir/config.json` (num_classes=0, "from the
+dataset", resolved), which `--mode=predict` reads when no --config is given.
 
 Every config field can be overridden (`--config.train.batch_size=8`); unknown
 fields are an error. Restarting with the same workdir resumes from the last
@@ -23,15 +28,23 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, results.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (then eval) or eval only.")
-_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for --mode=eval (default: latest).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                          "train (then eval), eval only, or predict on --images.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step for eval/predict (default: latest).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Force jax.distributed.initialize().")
-flags.mark_flags_as_required(["config", "workdir"])
+_IMAGES = flags.DEFINE_string("images", None, "predict: an image folder, a glob or one file.")
+_SCORE_THR = flags.DEFINE_float("score_thr", 0.3, "predict: the lowest score kept.")
+_OUT = flags.DEFINE_string("out", None, "predict: output folder (default workdir/predictions).")
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _MODE.value == "predict" and not _IMAGES.value:
+        raise app.UsageError("--mode=predict needs --images=DIR_OR_GLOB")
+    if _MODE.value != "predict" and _CONFIG.value is None:
+        raise app.UsageError("--config is required")
     if not flags.FLAGS["verbosity"].present:
         # Library INFO logs (orbax's per-save lines, tfds) drown the progress lines;
         # `--verbosity=0` brings them back.
@@ -41,15 +54,24 @@ def main(argv):
     mesh_lib.maybe_initialize_distributed(force=_MULTIHOST.value)
     import jax
 
+    from jaxdet import predict
     from jaxdet.eval import coco_eval
     from jaxdet.train import loop
 
     config = _CONFIG.value
     workdir = os.path.abspath(_WORKDIR.value)
+    if _MODE.value == "predict":
+        try:
+            predict.run(workdir, _IMAGES.value, config=config, step=_STEP.value,
+                        score_thr=_SCORE_THR.value, out=_OUT.value)
+        except predict.ImageInputError as e:
+            print(f"ERROR: {e}", file=sys.stderr)
+            return 2
+        return 0
     os.makedirs(workdir, exist_ok=True)
+    loop.prepare_data(config)  # builds the dataset if missing; resolves num_classes=0
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        predict.save_config(config, workdir)
     logging.info("devices: %s", jax.devices())
     try:
         if _MODE.value == "train":

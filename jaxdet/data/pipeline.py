@@ -20,6 +20,10 @@ iterator's state (`get_state` / grain.checkpoint) restores the exact position, s
 resumed run sees the same batches. Eval: this process's strided share of the split in order, padded
 with padding examples (image_id -1) so every process yields the same number of
 full batches. Batch fields: see `transforms` (Pad output).
+
+`data` is a full `config.data` (a ConfigDict or dict): every field is read directly,
+and `configs/common.py` (`data_shapes`, `data_coco`) is the one place that lists them
+with their defaults. `num_classes=0` means "the dataset's category count".
 """
 
 from __future__ import annotations
@@ -36,25 +40,23 @@ import grain
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags
+from absl import flags, logging
 
 from jaxdet.data import coco, coco_dir, shapes, transforms
 from jaxdet.data.cache import DecodedCache
 from jaxdet.data.prefetch import Prefetch
 
 DATASETS = ("shapes", "coco_dir", "coco")
-_DEFAULTS = dict(builder_config="default", data_dir="", coco_dir="", train_split="train",
-                 val_split="val", image_size=None, min_size=None, max_size=None,
-                 max_boxes=100, with_masks=False, mask_stride=4, flip_prob=0.5,
-                 mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD, num_workers=0,
-                 prefetch=2, read_threads=16, num_classes=None, cache_mb=0)  # fmt: skip
 
 
-def _get(data: Any, key: str, **overrides):
-    if key in overrides and overrides[key] is not None:
-        return overrides[key]
-    value = data.get(key, None) if data is not None else None
-    return _DEFAULTS[key] if value is None else value
+def _with(data: Any, overrides: dict) -> dict:
+    """A dict copy of `data` with the non-None `overrides` applied (each must be a field)."""
+    out = dict(data.items())
+    unknown = sorted(set(overrides) - set(out))
+    if unknown:
+        raise TypeError(f"unknown data field(s) {unknown}: see configs/common.py")
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    return out
 
 
 def _slug(path: str) -> str:
@@ -63,20 +65,20 @@ def _slug(path: str) -> str:
     return f"{base[:40]}_{hashlib.sha1(path.encode()).hexdigest()[:8]}"
 
 
-def resolve_dataset(data: Any = None, data_dir: str | None = None,
+def resolve_dataset(data: Any, data_dir: str | None = None,
                     builder_config: str | None = None) -> tuple[str, str, str]:  # fmt: skip
     """(name, data_dir, builder_config) of a config.data or of a dataset name.
 
     For coco_dir the returned data_dir is the source's own directory under data_dir."""
-    if isinstance(data, str):
-        data = {"name": data, "data_dir": data_dir, "builder_config": builder_config}
-    name = data.get("name") if data is not None else None
+    if isinstance(data, str):  # a name: data_dir is the dataset's own directory
+        name, ddir, bc, src = data, data_dir, builder_config or "default", ""
+    else:
+        name, ddir, bc, src = (data["name"], data["data_dir"], data["builder_config"],
+                               data["coco_dir"])  # fmt: skip
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: expected one of {DATASETS}")
-    ddir = os.path.abspath(_get(data, "data_dir") or os.path.join(os.getcwd(), "data", "tfds"))
-    bc = _get(data, "builder_config")
+    ddir = os.path.abspath(ddir or os.path.join(os.getcwd(), "data", "tfds"))
     if name == "coco_dir":
-        src = _get(data, "coco_dir")
         if src:  # a config: the source's own directory; else data_dir already is it
             ddir = os.path.join(ddir, f"coco_dir_{_slug(src)}")
     if name == "coco":
@@ -107,7 +109,7 @@ def prepare(data: Any, data_dir: str | None = None, builder_config: str | None =
     if name == "shapes":
         builder = shapes.Shapes(data_dir=ddir, config=bc, file_format="array_record")
     else:
-        src = _get(data, "coco_dir") if not isinstance(data, str) else ""
+        src = data["coco_dir"] if not isinstance(data, str) else ""
         if not src:
             raise ValueError("data.name='coco_dir' needs data.coco_dir (a COCO-format dir)")
         builder = coco_dir.CocoDir(coco_dir=src, data_dir=ddir, config=bc,
@@ -193,48 +195,62 @@ def num_examples(data: Any, split: str) -> int:
     return len(data_source(name, split, ddir, bc))
 
 
-def _check_num_classes(data: Any) -> int:
+def num_classes_of(data: Any) -> int:
+    """The dataset's category count K; an error if `data.num_classes` fixes another one
+    (0 means "from the dataset")."""
     found = len(category_map(*resolve_dataset(data)).category_ids)
-    want = _get(data, "num_classes")
-    if want is not None and int(want) != found:
+    want = int(data["num_classes"])
+    if want and want != found:
         raise ValueError(f"config.data.num_classes={want} but the dataset has {found} "
-                         "categories")  # fmt: skip
+                         "categories (0 takes the dataset's count)")  # fmt: skip
     return found
 
 
-def _transforms(data: Any, train: bool, **overrides) -> list:
-    num_classes = _check_num_classes(data)
-    min_size = _get(data, "min_size", **overrides)
-    max_size = _get(data, "max_size", **overrides) or min_size
-    image_size = _get(data, "image_size", **overrides)
+def resolve_num_classes(data: Any) -> int:
+    """Sets `data.num_classes` (in place) to the dataset's category count when it is 0,
+    and logs it; an error if it fixes another count. Call before building the detector."""
+    found = num_classes_of(data)
+    if not int(data["num_classes"]):
+        data["num_classes"] = found
+        message = f"config.data.num_classes=0: the dataset has {found} categories"
+        logging.info(message)
+        if jax.process_index() == 0:
+            print(message, flush=True)
+    return found
+
+
+def input_transforms(data: Any, *, train: bool, num_classes: int) -> list:
+    """The per-example transforms of `data`'s train (or eval) pipeline."""
+    min_size = data["min_size"]
+    max_size = data["max_size"] or min_size
+    image_size = data["image_size"]
     if image_size is None:
         if not max_size:
             raise ValueError("set data.image_size (padded size) or data.max_size")
         image_size = (max_size, max_size)
     return transforms.train_transforms(
-        num_classes, tuple(image_size), int(_get(data, "max_boxes", **overrides)),
-        min_size=min_size, max_size=max_size, flip_prob=float(_get(data, "flip_prob")),
-        mean=_get(data, "mean"), std=_get(data, "std"),
-        with_masks=bool(_get(data, "with_masks", **overrides)),
-        mask_stride=int(_get(data, "mask_stride", **overrides)), train=train,
+        num_classes, tuple(image_size), int(data["max_boxes"]),
+        min_size=min_size, max_size=max_size, flip_prob=float(data["flip_prob"]),
+        mean=data["mean"], std=data["std"], with_masks=bool(data["with_masks"]),
+        mask_stride=int(data["mask_stride"]), train=train,
     )  # fmt: skip
 
 
 def make_train_iterator(data: Any, *, batch_size: int, seed: int = 0, **overrides):
     """Endless, shuffled, checkpointable iterator of this process's batches of
     `batch_size` (= global batch / process count)."""
-    split = _get(data, "train_split", **overrides)
-    with_masks = bool(_get(data, "with_masks", **overrides))
-    source = _source(data, split, with_masks)
+    data = _with(data, overrides)
+    split = data["train_split"]
+    source = _source(data, split, bool(data["with_masks"]))
     shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     if len(source) // shard.shard_count < batch_size:
         raise ValueError(f"split {split!r} has {len(source)} examples: fewer than one batch "
                          f"of {batch_size} per process")  # fmt: skip
-    workers = int(_get(data, "num_workers"))
+    workers = int(data["num_workers"])
     if workers and not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain workers read absl flags (outside app.run)
-    ops = _transforms(data, True, **overrides)
-    cache_mb = float(_get(data, "cache_mb", **overrides))
+    ops = input_transforms(data, train=True, num_classes=num_classes_of(data))
+    cache_mb = float(data["cache_mb"])
     if cache_mb > 0:  # decode + resize once, then from memory (same batches)
         deterministic = [op for op in ops[:2]
                          if isinstance(op, (transforms.Decode, transforms.ResizeKeepRatio))]
@@ -249,39 +265,32 @@ def make_train_iterator(data: Any, *, batch_size: int, seed: int = 0, **override
         # grain's reader threads (16 by default) poll a 500-deep buffer on every
         # element: for local files 0 threads costs less CPU (the tiny config: 19.6 vs
         # 27.2 ms per batch of 16), and `prefetch` gives the overlap with the step
-        read_options=grain.ReadOptions(num_threads=int(_get(data, "read_threads")),
+        read_options=grain.ReadOptions(num_threads=int(data["read_threads"]),
                                        prefetch_buffer_size=max(2 * batch_size, 16)),
     )  # fmt: skip
-    prefetch = int(_get(data, "prefetch", **overrides))
+    prefetch = int(data["prefetch"])
     return Prefetch(iter(loader), prefetch) if prefetch > 0 else iter(loader)
 
 
-def make_eval_iterator(data: Any = None, *, batch_size: int, split: str | None = None,
+def make_eval_iterator(data: Any, *, batch_size: int, split: str | None = None,
                        **overrides) -> Iterator[dict]:  # fmt: skip
     """This process's share of `split` (default val_split) in order, in full batches
     padded with padding examples (image_id -1). Every process yields the same number
-    of batches. `data` may be a config.data or None with name=..., data_dir=...,
-    builder_config=... and any field (min_size, max_boxes, with_masks, ...) as kwargs."""
-    if data is None:
-        data = {}
-    data = {k: data[k] for k in (*_DEFAULTS, "name") if k in data}  # a mutable copy
-    for k in ("name", "data_dir", "builder_config", "coco_dir"):
-        if overrides.get(k) is not None:
-            data[k] = overrides.pop(k)
-    if "min_size" in overrides and overrides["min_size"] is None:
-        data["min_size"] = data["max_size"] = None  # explicit None: no resize
-        overrides.pop("min_size")
-        overrides.pop("max_size", None)
-    split = split or _get(data, "val_split")
-    with_masks = bool(_get(data, "with_masks", **overrides))
-    source = _source(data, split, with_masks)
+    of batches. `overrides`: data fields (min_size, max_boxes, with_masks, ...) that
+    replace those of `data` when not None; min_size=None explicitly: no resize."""
+    no_resize = "min_size" in overrides and overrides["min_size"] is None
+    data = _with(data, overrides)
+    if no_resize:
+        data["min_size"] = data["max_size"] = None
+    split = split or data["val_split"]
+    source = _source(data, split, bool(data["with_masks"]))
     pi, pc = jax.process_index(), jax.process_count()
     indices = np.arange(pi, len(source), pc)
     per_process = -(-len(source) // pc)
     num_batches = -(-per_process // batch_size)
-    if data.get("image_size") is None and not _get(data, "max_size", **overrides):
+    if data["image_size"] is None and not data["max_size"]:
         data["image_size"] = _max_image_size(source)
-    ops = _transforms(data, False, **overrides)
+    ops = input_transforms(data, train=False, num_classes=num_classes_of(data))
 
     def load(i: int) -> dict:
         element = dict(source[int(i)])

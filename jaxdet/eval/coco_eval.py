@@ -84,7 +84,7 @@ def gt_from_dataset(
 def evaluator_for(data_config, split: str | None = None, **kwargs) -> CocoEvaluator:
     """CocoEvaluator for config.data's val split (or `split`); kwargs: iou_types."""
     name, data_dir, builder_config = pipeline.resolve_dataset(data_config)
-    split = split or data_config.get("val_split", "val")
+    split = split or data_config["val_split"]
     return CocoEvaluator.for_dataset(name, data_dir, split, builder_config, **kwargs)
 
 

@@ -8,12 +8,31 @@ exactly the batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+
+class _DropUnrestoredItemWarning(logging.Filter):
+    """orbax warns that the 'data' item (the iterator state) is not restored, by design here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'Item "data" was found in the checkpoint' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_unrestored_data():
+    logger, drop = logging.getLogger("absl"), _DropUnrestoredItemWarning()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
 
 
 class Checkpointer:
@@ -67,7 +86,8 @@ class Checkpointer:
         reader = ocp.CheckpointManager(
             self.directory, item_handlers={"state": ocp.StandardCheckpointHandler()}
         )
-        meta = reader.item_metadata(step)["state"]
+        with _quiet_unrestored_data():
+            meta = reader.item_metadata(step)["state"]
         reader.close()
         sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
@@ -77,9 +97,10 @@ class Checkpointer:
             return leaf
 
         abstract = jax.tree_util.tree_map(target, meta)
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-        )
+        with _quiet_unrestored_data():
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )
         return restored["state"]
 
     def wait(self) -> None:

@@ -51,11 +51,13 @@ def training_length(config: Any, num_train_examples: int) -> tuple[int, int]:
 
 
 def prepare_data(config: Any) -> None:
-    """Builds the dataset if missing: on process 0 only, the others wait."""
+    """Builds the dataset if missing (on process 0 only, the others wait); sets
+    config.data.num_classes=0 to the dataset's category count (before the detector is built)."""
     if jax.process_index() == 0:
         pipeline.prepare(config.data)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxdet: dataset prepared")
+    pipeline.resolve_num_classes(config.data)
 
 
 @dataclasses.dataclass(frozen=True)

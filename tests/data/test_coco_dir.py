@@ -4,22 +4,23 @@ invalid boxes, corrupt images; and evaluation maps labels back to category ids."
 import json
 import os
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from jaxdet.data import coco, pipeline
 from jaxdet.eval import coco_eval
 from tests.data.coco_fixture import write_coco_dir
 
 
 def _config(coco_root, data_dir, **kw):
-    fields = dict(
-        name="coco_dir", coco_dir=coco_root, data_dir=data_dir, builder_config="default",
-        train_split="train", val_split="val", num_classes=3, image_size=(64, 64),
+    config = common.data_coco(coco_root)
+    config.update(dict(
+        data_dir=data_dir, builder_config="default", num_classes=3, image_size=(64, 64),
         min_size=None, max_size=None, max_boxes=8, with_masks=True, mask_stride=1,
-        flip_prob=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_workers=0)
-    return ml_collections.ConfigDict({**fields, **kw})
+        flip_prob=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), num_workers=0))
+    config.update(kw)
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +133,25 @@ def test_tfds_coco2017_example_conversion():
     assert r["image_id"] == 139 and r["file_name"] == "000000000139.jpg"
     assert r["is_crowd"].tolist() == [True] and r["labels"].tolist() == [4]
     assert coco.COCO80_CATEGORY_IDS[r["labels"][0]] == 5 and len(coco.COCO80_CATEGORY_IDS) == 80
+
+
+def test_num_classes_zero_is_read_from_the_annotations(coco_root, tmp_path):
+    from jaxdet import detectors
+    from jaxdet.train import loop
+    from tests.tiny import tiny_config
+
+    data = _config(coco_root, str(tmp_path), num_classes=0, with_masks=False)
+    data.builder_config = "boxes"
+    pipeline.prepare(data)
+    assert pipeline.resolve_num_classes(data) == 3 and data.num_classes == 3
+    b = next(pipeline.make_eval_iterator(data, batch_size=3))  # a fixed K: checked
+    assert b["labels"][b["valid"]].max() == 2
+    # A tiny config pointed at the directory: K is resolved before the detector is built.
+    config = tiny_config("atss", str(tmp_path))
+    config.data.update(dict(name="coco_dir", coco_dir=coco_root, builder_config="boxes",
+                            num_classes=0))
+    loop.prepare_data(config)
+    assert config.data.num_classes == 3 and detectors.build(config).num_classes == 3
+    config.data.num_classes = 5
+    with pytest.raises(ValueError, match="num_classes=5 but the dataset has 3"):
+        loop.prepare_data(config)

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from configs import common
 from jaxdet.data import pipeline, transforms
 from jaxdet.data.cache import DecodedCache
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = dict(name="shapes", data_dir=str(tmp_path_factory.mktemp("tfds")), builder_config="tiny",
-             num_classes=3, image_size=(64, 64), min_size=64, max_size=64, max_boxes=16,
-             flip_prob=0.5, num_workers=0, train_split="train", val_split="val")
+    d = common.data_shapes(64, "tiny").to_dict()
+    d.update(data_dir=str(tmp_path_factory.mktemp("tfds")), cache_mb=0)
     pipeline.prepare(d)
     return d
 
@@ -211,4 +211,4 @@ def test_num_classes_mismatch_and_missing_dataset(data, tmp_path):
     with pytest.raises(FileNotFoundError, match="not prepared"):
         pipeline.num_examples({**data, "data_dir": str(tmp_path)}, "train")
     with pytest.raises(FileNotFoundError, match="nothing is ever"):
-        pipeline.prepare({"name": "coco", "data_dir": str(tmp_path)})
+        pipeline.prepare("coco", str(tmp_path))

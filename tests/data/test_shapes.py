@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from configs import common
 from jaxdet.data import pipeline, shapes
 
 
@@ -64,12 +65,12 @@ def test_builder_prepares_both_splits(tmp_path):
     assert ids == [shapes.VAL_ID_OFFSET + i for i in range(1, 13)]
     r = src[0]
     assert r["masks"].shape[1:] == (64, 64) and r["boxes"].shape == (len(r["labels"]), 4)
-    assert pipeline.num_examples({"name": "shapes", "data_dir": str(tmp_path),
-                                  "builder_config": "tiny"}, "train") == 48
-    assert pipeline.class_names({"name": "shapes", "data_dir": str(tmp_path),
-                                 "builder_config": "tiny"}) == shapes.CLASS_NAMES
+    data = common.data_shapes(64, "tiny")
+    data.data_dir = str(tmp_path)
+    assert pipeline.num_examples(data, "train") == 48
+    assert pipeline.class_names(data) == shapes.CLASS_NAMES
 
 
 def test_unknown_dataset_is_an_error():
     with pytest.raises(ValueError, match="unknown dataset"):
-        pipeline.resolve_dataset({"name": "nope"})
+        pipeline.resolve_dataset("nope")

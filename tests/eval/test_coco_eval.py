@@ -2,10 +2,10 @@
 
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import common
 from jaxdet.core.types import Detections
 from jaxdet.data import pipeline
 from jaxdet.eval import coco_eval
@@ -18,11 +18,16 @@ def shapes_dir(tmp_path_factory):
     return data_dir
 
 
+def _shapes(data_dir):
+    """shapes/tiny, unresized (padded to the split's largest image)."""
+    data = common.data_shapes(64, "tiny")
+    data.update(dict(data_dir=data_dir, image_size=None, min_size=None, max_size=None))
+    return data
+
+
 def _eval_batches(data_dir, **kw):
     kw = {"batch_size": 3, "max_boxes": 20, **kw}
-    return list(
-        pipeline.make_eval_iterator(name="shapes", data_dir=data_dir, builder_config="tiny", **kw)
-    )
+    return list(pipeline.make_eval_iterator(_shapes(data_dir), **kw))
 
 
 def _perfect(batch, with_masks=False):
@@ -121,9 +126,7 @@ def test_category_ids_map_back_with_a_gap():
 
 
 def test_evaluator_for_config_and_format_stats(shapes_dir):
-    cfg = ml_collections.ConfigDict(
-        dict(name="shapes", data_dir=shapes_dir, builder_config="tiny", val_split="val")
-    )
+    cfg = _shapes(shapes_dir)
     ev = coco_eval.evaluator_for(cfg)
     for batch in pipeline.make_eval_iterator(cfg, batch_size=4, max_boxes=20):
         ev.add(_perfect(batch), batch["image_id"], batch["scale"])
