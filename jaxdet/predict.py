@@ -39,9 +39,9 @@ from absl import logging
 from PIL import Image, ImageOps
 
 from jaxdet import detectors
+from jaxdet import platform as platform_lib
 from jaxdet.data import coco, pipeline
 from jaxdet.eval import visualize
-from jaxdet.ops import conv
 from jaxdet.train import checkpoint as ckpt_lib
 
 CONFIG_FILE = "config.json"
@@ -175,7 +175,8 @@ _JITTED: list = [None, None]  # the last detector and its jitted predict
 
 def _jitted_predict(detector: Any):
     if _JITTED[0] is not detector:
-        fn = jax.jit(detector.predict, compiler_options=conv.compiler_options())
+        fn = jax.jit(detector.predict,
+                     compiler_options=platform_lib.from_config(detector.config).compiler_options())
         _JITTED[:] = [detector, fn]
     return _JITTED[1]
 
