@@ -31,7 +31,6 @@ import jax.numpy as jnp
 from jaxdet.assign import noisy_anchor as na_assign
 from jaxdet.assign import targets
 from jaxdet.core import coders
-from jaxdet.core import priors as priors_lib
 from jaxdet.core.types import Assignment, Priors, ground_truth_from_batch
 from jaxdet.detectors.dense import normalizer
 from jaxdet.detectors.retinanet import RetinaNet
@@ -44,11 +43,10 @@ class NoisyAnchorRetinaNet(RetinaNet):
         """Batched candidate bags, prediction-free (quality = anchor IoU); gt [B, M, ...];
         image_hw: the static padded input size (gives the anchor grid of every level)."""
         hp = self.hp
-        grid = priors_lib.feature_shapes(tuple(image_hw), self.strides)
         return jax.vmap(
             lambda g: na_assign.candidate_bags(
                 priors, g, topk=hp.topk, min_pos_iou=hp.min_pos_iou,
-                ignore_iof_thr=hp.ignore_iof_thr, grid_shapes=grid,
+                ignore_iof_thr=hp.ignore_iof_thr,
             )
         )(gt)
 
