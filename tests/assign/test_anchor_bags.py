@@ -115,6 +115,9 @@ def test_method_errors_and_priors_off_the_lattice():
                           method="dense")
     for x, y in zip(a, d):
         np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="unknown method"):
+        anchor_bags.positive_probability(_row_priors().boxes, _gt([[4, 0, 20, 8]]), 3,
+                                         method="bands")
 
 
 def test_chunk_size_does_not_change_the_result():
