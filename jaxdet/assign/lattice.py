@@ -323,8 +323,9 @@ def staircase_order(rows: int, cols: int, k: int) -> tuple[np.ndarray, np.ndarra
 
     The order only speeds `lax.top_k` up (XLA:CPU's top-k does less work when the
     largest entries come early). `top_iou` uses it with one anchor per location only:
-    with several it gave no speed-up, and the row-major order keeps which anchor wins
-    an exact tie at a bag's last place as it was for the 9-anchor configs."""
+    with several it gives no speed-up, and the row-major order fixes which anchor wins
+    an exact IoU tie at a bag's last place in the 9-anchor configs
+    (experiments/noisy_anchor/README.md)."""
     a, b = staircase(rows, cols, k)
     order = np.lexsort((a, a + b))
     return a[order], b[order]
