@@ -11,9 +11,9 @@ the steadier figure on a shared machine) and of the NumPy reference
 (tests/assign/numpy_ref.py, mmdetection's semantics line by line, median over
 images), and their ratio. The last two columns are the row's process CPU time over
 that of ATSS in the same process: `atss_grid` (`atss.assign_batch`, the lattice search
-the ATSS detector runs, the stricter reference) and `atss` (the generic per-image
-`atss.assign`). Figures and machines: benchmarks/README.md. Add an assigner by adding a
-row to BENCHES.
+the ATSS detector runs, the stricter reference) and `atss` (the per-image
+`atss.assign`, the block search). Figures and machines: benchmarks/README.md. Add an
+assigner by adding a row to BENCHES.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import jax  # noqa: E402
 from jaxdet.assign import (  # noqa: E402
     anchor_bags,
     atss,
-    center_region_grid,
+    center_region,
+    center_region_lattice,
     fcos,
     fsaf_select,
     hambox,
@@ -72,17 +73,17 @@ def make_priors(kind: str):
 
 def fsaf_assign(p, g):
     """FSAF's whole per-image assignment as the detector runs it (`FSAF.af_assign` on a
-    tiling grid): bit-set regions, the level-agnostic candidates, the per-level mean of
-    a (fixed, stand-in) per-prior loss, argmin, the final assignment. `ignore_labels`
+    tiling lattice): bit-set regions, the level-agnostic candidates, the per-level mean
+    of a (fixed, stand-in) per-prior loss, argmin, the final assignment. `ignore_labels`
     comes out packed (`IgnoreBits`): its [N, 80] expansion is elementwise and fuses into
     the loss that reads it, like the loss's own [N, 80] terms."""
-    geo = center_region_grid.grid_regions(p, g)
-    cand, _ = center_region_grid.resolve_grid_bits(geo, g, p.level_sizes, num_classes=80)
+    geo = center_region.regions(p, g)  # LatticeRegions on these priors
+    cand, _ = center_region_lattice.resolve_bits(geo, g, p.level_sizes, num_classes=80)
     loss = np.abs(np.sin(np.arange(p.boxes.shape[0], dtype=np.float32)))
     sel, _ = fsaf_select.online_select(loss, cand.gt_index, p.levels, g.boxes.shape[0],
                                        len(p.level_sizes))
-    return center_region_grid.resolve_grid_bits(geo, g, p.level_sizes, num_classes=80,
-                                                selected_level=sel)
+    return center_region_lattice.resolve_bits(geo, g, p.level_sizes, num_classes=80,
+                                              selected_level=sel)
 
 
 def fsaf_reference(p, b, v, i):
@@ -113,8 +114,7 @@ BENCHES = {
     # ATSS with the lattice-window candidate search (`atss.assign_batch`, batched: the
     # exact block search runs only when some GT of the batch needs it).
     "atss_grid": (
-        lambda p, g: atss.assign_batch(p, g, topk=9,
-                                       grid_shapes=priors_lib.feature_shapes(IMAGE_HW, STRIDES)),
+        lambda p, g: atss.assign_batch(p, g, topk=9),
         lambda p, b, v, i: ref.atss(p.boxes, p.level_sizes, b, v, i, topk=9),
         "anchors1",
         True,
@@ -129,7 +129,7 @@ BENCHES = {
         "anchors9",
     ),
     # The dense folds (every GT against all N priors) of the rows above, whose default
-    # on an anchor lattice folds each GT only over the levels it can reach.
+    # ('auto') on an anchor lattice folds each GT only over the levels it can reach.
     "max_iou_dense": (
         lambda p, g: max_iou.assign(p, g, method="dense"),
         lambda p, b, v, i: ref.max_iou(p.boxes, b, v, i),
@@ -147,7 +147,7 @@ BENCHES = {
         lambda p, b, v, i: _np_bags(p.boxes, b, v, i, 40),
         "anchors9",
     ),
-    # The same bags on ATSS's setting (one anchor per location, N = 22,300).
+    # The same bags with one anchor per location (N = 22,300).
     "mal_bags_a1": (
         lambda p, g: anchor_bags.build(p, g, bag_size=40),
         lambda p, b, v, i: _np_bags(p.boxes, b, v, i, 40),
@@ -159,7 +159,7 @@ BENCHES = {
         "anchors9",
         True,
     ),
-    # The same on ATSS's setting (one anchor per location, N = 22,300).
+    # The same with one anchor per location (N = 22,300).
     "mal_bags_prob_a1": (
         lambda p, g: _mal_bags_prob(p, g),
         lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40), _np_box_prob(p.boxes, b, v, i, 80)),
@@ -190,12 +190,12 @@ BENCHES = {
         "anchors1",
         True,
     ),
-    # Learning from noisy anchors: top-50 candidate bags (grid search over the 9-anchor
+    # Learning from noisy anchors: top-50 candidate bags (lattice search over the 9-anchor
     # layout) + cleanliness from the predicted boxes (stand-in: anchors grown 1.2x) and
     # scores (80 classes).
     "noisy_anchor": (lambda p, g: _noisy_assign(p, g), lambda p, b, v, i: _noisy_ref(p, b, v, i),
                      "anchors9"),
-    # The same on ATSS's setting (one anchor per location, N = 22,300).
+    # The same with one anchor per location (N = 22,300).
     "noisy_anchor_a1": (lambda p, g: _noisy_assign(p, g), lambda p, b, v, i: _noisy_ref(p, b, v, i),
                         "anchors1"),
     # HAMBox: matching at 0.35 + online compensation (K = 5, T2 = 0.5) from the regressed
@@ -240,8 +240,7 @@ def _mal_bags_prob(p, g, dense=False, bags=True, pred=None):
 
 def _noisy_assign(p, g):
     return noisy_anchor.assign(p, g, _stand_in_boxes(p.boxes),
-                               _stand_in_scores(p.boxes.shape[0], 80), topk=50,
-                               grid_shapes=priors_lib.feature_shapes(IMAGE_HW, STRIDES))
+                               _stand_in_scores(p.boxes.shape[0], 80), topk=50)
 
 
 def _noisy_ref(p, boxes, valid, ignore):

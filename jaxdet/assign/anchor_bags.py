@@ -16,9 +16,9 @@
   per-class scatter of `positive_probability` (one `lax.cond` outside the vmap, so
   the other batches never pay for it). `positive_probability_slots` returns the
   slots themselves (O(S N) instead of [N, C]); `slots_to_dense` expands them.
-  Given the `priors` the boxes were regressed from, a GT is folded only over the
-  FPN levels (bands of feature rows, `common.row_bands`) where its probability can
-  be nonzero.
+  Given the `priors` the boxes were regressed from (and `method='auto'`), a GT is
+  folded only over the FPN levels (bands of feature rows, `lattice.row_bands`) where
+  its probability can be nonzero.
 
 References: Zhang et al., "FreeAnchor: Learning to Match Anchors for Visual
 Object Detection", NeurIPS 2019 (mmdetection `FreeAnchorRetinaHead`:
@@ -28,7 +28,7 @@ config `mal_R-50-FPN.yaml`: PRE_ANCHOR_TOPK 40, BBOX_THRESHOLD 0.6).
 
 Both functions are per image, pure, jittable and vmappable over the batch
 (`jax.vmap(lambda g: build(priors, g))(gt)`). No [M, N] matrix is built:
-`build` takes each GT's candidates on the anchor grid (`jaxdet.assign.grid_topk`)
+`build` takes each GT's candidates on the anchor lattice (`lattice.top_k_iou`)
 when the priors come from `make_anchors`, and otherwise, like
 `positive_probability`, walks only the valid GT rows (`common.fold_gt_chunks`).
 
@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdet.assign import common, grid_topk
+from jaxdet.assign import common, lattice
 from jaxdet.core import boxes as box_ops
 from jaxdet.core.types import GroundTruth, Priors
 
@@ -84,45 +84,17 @@ def build(
       gt: one image's GroundTruth, leaves [M, ...]; rows with valid & ~ignore get a bag.
       bag_size: K (MAL 40, FreeAnchor 50); clipped to N.
       chunk: GT rows per loop step of the dense path (speed only).
-      method: 'grid' (`jaxdet.assign.grid_topk`: a static set of candidates per GT on
-        the anchor grid; needs `priors.feature_shapes`, i.e. `make_anchors` priors),
-        'dense' (every anchor's IoU, folded over the GT rows) or 'auto' (grid when
-        the priors carry their feature shapes). Same IoUs; among equal IoUs at the
-        K-th place the two may keep different anchors.
+      method: 'auto' (on an anchor lattice, `lattice.is_tiling`: a static set of
+        candidates per GT, `lattice.top_k_iou`; elsewhere as 'dense') or 'dense'
+        (every anchor's IoU, folded over the GT rows; the reference). Same IoUs; among
+        equal IoUs at the K-th place the two may keep different anchors.
     Returns:
       AnchorBags with [M, K] leaves.
     """
-    pb = common.as_f32(priors.boxes)
-    n = pb.shape[0]
-    k = min(int(bag_size), n)
     boxes, match_rows, _ = common.split_gt(gt)
-    m = boxes.shape[0]
-    if method not in ("auto", "grid", "dense"):
-        raise ValueError(f"unknown method {method!r}; expected 'auto', 'grid' or 'dense'")
-    if method == "grid" or (method == "auto" and priors.feature_shapes is not None):
-        grid_topk.check_grid(priors, priors.feature_shapes)
-        iou, index = grid_topk.top_iou(
-            pb, priors.level_sizes, priors.feature_shapes, priors.num_base,
-            jnp.where(match_rows[:, None], boxes, 0.0), k,
-        )
-        valid = jnp.broadcast_to(match_rows[:, None], (m, k))
-        return AnchorBags(index=jnp.where(valid, index, 0), valid=valid,
-                          iou=jnp.where(valid, iou, 0.0))
-    cols = common.columns(pb)
-    area = box_ops.areas(pb)
-
-    def body(carry, rows, ids, live):
-        index, iou = carry
-        ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
-        top_iou, top_idx = lax.top_k(ov, k)  # [chunk, K]
-        rows_at = jnp.where(live, ids, m)  # filler rows write out of bounds (dropped)
-        index = index.at[rows_at].set(top_idx.astype(jnp.int32), mode="drop")
-        iou = iou.at[rows_at].set(top_iou, mode="drop")
-        return index, iou
-
-    init = (jnp.zeros((m, k), jnp.int32), jnp.zeros((m, k), jnp.float32))
-    index, iou = common.fold_gt_chunks(body, init, boxes, match_rows, chunk)
-    valid = jnp.broadcast_to(match_rows[:, None], (m, k))
+    iou, index = lattice.top_k_iou(priors, boxes, match_rows, bag_size, method=method,
+                                   chunk=chunk)
+    valid = jnp.broadcast_to(match_rows[:, None], iou.shape)
     return AnchorBags(index=index, valid=valid, iou=jnp.where(valid, iou, 0.0))
 
 
@@ -133,6 +105,7 @@ def positive_probability(
     *,
     bbox_thr: float = BBOX_THR,
     priors: Priors | None = None,
+    method: str = "auto",
     chunk: int = 8,
 ) -> Array:
     """FreeAnchor's P{a_j in A+} per anchor and class, from the predicted boxes.
@@ -146,18 +119,26 @@ def positive_probability(
       priors: the anchors the boxes were regressed from (their levels and feature
         shapes): each GT is then folded only over the bands of feature rows where its
         probability can be nonzero (same result, faster; see `_fold_probability`).
+      method: 'auto' (the per-piece folds where `priors` is given) or 'dense' (every
+        GT over all boxes; the reference).
       chunk: GT rows per loop step (speed only).
     Returns:
       [N, C] float32 in [0, 1]; all zeros without GT.
     """
     def body(acc, prob, labels, live):
         # Each GT updates one column (its label). An [N, C] accumulator (a [C, N] one
-        # scatters 20% faster but makes XLA give `positive_probability_batch`'s
+        # scatters faster but makes XLA give `positive_probability_batch`'s
         # conditional a transposed output layout, which costs its fast branch a copy).
         return acc.at[:, labels].max(prob.T)
 
     init = lambda n: jnp.zeros((n, num_classes), jnp.float32)
-    return _fold_probability(pred_boxes, gt, bbox_thr, body, init, chunk, priors)
+    return _fold_probability(pred_boxes, gt, bbox_thr, body, init, chunk,
+                             _pieces_of(priors, method))
+
+
+def _pieces_of(priors: Priors | None, method: str) -> Priors | None:
+    """The priors whose pieces the folds take: None with method 'dense'."""
+    return priors if lattice.check_method(method) == "auto" else None
 
 
 def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body, init,
@@ -169,7 +150,7 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
 
     With `priors` (the anchors the boxes were regressed from) the result is the same
     with far fewer (row, box) pairs: the boxes are taken one piece at a time (a band
-    of feature rows of one level, `common.row_bands`; carries joined at the end) and a
+    of feature rows of one level, `lattice.row_bands`; carries joined at the end) and a
     row is folded over a piece only where its probability can be nonzero (`_levels`:
     by area, size and place). The row's max IoU t2 comes from a first pass over the
     same pairs (where it is <= t1 every prob of the row is 0 and the row is skipped)."""
@@ -187,7 +168,7 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
 
     levels = _levels(pred, boxes, match_rows, t1, priors)
     if len(levels) == 1:  # one pass over all boxes
-        cols, area = levels[0]["cols"], levels[0]["area"]
+        cols, area = levels[0].cols, levels[0].area
 
         def chunk_body(carry, rows, ids, live):
             ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
@@ -199,7 +180,7 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
 
     def fold_level(lv, mask, carry, dense_body):
         """dense_body(carry, ov [chunk, n], ids, live) over the level's boxes."""
-        cols, area = lv["cols"], lv["area"]
+        cols, area = lv.cols, lv.area
 
         def dense(c, rows, ids, live):
             return dense_body(c, common.iou_with_box(cols, area, rows), ids, live)
@@ -213,7 +194,7 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
     t2 = jnp.full((m,), -1.0, jnp.float32)
     level_max = []
     for lv in levels:
-        level_max.append(fold_level(lv, lv["reach"], t2, max_dense))
+        level_max.append(fold_level(lv, lv.reach, t2, max_dense))
     level_max = jnp.stack(level_max, axis=1)  # [M, L]
     t2 = jnp.max(level_max, axis=1)
 
@@ -223,27 +204,20 @@ def _fold_probability(pred_boxes: Array, gt: GroundTruth, bbox_thr: float, body,
 
     out = []
     for lv, lmax in zip(levels, level_max.T):
-        out.append(fold_level(lv, lmax > t1, init(lv["cols"][0].shape[0]), prob_dense))
+        out.append(fold_level(lv, lmax > t1, init(lv.size), prob_dense))
     return jax.tree_util.tree_map(lambda *xs: jnp.concatenate(xs, axis=0), *out)
 
 
 def _levels(pred: Array, boxes: Array, match_rows: Array, t1: float,
-            priors: Priors | None) -> list[dict]:
-    """Per piece of `priors` (`common.row_bands`: its levels, cut into bands of feature
-    rows; one piece of all boxes without): a dict with `cols` (the boxes' columns),
-    `area` and `reach` [M], the GT rows that can have an IoU > t1 with one of the
-    piece's boxes (`common.may_reach`, by size and place)."""
+            priors: Priors | None) -> list[lattice.Piece]:
+    """The pieces of `priors` (`lattice.row_bands`: its levels, cut into bands of
+    feature rows; one piece of all boxes without), each with `reach` [M], the GT rows
+    that can have an IoU > t1 with one of the piece's boxes (`lattice.may_reach`)."""
     cols = common.columns(pred)
     area = box_ops.areas(pred)
     if priors is None or len(priors.level_sizes) < 2:
-        return [dict(cols=cols, area=area, reach=match_rows)]
-    levels = []
-    for start, size in common.row_bands(priors):
-        lcols = tuple(lax.slice_in_dim(c, start, start + size) for c in cols)
-        larea = lax.slice_in_dim(area, start, start + size)
-        levels.append(dict(cols=lcols, area=larea,
-                           reach=match_rows & common.may_reach(lcols, larea, boxes, t1)))
-    return levels
+        return [lattice.Piece(0, pred.shape[0], cols, area, match_rows)]
+    return lattice.reaching_pieces(priors, cols, area, boxes, match_rows, t1)
 
 
 def _probability_slots(
@@ -308,6 +282,7 @@ def positive_probability_slots(
     bbox_thr: float = BBOX_THR,
     slots: int = PROB_SLOTS,
     priors: Priors | None = None,
+    method: str = "auto",
     chunk: int = 8,
 ) -> SlotProbability:
     """The nonzero entries of `positive_probability` for a batch, as (class, prob)
@@ -318,8 +293,9 @@ def positive_probability_slots(
     exactly unless `overflow`. O(S N) memory instead of the [N, C] of the dense form
     (`slots_to_dense`, `positive_probability_batch`). Arguments as `positive_probability`.
     """
+    pieces = _pieces_of(priors, method)
     labels, probs, over = jax.vmap(
-        lambda b, g: _probability_slots(b, g, bbox_thr, int(slots), chunk, priors)
+        lambda b, g: _probability_slots(b, g, bbox_thr, int(slots), chunk, pieces)
     )(pred_boxes, gt)
     return SlotProbability(labels=labels, probs=probs, overflow=jnp.any(over))
 
@@ -342,6 +318,7 @@ def positive_probability_batch(
     bbox_thr: float = BBOX_THR,
     slots: int = PROB_SLOTS,
     priors: Priors | None = None,
+    method: str = "auto",
     chunk: int = 8,
 ) -> Array:
     """`positive_probability` of a batch: pred_boxes [B, N, 4], gt leaves [B, M, ...]
@@ -350,11 +327,11 @@ def positive_probability_batch(
     overflows its slots (one `lax.cond` outside the vmap). Arguments as there.
     """
     slot_prob = positive_probability_slots(pred_boxes, gt, bbox_thr=bbox_thr, slots=slots,
-                                           priors=priors, chunk=chunk)
+                                           priors=priors, method=method, chunk=chunk)
 
     def exact():
         return jax.vmap(lambda b, g: positive_probability(
-            b, g, num_classes, bbox_thr=bbox_thr, priors=priors, chunk=chunk)
+            b, g, num_classes, bbox_thr=bbox_thr, priors=priors, method=method, chunk=chunk)
         )(pred_boxes, gt)
 
     return lax.cond(slot_prob.overflow, exact, lambda: slots_to_dense(slot_prob, num_classes))

@@ -19,22 +19,25 @@ candidates while a level has `topk` other priors (if one still is, and passes,
 it is positive, as in mmdetection). An image without valid GT gives -1 and -2
 on ignored priors (mmdetection returns all negatives there).
 
-Speed (`method='blocks'`): the [M, N] distance matrix is never built. Each
-level's priors are cut into contiguous blocks of `block` priors; for each GT
-the blocks are ranked by their nearest prior, the `k` best blocks are kept and
-the exact top-k is taken among their priors. This is exact: the k nearest
-priors lie in at most k blocks and each of those blocks has a minimum no
-farther than the k-th nearest prior, so the k blocks with the smallest minima
-(ties: lower block index, which is lower prior index) contain them all. IoUs are
-computed for the [M, k * levels] candidates only. `method='dense'` is the
-plain version (full distances, one top-k per level), kept for tests.
+Speed. The [M, N] distance matrix is never built. `method='auto'` (the default) searches
+each level's priors in contiguous blocks of `block` priors: for each GT the blocks are
+ranked by their nearest prior, the `k` best blocks are kept and the exact top-k is
+taken among their priors. This is exact: the k nearest priors lie in at most k blocks
+and each of those blocks has a minimum no farther than the k-th nearest prior, so the
+k blocks with the smallest minima (ties: lower block index, which is lower prior
+index) contain them all. IoUs are computed for the [M, k * levels] candidates only.
+`method='dense'` is the plain version (full distances, one top-k per level), the
+reference.
 
-`method='grid'` (and `assign_batch` with `grid_shapes`) uses the anchor layout of
-`make_anchors`: the centres of a level sit on a regular lattice, so a GT's k nearest
-priors are among the (2r+1)^2 locations around its centre. The window result is
-checked at run time (its k-th distance must be strictly below the distance to any
-prior outside the window; ignored priors or a GT centre outside the lattice can break
-that), and where the check fails the block search is used, so the result is exact.
+`assign_batch` with `method='auto'` on an anchor lattice (`lattice.is_tiling`, the
+layout of `make_anchors`) uses the lattice: the centres of a level sit on a regular
+lattice, so a GT's k nearest priors are among the (2r+1)^2 locations around its centre.
+The window result is checked at run time (its k-th distance must be strictly below the
+distance to any prior outside the window; ignored priors or a GT centre outside the
+lattice can break that), and where the check fails for some GT of the batch the block
+search decides the batch (one `lax.cond` on a batch-wide flag), so the result is exact.
+Per image under `jax.vmap` that conditional would run both searches, so the per-image
+`assign` keeps to the block search.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdet.assign import common, grid_topk
+from jaxdet.assign import common, lattice
 from jaxdet.core import boxes as box_ops
 from jaxdet.core.types import Assignment, GroundTruth, Priors
 
@@ -178,22 +181,23 @@ def _prepare(priors: Priors, gt: GroundTruth, ignore_iof_thr: float, chunk: int)
     )
 
 
-def _candidates(priors: Priors, prep: dict, topk: int, method: str, block: int,
-                grid_shapes=None, grid_radius: int | None = None):
-    """([M, K] candidate indices of all levels, exact scalar bool)."""
+def _candidates(priors: Priors, prep: dict, topk: int, search: str, block: int,
+                grid_radius: int | None = None):
+    """([M, K] candidate indices of all levels, exact scalar bool); search: 'dense',
+    'blocks' or 'grid' (the lattice window, `priors.feature_shapes`)."""
     gx, gy = prep["gx"], prep["gy"]
     candidates, exact = [], jnp.bool_(True)
     for lvl, (start, size) in enumerate(zip(priors.level_starts, priors.level_sizes)):
         k = min(topk, size)
         lx = lax.slice_in_dim(prep["far_x"], start, start + size)
         ly = lax.slice_in_dim(prep["far_y"], start, start + size)
-        if method == "dense" or size <= block * k:
+        if search == "dense" or size <= block * k:
             idx = _level_topk_dense(lx, ly, gx, gy, k)
-        elif method == "grid":
+        elif search == "grid":
             rx = lax.slice_in_dim(prep["cx"], start, start + size)
             ry = lax.slice_in_dim(prep["cy"], start, start + size)
             r = grid_radius if grid_radius is not None else _grid_radius(k, priors.num_base)
-            idx, ok = _level_topk_grid(lx, ly, rx, ry, gx, gy, k, tuple(grid_shapes[lvl]),
+            idx, ok = _level_topk_grid(lx, ly, rx, ry, gx, gy, k, priors.feature_shapes[lvl],
                                        priors.num_base, r)
             exact = exact & jnp.all(ok | ~prep["match_rows"])
         else:
@@ -234,10 +238,8 @@ def assign(
     *,
     topk: int = 9,
     ignore_iof_thr: float = 0.5,
-    method: str = "blocks",
+    method: str = "auto",
     block: int = 16,
-    grid_shapes=None,
-    grid_radius: int | None = None,
     chunk: int = 8,
 ) -> Assignment:
     """ATSS assignment of one image.
@@ -249,32 +251,18 @@ def assign(
       topk: candidates per level and GT (paper: 9).
       ignore_iof_thr: IoF with an ignore region above which a prior is ignored;
         jaxdet default 0.5 handles crowd boxes, <= 0 disables (mmdetection's -1).
-      method: 'blocks' (fast, exact), 'grid' (window search on the anchor lattice,
-        falls back to 'blocks' when the window cannot be proven to hold the top-k;
-        needs `grid_shapes`; under vmap use `assign_batch`, where the fallback is
-        decided once per batch) or 'dense' (reference).
-      block: priors per block for 'blocks'; levels of at most `block * topk`
+      method: 'auto' (the block search, exact, any priors; for a batch on an anchor
+        lattice `assign_batch` is faster) or 'dense' (the reference).
+      block: priors per block of the block search; levels of at most `block * topk`
         priors are searched densely.
-      grid_shapes: static (h, w) of every level for 'grid' (default:
-        `priors.feature_shapes`, which `make_anchors` sets).
-      grid_radius: window half-size in locations for 'grid' (default: enough for
-        `topk`, see `_grid_radius`).
       chunk: GT rows per loop step of the ignore-region fold (speed only).
     Returns:
       Assignment: gt_index [N] int32, quality [N] float32 (IoU with the matched GT).
     """
-    if method not in ("blocks", "dense", "grid"):
-        raise ValueError(f"unknown method {method!r}; expected 'blocks', 'grid' or 'dense'")
+    search = "blocks" if lattice.check_method(method) == "auto" else "dense"
     pb = common.as_f32(priors.boxes)
     prep = _prepare(priors, gt, ignore_iof_thr, chunk)
-    if method == "grid":
-        grid_shapes = grid_shapes or priors.feature_shapes
-        grid_topk.check_grid(priors, grid_shapes)
-        cand, exact = _candidates(priors, prep, topk, "grid", block, grid_shapes, grid_radius)
-        cand = lax.cond(exact, lambda: cand,
-                        lambda: _candidates(priors, prep, topk, "blocks", block)[0])
-    else:
-        cand, _ = _candidates(priors, prep, topk, method, block)
+    cand, _ = _candidates(priors, prep, topk, search, block)
     return _select(pb, prep, cand)
 
 
@@ -284,27 +272,30 @@ def assign_batch(
     *,
     topk: int = 9,
     ignore_iof_thr: float = 0.5,
-    grid_shapes=None,
+    method: str = "auto",
     block: int = 16,
     grid_radius: int | None = None,
     chunk: int = 8,
 ) -> Assignment:
     """ATSS for a batch, gt leaves [B, M, ...] -> Assignment [B, N]; the same results
-    as `jax.vmap(assign)`. With `grid_shapes` (default: `priors.feature_shapes`, set
-    by `make_anchors`) the candidates come from the lattice
-    window search and the exact block search runs only if some GT of the batch needs
-    it (one `lax.cond` on a batch-wide flag, so only one branch executes); without,
-    it is `jax.vmap` of the block method."""
+    as `jax.vmap(assign)`.
+
+    method 'auto': where the priors tile an anchor lattice (`lattice.is_tiling`) the
+    candidates come from the lattice window search and the exact block search runs
+    only if some GT of the batch needs it (one `lax.cond` on a batch-wide flag, so only
+    one branch executes); elsewhere `jax.vmap` of the block search. 'dense': the
+    reference. grid_radius: window half-size in locations (default: enough for
+    `topk`, see `_grid_radius`); the other arguments as `assign`.
+    """
+    search = "blocks" if lattice.check_method(method) == "auto" else "dense"
     pb = common.as_f32(priors.boxes)
     prep = jax.vmap(lambda g: _prepare(priors, g, ignore_iof_thr, chunk))(gt)
-    blocks = lambda: jax.vmap(lambda p: _candidates(priors, p, topk, "blocks", block)[0])(prep)
-    grid_shapes = grid_shapes or priors.feature_shapes
-    if grid_shapes is None:
-        cand = blocks()
+    fallback = lambda: jax.vmap(lambda p: _candidates(priors, p, topk, search, block)[0])(prep)
+    if search == "dense" or not lattice.is_tiling(priors):
+        cand = fallback()
     else:
-        grid_topk.check_grid(priors, grid_shapes)
         cand, exact = jax.vmap(
-            lambda p: _candidates(priors, p, topk, "grid", block, grid_shapes, grid_radius)
+            lambda p: _candidates(priors, p, topk, "grid", block, grid_radius)
         )(prep)
-        cand = lax.cond(jnp.all(exact), lambda: cand, blocks)
+        cand = lax.cond(jnp.all(exact), lambda: cand, fallback)
     return jax.vmap(lambda p, c: _select(pb, p, c))(prep, cand)

@@ -19,22 +19,17 @@ from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxdet.core import boxes as box_ops
-from jaxdet.core.types import Assignment, GroundTruth, Priors
+from jaxdet.core.types import Assignment, GroundTruth
 
 Array = jnp.ndarray
 BACKGROUND = -1
 IGNORE = -2
-# GT rows per loop step of the per-level folds (max_iou 'levels', HAMBox, P{a in A+}):
-# few GTs reach a level, so small steps waste least (measured 8 -> 2: 1.4-1.6x faster).
+# GT rows per loop step of the per-level folds (max-IoU, HAMBox, P{a in A+} on a
+# lattice): few GTs reach a level, so small steps waste least; speed only.
 LEVEL_CHUNK = 2
-# Priors per row band of the per-level folds (`row_bands`), and at most MAX_BANDS bands
-# per level (each band is a loop of its own: compile time); speed only.
-BAND_SIZE = 2048
-MAX_BANDS = 8
 
 
 def split_gt(gt: GroundTruth) -> tuple[Array, Array, Array]:
@@ -163,61 +158,10 @@ def ignored_by_point(points: Array, boxes: Array, ignore_rows: Array, chunk: int
     return fold_gts(body, jnp.zeros(px.shape, bool), boxes, ignore_rows, chunk)
 
 
-def may_reach(cols: tuple[Array, ...], area: Array, boxes: Array, t: float) -> Array:
-    """[M] bool: GT boxes [M, 4] that may have an IoU >= t with one of the boxes given by
-    `cols` (x1, y1, x2, y2 each [n]) and `area` [n]; False only where none can.
-
-    For any box p of the set: IoU <= A_p / A_g and IoU <= A_g / A_p, so IoU >= t needs
-    t * min A_p <= A_g <= max A_p / t; and IoU <= inter / union with inter <=
-    min(max w_p, w_g) * min(max h_p, h_g) and union >= max(min A_p, A_g). And by place:
-    IoU >= t needs inter >= t A_g, so the x-overlap of p and g is >= t w_g (and the
-    y-overlap >= t h_g), and p lies inside the set's envelope (min x1, min y1, max x2,
-    max y2): the envelope's x- and y-overlaps with g must reach t w_g and t h_g. Boxes
-    of non-finite or zero area (IoU 0 or NaN) are left out; a margin covers the
-    rounding of the IoU formula."""
-    ok = jnp.isfinite(area) & (area > 0)
-    a_min = jnp.min(jnp.where(ok, area, jnp.inf))
-    a_max = jnp.max(jnp.where(ok, area, 0.0))
-    w_max = jnp.max(jnp.where(ok, cols[2] - cols[0], 0.0))
-    h_max = jnp.max(jnp.where(ok, cols[3] - cols[1], 0.0))
-    gw, gh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    g_area = gw * gh
-    by_area = (g_area >= a_min * t * (1 - 1e-4)) & (g_area <= a_max / t * (1 + 1e-4))
-    inter = jnp.minimum(w_max, gw) * jnp.minimum(h_max, gh)
-    by_shape = inter * (1 + 1e-4) >= t * jnp.maximum(a_min, g_area)
-    ex1, ey1 = (jnp.min(jnp.where(ok, c, jnp.inf)) for c in cols[:2])
-    ex2, ey2 = (jnp.max(jnp.where(ok, c, -jnp.inf)) for c in cols[2:])
-    ox = jnp.minimum(ex2, boxes[:, 2]) - jnp.maximum(ex1, boxes[:, 0])
-    oy = jnp.minimum(ey2, boxes[:, 3]) - jnp.maximum(ey1, boxes[:, 1])
-    slack = 1e-4 * (jnp.abs(boxes[:, 2]) + jnp.abs(boxes[:, 0]) + 1.0)
-    slack_y = 1e-4 * (jnp.abs(boxes[:, 3]) + jnp.abs(boxes[:, 1]) + 1.0)
-    by_place = (ox + slack >= t * gw * (1 - 1e-4)) & (oy + slack_y >= t * gh * (1 - 1e-4))
-    return by_area & by_shape & by_place
-
-
-def row_bands(priors: Priors, size: int = BAND_SIZE) -> list[tuple[int, int]]:
-    """Static (start, length) pieces of the priors: each level, and on a grid
-    (`priors.feature_shapes`) each level cut into bands of whole feature-map rows of
-    about `size` priors (at most `MAX_BANDS` per level), in order. The per-level folds
-    fold a GT over a band only where `may_reach` allows, whose envelope test prunes by
-    place within a level."""
-    starts, sizes = priors.level_starts, priors.level_sizes
-    shapes = priors.feature_shapes
-    if shapes is None:
-        return list(zip(starts, sizes))
-    out = []
-    for start, n, (h, _) in zip(starts, sizes, shapes):
-        row = n // max(int(h), 1)
-        bands = max(1, min(int(h), MAX_BANDS, round(n / max(size, 1))))
-        cuts = np.linspace(0, int(h), bands + 1).round().astype(int)
-        out += [(start + int(a) * row, int(b - a) * row) for a, b in zip(cuts[:-1], cuts[1:])]
-    return out
-
-
 def max_nonneg(x: Array, axis: int = -1) -> Array:
     """`jnp.max(x, axis)` of float32 values >= 0 (IoUs), computed on their int32 bit
     patterns, which order as the floats do for non-negative values: XLA:CPU vectorises
-    an integer max-reduction, not a float one (NaN propagation), 1.6x faster inside the
+    an integer max-reduction, not a float one (NaN propagation), faster inside the
     folds. Equal to the float max (a NaN of positive sign still wins)."""
     bits = lax.bitcast_convert_type(as_f32(x), jnp.int32)
     return lax.bitcast_convert_type(jnp.max(bits, axis=axis), jnp.float32)

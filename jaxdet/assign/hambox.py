@@ -33,9 +33,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxdet.assign import common, max_iou
+from jaxdet.assign import common, lattice, max_iou
 from jaxdet.core.types import Assignment, GroundTruth, Priors
 
 POS_IOU_THR = 0.35  # T1, stage-1 anchor matching
@@ -51,6 +50,7 @@ def match(
     pos_iou_thr: float = POS_IOU_THR,
     best_anchor_all_ties: bool = True,
     ignore_iof_thr: float = 0.5,
+    method: str = "auto",
 ) -> Assignment:
     """Stage 1: IoU >= pos_iou_thr positive, below negative, plus each GT's best anchor.
 
@@ -61,13 +61,14 @@ def match(
       best_anchor_all_ties: give a GT every anchor tied at its best IoU (mmdetection's
         `gt_max_assign_all`, default; also the faster path), not only the first.
       ignore_iof_thr: IoF with an ignore region above which an anchor is ignored.
+      method: 'auto' or 'dense', as `max_iou.assign` (same result).
     Returns:
       Assignment: gt_index [N] int32, quality [N] float32 = 1 on the positives.
     """
     a = max_iou.assign(
         priors, gt, pos_iou_thr=pos_iou_thr, neg_iou_thr=pos_iou_thr, min_pos_iou=0.0,
         gt_max_assign_all=best_anchor_all_ties, match_low_quality=True,
-        ignore_iof_thr=ignore_iof_thr,
+        ignore_iof_thr=ignore_iof_thr, method=method,
     )
     return common.finish(a.gt_index, jnp.ones_like(a.quality))
 
@@ -81,6 +82,7 @@ def compensate(
     iou_thr: float = COMP_IOU_THR,
     count_matched: bool = True,
     priors: Priors | None = None,
+    method: str = "auto",
     chunk: int = 8,
     candidates: int = CANDIDATES,
 ) -> tuple[Assignment, jax.Array]:
@@ -93,9 +95,10 @@ def compensate(
       k: K, the per-GT anchor budget (paper 5); 0 turns compensation off.
       iou_thr: T2, the least regressed IoU of a compensated anchor (paper 0.5).
       count_matched: the budget of GT j is K - n_j (paper) rather than K.
-      priors: the anchors the boxes were regressed from, to fold each GT only over
-        the FPN levels whose regressed boxes can reach T2 with it (same result; see
-        `_best_gt_levels`); None folds every GT over all N boxes.
+      priors: the anchors the boxes were regressed from: with method 'auto' each GT
+        is folded only over the FPN levels whose regressed boxes can reach T2 with it
+        (same result; see `_best_gt_levels`); None folds every GT over all N boxes.
+      method: 'auto' or 'dense' (every GT over all N boxes; the reference).
       chunk: GT rows per loop step (speed only).
       candidates: C of `_take_best` (speed only).
     Returns:
@@ -117,9 +120,10 @@ def compensate(
     # The GT each regressed box overlaps most (the first such row), by the GT fold:
     # [N] accumulators, no [M, N] matrix.
     pred_boxes = common.as_f32(pred_boxes)
-    if priors is not None and len(priors.level_sizes) > 1 and iou_thr > 0:
+    by_level = lattice.check_method(method) == "auto" and priors is not None
+    if by_level and len(priors.level_sizes) > 1 and iou_thr > 0:
         best_iou, best_gt = _best_gt_levels(pred_boxes, gt_index == common.BACKGROUND, boxes,
-                                            match_rows, priors.level_sizes, iou_thr)
+                                            match_rows, priors, iou_thr)
     else:
         best_iou, best_gt = _best_gt(pred_boxes, boxes, match_rows, chunk)
     budget = jnp.concatenate([budget, jnp.zeros((1,), jnp.int32)])  # row m: no GT
@@ -203,25 +207,19 @@ def _best_gt(pred_boxes: jax.Array, boxes: jax.Array, rows_mask: jax.Array, chun
     return common.fold_gt_chunks(body, init, boxes, rows_mask, chunk)
 
 
-def _best_gt_levels(pred_boxes, wanted, boxes, rows_mask, level_sizes, iou_thr):
+def _best_gt_levels(pred_boxes, wanted, boxes, rows_mask, priors, iou_thr):
     """`_best_gt` wherever its IoU is >= iou_thr on a `wanted` [N] box (elsewhere the
     IoU may read lower), folding each GT only over the levels it can reach.
 
     GT j is folded over level l only if it may have an IoU >= t with one of the
-    level's wanted regressed boxes (`common.may_reach`: by their areas and sizes). A GT
-    left out of a level has IoU < t with every wanted box there, so the max and its
-    first row agree with the full fold wherever the max is >= t."""
+    level's wanted regressed boxes (`lattice.reaching_pieces`: by their areas, sizes and
+    place). A GT left out of a level has IoU < t with every wanted box there, so the
+    max and its first row agree with the full fold wherever the max is >= t."""
     cols = common.columns(pred_boxes)
     area = (cols[2] - cols[0]) * (cols[3] - cols[1])
-    out, start = [], 0
-    for size in level_sizes:
-        sl = lambda v: lax.slice_in_dim(v, start, start + size)  # noqa: B023
-        lcols = tuple(sl(c) for c in cols)
-        # Unwanted boxes take no part in the bound (area 0 is left out).
-        reach = rows_mask & common.may_reach(lcols, jnp.where(sl(wanted), sl(area), 0.0),
-                                             boxes, iou_thr)
-        out.append(_best_gt(jnp.stack(lcols, axis=1), boxes, reach, common.LEVEL_CHUNK))
-        start += size
+    out = [_best_gt(jnp.stack(p.cols, axis=1), boxes, p.reach, common.LEVEL_CHUNK)
+           for p in lattice.reaching_pieces(priors, cols, area, boxes, rows_mask, iou_thr,
+                                            bands=False, counted=wanted)]
     return jnp.concatenate([o[0] for o in out]), jnp.concatenate([o[1] for o in out])
 
 
@@ -236,12 +234,14 @@ def assign(
     count_matched: bool = True,
     best_anchor_all_ties: bool = True,
     ignore_iof_thr: float = 0.5,
+    method: str = "auto",
 ) -> tuple[Assignment, jax.Array]:
     """`match` then `compensate`: priors [N], gt [M], pred_boxes [N, 4] (no gradient)
-    -> (Assignment [N], compensated [N] bool). Arguments as the two stages."""
+    -> (Assignment [N], compensated [N] bool). Arguments as the two stages; `method`
+    goes to both."""
     matched = match(
         priors, gt, pos_iou_thr=pos_iou_thr, best_anchor_all_ties=best_anchor_all_ties,
-        ignore_iof_thr=ignore_iof_thr,
+        ignore_iof_thr=ignore_iof_thr, method=method,
     )
     return compensate(matched, gt, pred_boxes, k=k, iou_thr=iou_thr, count_matched=count_matched,
-                      priors=priors)
+                      priors=priors, method=method)

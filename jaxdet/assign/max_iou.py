@@ -23,11 +23,11 @@ low-quality match that is the GT's max IoU, not the prior's max over GTs as in
 mmdetection's `max_overlaps`). An image without valid GT gives -1 everywhere and
 -2 on priors covered by ignore regions (mmdetection returns all negatives there).
 
-Speed: on an anchor lattice (`make_anchors` priors) the default method 'levels'
-folds each GT only over the FPN levels where some anchor can reach a threshold that
-changes a result (the classification thresholds, or the GT's own max IoU for the
-low-quality rule); the result is the dense fold's. Most GTs reach one or two of five
-levels, and rarely the finest one, which holds three quarters of the anchors.
+Speed: on an anchor lattice (`lattice.is_tiling`, `make_anchors` priors) the default
+method 'auto' folds each GT only over the FPN levels where some anchor can reach a
+threshold that changes a result (the classification thresholds, or the GT's own max
+IoU for the low-quality rule); the result is the dense fold's. Most GTs reach one or
+two of five levels, and rarely the finest one, which holds three quarters of the anchors.
 
 Hyper-parameters (paper / mmdetection config defaults) are in the presets below.
 """
@@ -37,8 +37,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdet.assign import common, grid_topk
-from jaxdet.core import boxes as box_ops
+from jaxdet.assign import common, lattice
 from jaxdet.core.types import Assignment, GroundTruth, Priors
 
 # mmdetection configs: RetinaNet / FSAF / RepPoints refine, RPN, R-CNN second stage.
@@ -57,8 +56,7 @@ def assign(
     gt_max_assign_all: bool = True,
     match_low_quality: bool = True,
     ignore_iof_thr: float = 0.5,
-    method: str | None = None,
-    grid_shapes=None,
+    method: str = "auto",
     chunk: int = 8,
 ) -> Assignment:
     """Assigns each prior to a GT row, background or ignore by IoU.
@@ -74,12 +72,10 @@ def assign(
       match_low_quality: rule 4 above (on for RetinaNet/RPN, off for R-CNN).
       ignore_iof_thr: IoF with an ignore region above which a prior is ignored;
         jaxdet default 0.5 handles crowd boxes, <= 0 disables (mmdetection's -1).
-      method: 'levels' (the same result; each GT is folded only over the levels
-        where some anchor can reach a threshold that matters, see `_fold_levels`;
-        needs an anchor lattice: `grid_shapes` or `priors.feature_shapes`) or 'dense'
-        (every GT against all N priors). Default: 'levels' when the lattice is known
-        and every threshold is > 0, else 'dense'.
-      grid_shapes: static (h, w) of every level (default `priors.feature_shapes`).
+      method: 'auto' (where the priors tile an anchor lattice, `lattice.is_tiling`,
+        and every threshold is > 0: each GT folded only over the levels where some
+        anchor can reach a threshold that matters, see `_fold_levels`, the same result;
+        elsewhere as 'dense') or 'dense' (every GT against all N priors; the reference).
       chunk: GT rows per loop step of the dense folds (speed only; the per-level
         folds step `common.LEVEL_CHUNK` rows).
     Returns:
@@ -92,13 +88,8 @@ def assign(
     # The least IoU at which the classification of a prior can change (neg_lo only
     # when it is a real bound: max IoU >= 0 always holds with a GT present).
     thresholds = [pos_iou_thr, neg_hi] + ([neg_lo] if neg_lo > 0 else [])
-    grid_shapes = grid_shapes or priors.feature_shapes
-    if method is None:
-        method = "levels" if grid_shapes is not None and min(thresholds) > 0 else "dense"
-    if method not in ("levels", "dense"):
-        raise ValueError(f"unknown method {method!r}; expected 'levels' or 'dense'")
-    if method == "levels" and min(thresholds) <= 0:
-        raise ValueError(f"method='levels' needs thresholds > 0, got {thresholds}")
+    by_level = (lattice.check_method(method) == "auto" and min(thresholds) > 0
+                and lattice.is_tiling(priors))
     pb = common.as_f32(priors.boxes)
     n = pb.shape[0]
     boxes, match_rows, ignore_rows = common.split_gt(gt)
@@ -111,10 +102,9 @@ def assign(
     cols = tuple(jnp.where(ignored, far, c) for c in common.columns(pb))
     fold = dict(match_low_quality=match_low_quality, gt_max_assign_all=gt_max_assign_all,
                 min_pos_iou=min_pos_iou)
-    if method == "levels":
-        grid_topk.check_grid(priors, grid_shapes)
+    if by_level:
         max_ov, arg, lq_idx, lq_val = _fold_levels(
-            priors, tuple(grid_shapes), cols, ignored, boxes, match_rows, min(thresholds), **fold)
+            priors, cols, ignored, boxes, match_rows, min(thresholds), **fold)
     else:
         max_ov, arg, lq_idx, lq_val = _fold_dense(cols, ignored, boxes, match_rows, chunk=chunk,
                                                   **fold)
@@ -172,45 +162,11 @@ def _fold_dense(cols, ignored, boxes, match_rows, *, match_low_quality, gt_max_a
     return common.fold_gt_chunks(body, init, boxes, match_rows, chunk)
 
 
-def _level_bounds(priors, grid_shapes, cols, boxes):
-    """(ub [M, L], lb [M]) for the GT boxes [M, 4] on an anchor lattice.
-
-    ub[j, l]: the largest IoU any anchor of level l can have with GT j, from the
-    sizes alone (the anchor centred on the GT; max over the level's base shapes).
-    lb[j]: the IoU of an actual prior (with the ignored ones moved away, as `cols`)
-    with GT j, the nearest anchor of each level and base shape: a lower bound of the
-    GT's max IoU over all priors."""
-    gx, gy = (boxes[:, 0] + boxes[:, 2]) / 2.0, (boxes[:, 1] + boxes[:, 3]) / 2.0
-    gw, gh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    a = priors.num_base
-    ubs, lb = [], jnp.zeros(boxes.shape[:1], jnp.float32)
-    for start, (h, w) in zip(priors.level_starts, grid_shapes):
-        lvl = [lax.slice_in_dim(c, start, start + h * w * a).reshape(h, w, a) for c in cols]
-        real = lax.slice_in_dim(priors.boxes, start, start + h * w * a).reshape(h, w, a, 4)
-        real = common.as_f32(real)
-        aw = real[0, 0, :, 2] - real[0, 0, :, 0]  # [A]
-        ah = real[0, 0, :, 3] - real[0, 0, :, 1]
-        iw = jnp.minimum(aw, gw[:, None])
-        ih = jnp.minimum(ah, gh[:, None])
-        ub = iw * ih / jnp.maximum(aw * ah + (gw * gh)[:, None] - iw * ih, box_ops.EPS)
-        ubs.append(jnp.max(ub, axis=1))
-        cx = (real[0, :, 0, 0] + real[0, :, 0, 2]) / 2.0  # [W]
-        cy = (real[:, 0, 0, 1] + real[:, 0, 0, 3]) / 2.0  # [H]
-        c = grid_topk.nearest_first(cx, gx, 1)[:, 0]
-        r = grid_topk.nearest_first(cy, gy, 1)[:, 0]
-        near = tuple(v[r, c] for v in lvl)  # [M, A]: the nearest anchors' columns
-        near_area = (near[2] - near[0]) * (near[3] - near[1])
-        ov = common.iou_with_box(tuple(v[..., None] for v in near), near_area[..., None],
-                                 boxes[:, None, :])[..., 0]
-        lb = jnp.maximum(lb, jnp.max(ov, axis=1))
-    return jnp.stack(ubs, axis=1), lb
-
-
-def _fold_levels(priors, grid_shapes, cols, ignored, boxes, match_rows, min_threshold, *,
+def _fold_levels(priors, cols, ignored, boxes, match_rows, min_threshold, *,
                  match_low_quality, gt_max_assign_all, min_pos_iou):
     """`_fold_dense`'s result where it matters, folding each GT over the levels it can reach.
 
-    GT j takes part on level l iff ub[j, l] (`_level_bounds`) reaches t_j = the least
+    GT j takes part on level l iff ub[j, l] (`lattice.level_bounds`) reaches t_j = the least
     classification threshold, or (low-quality matching) the lower bound lb[j] of its
     max IoU, with a margin for rounding. On the other levels every IoU with j is
     below t_j, so j can neither be a prior's max-IoU GT there at a value that changes
@@ -220,7 +176,7 @@ def _fold_levels(priors, grid_shapes, cols, ignored, boxes, match_rows, min_thre
     The low-quality rule needs each GT's max over all levels first: a second fold
     over the (GT, level) pairs where that max is reached marks the ties (or, with
     `gt_max_assign_all=False`, the first prior reaching it is scattered)."""
-    ub, lb = _level_bounds(priors, grid_shapes, cols, boxes)
+    ub, lb = lattice.level_bounds(priors, cols, boxes)
     t = jnp.full(lb.shape, min_threshold, jnp.float32)
     if match_low_quality:
         t = jnp.minimum(t, lb)

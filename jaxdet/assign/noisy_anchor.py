@@ -33,52 +33,31 @@ Bag rules (those of the port's `TopNIoUAssigner`, which is the only public code)
      jaxdet's crowd rule, as in `max_iou` / `atss`.
 An image without valid GT gives -1 everywhere (and -2 on ignored anchors).
 
-Speed. `method='grid'` (needs the static `grid_shapes`, i.e. anchors from
+Speed. `method='auto'` on an anchor lattice (`lattice.is_tiling`, anchors from
 `priors.make_anchors`) never computes the IoU of a GT with all N anchors: the top-N
-come from `jaxdet.assign.grid_topk` (a static staircase of candidates per level,
-~1k per GT for N = 50 and one anchor per location, against 22k anchors of an
-800 x 1333 input). Exact up to float rounding; which anchor wins a tie in IoU at
-the N-th place can differ from the dense path (ties are common: every anchor inside
-a larger GT has IoU = its area / the GT's area); the grid path prefers the lower
-level, then the cell nearer the GT centre (`grid_topk.top_iou`).
-`method='dense'` (any priors): per GT the IoU with every anchor and `lax.top_k` (ties:
-lower anchor index), folded over the GT rows present, `chunk` at a time; it is the
-reference of the tests.
+come from `lattice.top_k_iou` (a static staircase of candidates per level, ~1k per
+GT for N = 50 and one anchor per location, against 22k anchors of an 800 x 1333
+input). Exact up to float rounding; which anchor wins a tie in IoU at the N-th place
+can differ from the dense path (ties are common: every anchor inside a larger GT has
+IoU = its area / the GT's area); the lattice path prefers the lower level, then the
+cell nearer the GT centre. `method='dense'` (and 'auto' on other priors): per GT the
+IoU with every anchor and `lax.top_k` (ties: lower anchor index), folded over the GT
+rows present, `chunk` at a time; it is the reference of the tests.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxdet.assign import common, grid_topk
+from jaxdet.assign import common, lattice
 from jaxdet.core import boxes as box_ops
 from jaxdet.core.types import Assignment, GroundTruth, Priors
 
 # Paper defaults (Li et al. 2020): bag size N and the cleanliness mixing weight alpha.
 TOPK = 50
 ALPHA = 0.75
-
-
-def _top_dense(pb, boxes, match_rows, k, chunk):
-    """(iou [M, k], anchor index [M, k]) by a fold over the GT rows in `match_rows`;
-    rows not folded keep iou -1."""
-    m, n = boxes.shape[0], pb.shape[0]
-    k = min(k, n)
-    cols = common.columns(pb)
-    area = (cols[2] - cols[0]) * (cols[3] - cols[1])
-
-    def body(carry, rows, ids, live):
-        val, idx = carry
-        v, i = lax.top_k(common.iou_with_box(cols, area, rows), k)  # [chunk, k]
-        at = jnp.where(live, ids, m)  # filler entries: dropped (out of bounds)
-        return val.at[at].set(v, mode="drop"), idx.at[at].set(i, mode="drop")
-
-    init = (jnp.full((m, k), -1.0, jnp.float32), jnp.zeros((m, k), jnp.int32))
-    return common.fold_gt_chunks(body, init, boxes, match_rows, chunk)
 
 
 def candidate_bags(
@@ -88,8 +67,7 @@ def candidate_bags(
     topk: int = TOPK,
     min_pos_iou: float = 0.0,
     ignore_iof_thr: float = 0.5,
-    grid_shapes: Sequence[tuple[int, int]] | None = None,
-    method: str | None = None,
+    method: str = "auto",
     chunk: int = 8,
 ) -> Assignment:
     """The prediction-free part: each GT's top-`topk` anchors by IoU (rules 1-5 above).
@@ -101,9 +79,8 @@ def candidate_bags(
       min_pos_iou: an anchor joins a bag only with IoU > min_pos_iou (port 0); >= 0.
       ignore_iof_thr: IoF with an ignore region above which an anchor is ignored;
         <= 0 disables (mmdetection's -1).
-      grid_shapes: static (h, w) of every level (`priors.feature_shapes`) when the
-        priors are `make_anchors` anchors; enables `method='grid'`.
-      method: 'grid' (default when grid_shapes is given) or 'dense' (default otherwise).
+      method: 'auto' (the lattice staircase where the priors tile, `lattice.is_tiling`;
+        elsewhere as 'dense') or 'dense' (the reference); see the module docstring.
       chunk: GT rows per loop step of the dense path and of the ignore fold (speed only).
     Returns:
       Assignment: gt_index [N] int32 (-1 bg, -2 ignore, k >= 0 bag of GT row k),
@@ -111,22 +88,13 @@ def candidate_bags(
     """
     if min_pos_iou < 0:
         raise ValueError(f"min_pos_iou must be >= 0, got {min_pos_iou}")
-    method = method or ("grid" if grid_shapes is not None else "dense")
-    if method not in ("grid", "dense"):
-        raise ValueError(f"unknown method {method!r}; expected 'grid' or 'dense'")
-    if method == "grid":
-        grid_topk.check_grid(priors, grid_shapes)
     pb = common.as_f32(priors.boxes)
     n = pb.shape[0]
     boxes, match_rows, ignore_rows = common.split_gt(gt)
     m = boxes.shape[0]
     ignored = common.ignored_by_iof(pb, boxes, ignore_rows, ignore_iof_thr, chunk)
-    if method == "grid":
-        val, idx = grid_topk.top_iou(
-            pb, priors.level_sizes, tuple(grid_shapes), priors.num_base, boxes, int(topk)
-        )
-    else:
-        val, idx = _top_dense(pb, boxes, match_rows, int(topk), chunk)
+    val, idx = lattice.top_k_iou(priors, boxes, match_rows, int(topk), method=method,
+                                 chunk=chunk)
 
     # Collisions: the highest IoU wins, then the lowest GT row.
     member = match_rows[:, None] & (val > min_pos_iou)
@@ -183,15 +151,13 @@ def assign(
     alpha: float = ALPHA,
     min_pos_iou: float = 0.0,
     ignore_iof_thr: float = 0.5,
-    grid_shapes: Sequence[tuple[int, int]] | None = None,
-    method: str | None = None,
+    method: str = "auto",
     chunk: int = 8,
 ) -> Assignment:
     """Candidate bags with the cleanliness score as the soft label.
 
     Args:
-      priors, gt, topk, min_pos_iou, ignore_iof_thr, grid_shapes, method, chunk: as
-        `candidate_bags`.
+      priors, gt, topk, min_pos_iou, ignore_iof_thr, method, chunk: as `candidate_bags`.
       pred_boxes: [N, 4] regressed boxes (stop_gradient-ed by the caller).
       pred_scores: [N, C] class probabilities (stop_gradient-ed by the caller).
       alpha: weight of loc_a in the cleanliness (paper 0.75).
@@ -205,7 +171,6 @@ def assign(
         topk=topk,
         min_pos_iou=min_pos_iou,
         ignore_iof_thr=ignore_iof_thr,
-        grid_shapes=grid_shapes,
         method=method,
         chunk=chunk,
     )

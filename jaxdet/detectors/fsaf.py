@@ -15,7 +15,7 @@ Anchor-free branch (`FSAFHead` outputs 'af_cls_logits', 'af_tblr'):
   boxes:    TBLR distances x normaliser (4.0) x prior side (`center_region.tblr_decode`),
             clamped >= 1e-4 in the loss as mmdetection;
   assign:   `jaxdet.assign.center_region` (effective 0.2, ignoring 0.5, min IoF 0.01), run
-            on the prior lattice (`center_region_grid`, same outputs) as the priors tile it;
+            on the prior lattice (`center_region_lattice`, same outputs) as the priors tile it;
   select:   online feature selection (`jaxdet.assign.fsaf_select`): each GT is first a
             candidate on every level; with the stop_gradient-ed predictions each level's
             mean of (focal summed over classes + IoU loss) over the GT's effective priors
@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet import platform as platform_lib
-from jaxdet.assign import center_region, center_region_grid, fsaf_select, targets
+from jaxdet.assign import center_region, fsaf_select, targets
 from jaxdet.core import priors as priors_lib
 from jaxdet.core.types import GroundTruth, Priors
 from jaxdet.detectors import retinanet
@@ -127,16 +127,10 @@ class FSAF(DenseDetector):
         m = gt.boxes.shape[1]
         scales = dict(pos_scale=f.pos_scale, neg_scale=f.neg_scale, min_pos_iof=f.min_pos_iof,
                       ignore_gt_scale=f.ignore_gt_scale)
-        if center_region_grid.is_tiling(priors):  # the lattice path: same outputs, fast
-            geo = jax.vmap(lambda g: center_region_grid.grid_regions(priors, g, **scales))(gt)
-            resolve = lambda r, g, s: center_region_grid.resolve_grid(
-                r, g, priors.level_sizes, selected_level=s, **self._assign_kwargs()
-            )
-        else:  # the dense reference
-            geo = jax.vmap(lambda g: center_region.regions(priors, g, **scales))(gt)
-            resolve = lambda r, g, s: center_region.resolve(
-                *r, g, levels, selected_level=s, **self._assign_kwargs()
-            )
+        geo = jax.vmap(lambda g: center_region.regions(priors, g, **scales))(gt)
+        resolve = lambda r, g, s: center_region.resolve(
+            r, g, priors, selected_level=s, **self._assign_kwargs()
+        )
         # Stage 1: every level is a candidate; per-prior losses of the frozen predictions.
         cand, cand_ign = jax.vmap(lambda r, g: resolve(r, g, None))(geo, gt)
         cls = jax.lax.stop_gradient(out["af_cls_logits"])

@@ -62,7 +62,7 @@ class NoisyAnchorRetinaNet(DenseDetector):
         return jax.vmap(
             lambda g: na_assign.candidate_bags(
                 priors, g, topk=hp.topk, min_pos_iou=hp.min_pos_iou,
-                ignore_iof_thr=hp.ignore_iof_thr, grid_shapes=priors.feature_shapes,
+                ignore_iof_thr=hp.ignore_iof_thr,
             )
         )(gt)
 

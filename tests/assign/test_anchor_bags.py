@@ -87,7 +87,7 @@ def test_bag_size_is_clipped_to_the_number_of_anchors():
     assert sorted(np.asarray(bags.index)[0].tolist()) == [0, 1, 2, 3]
 
 
-@pytest.mark.parametrize("method", ["grid", "dense"])
+@pytest.mark.parametrize("method", ["auto", "dense"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_matches_numpy_topk(seed, method):
     p, g = _random_case(seed)
@@ -105,11 +105,19 @@ def test_matches_numpy_topk(seed, method):
         assert np.asarray(bags.valid[i]).all()
 
 
-def test_grid_needs_grid_priors():
-    with pytest.raises(ValueError, match="grid"):
-        anchor_bags.build(_row_priors(), _gt([[4, 0, 20, 8]]), method="grid")
-    with pytest.raises(ValueError, match="method"):
-        anchor_bags.build(_row_priors(), _gt([[4, 0, 20, 8]]), method="fast")
+def test_method_errors_and_priors_off_the_lattice():
+    for bad in ("grid", "fast"):
+        with pytest.raises(ValueError, match="unknown method"):
+            anchor_bags.build(_row_priors(), _gt([[4, 0, 20, 8]]), method=bad)
+    # Row priors are no lattice: 'auto' is the dense fold there.
+    a = anchor_bags.build(_row_priors(), _gt([[4, 0, 20, 8], [9, 0, 30, 8]]), bag_size=3)
+    d = anchor_bags.build(_row_priors(), _gt([[4, 0, 20, 8], [9, 0, 30, 8]]), bag_size=3,
+                          method="dense")
+    for x, y in zip(a, d):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="unknown method"):
+        anchor_bags.positive_probability(_row_priors().boxes, _gt([[4, 0, 20, 8]]), 3,
+                                         method="bands")
 
 
 def test_chunk_size_does_not_change_the_result():

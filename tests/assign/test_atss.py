@@ -189,17 +189,18 @@ def test_user_snippet_shapes():
     np.testing.assert_array_equal(a.quality, b.quality)
 
 
-_GRID = priors_lib.feature_shapes((128, 160), STRIDES)
 _GRID_FNS = [
-    jax.jit(jax.vmap(lambda g: atss.assign(_P, g, block=3, method="grid", grid_shapes=_GRID))),
-    jax.jit(lambda g: atss.assign_batch(_P, g, block=3, grid_shapes=_GRID)),
     jax.jit(lambda g: atss.assign_batch(_P, g, block=3)),
+    jax.jit(lambda g: atss.assign_batch(_P, g, block=3, grid_radius=1)),  # more fallbacks
+    jax.jit(lambda g: atss.assign_batch(_P.replace(feature_shapes=None), g, block=3)),  # blocks
+    jax.jit(lambda g: atss.assign_batch(_P, g, method="dense")),
 ]
 
 
 def test_grid_search_matches_numpy_reference():
-    """The lattice-window search (per image and batched, with its fallback) gives
-    mmdetection's result, on random boxes (with ignore regions) and lattice ties."""
+    """The batched lattice-window search (with its fallback; also off the lattice and
+    dense) gives mmdetection's result, on random boxes (with ignore regions) and
+    lattice ties."""
     for seed in range(3):
         gt_np = ref.random_gt(np.random.default_rng(seed), 6, 12)
         _check_against_reference(_P, gt_np, [f(GroundTruth(*gt_np)) for f in _GRID_FNS])
@@ -225,7 +226,7 @@ def test_grid_window_is_exact_without_ignore_and_falls_back_with_it():
     valid = np.ones((4, 12), bool)
     gt = GroundTruth(boxes, labels, valid, np.zeros_like(valid))
     exact = jax.jit(jax.vmap(lambda g: atss._candidates(
-        _P, atss._prepare(_P, g, 0.5, 8), 9, "grid", 3, _GRID)[1]))(gt)
+        _P, atss._prepare(_P, g, 0.5, 8), 9, "grid", 3)[1]))(gt)
     assert np.all(np.asarray(exact))
     # A crowd region covering the whole image ignores every prior: the window cannot
     # hold 9 non-ignored priors, the check fails, and the block search decides.
@@ -237,7 +238,7 @@ def test_grid_window_is_exact_without_ignore_and_falls_back_with_it():
     valid2[:, -1] = True
     gt2 = GroundTruth(big, labels, valid2, ign)
     exact = jax.jit(jax.vmap(lambda g: atss._candidates(
-        _P, atss._prepare(_P, g, 0.5, 8), 9, "grid", 3, _GRID)[1]))(gt2)
+        _P, atss._prepare(_P, g, 0.5, 8), 9, "grid", 3)[1]))(gt2)
     assert not np.any(np.asarray(exact))
     _check_against_reference(_P, (big, labels, valid2, ign), [f(gt2) for f in _GRID_FNS])
 
@@ -249,17 +250,23 @@ def test_grid_search_with_nine_anchors_per_location():
     gt = GroundTruth(*gt_np)
     for k in (9, 20):
         want = jax.jit(jax.vmap(lambda g, k=k: atss.assign(p, g, topk=k, method="dense")))(gt)
-        got = jax.jit(lambda g, k=k: atss.assign_batch(p, g, topk=k, block=2,
-                                                       grid_shapes=shapes))(gt)
+        got = jax.jit(lambda g, k=k: atss.assign_batch(p, g, topk=k, block=2))(gt)
         np.testing.assert_array_equal(got.gt_index, want.gt_index)
         np.testing.assert_array_equal(got.quality, want.quality)
 
 
-def test_grid_needs_matching_grid_shapes():
+def test_method_errors_and_priors_off_the_lattice():
     import pytest
 
-    with pytest.raises(ValueError, match="grid_shapes"):
-        atss.assign(_row_priors(), _gt([[0, 0, 8, 8]]), method="grid")  # not a make_anchors grid
-    assert _P.feature_shapes == tuple(_GRID)
-    with pytest.raises(ValueError, match="level sizes"):
-        atss.assign(_P, _gt([[0, 0, 8, 8]]), method="grid", grid_shapes=_GRID[:2] * 3)
+    with pytest.raises(ValueError, match="unknown method"):
+        atss.assign(_P, _gt([[0, 0, 8, 8]]), method="grid")
+    with pytest.raises(ValueError, match="unknown method"):
+        atss.assign_batch(_P, jax.tree_util.tree_map(lambda x: x[None], _gt([[0, 0, 8, 8]])),
+                          method="blocks")
+    # Row priors are no lattice: assign_batch is the vmapped block search there.
+    p = _row_priors()
+    gt = jax.tree_util.tree_map(lambda x: x[None], _gt([[0, 0, 20, 8], [10, 0, 30, 8]]))
+    a = atss.assign_batch(p, gt, topk=2)
+    b = jax.vmap(lambda g: atss.assign(p, g, topk=2, method="dense"))(gt)
+    np.testing.assert_array_equal(a.gt_index, b.gt_index)
+    np.testing.assert_array_equal(a.quality, b.quality)

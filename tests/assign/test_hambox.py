@@ -168,9 +168,9 @@ def test_matches_numpy_reference_on_random_cases(count_matched, candidates):
 
 
 def test_level_folds_match_numpy_reference_on_a_lattice():
-    # make_anchors priors: stage 1 takes max_iou's 'levels' path and stage 2 folds each
-    # GT only over the levels whose regressed boxes can reach T2; both must give the
-    # reference's result exactly.
+    # make_anchors priors: with method 'auto' stage 1 takes max_iou's lattice path and
+    # stage 2 folds each GT only over the levels whose regressed boxes can reach T2; both
+    # must give the reference's result exactly, and the dense method's.
     from jaxdet.core import priors as priors_lib
 
     strides = (8, 16, 32, 64, 128)
@@ -196,3 +196,9 @@ def test_level_folds_match_numpy_reference_on_a_lattice():
         np.testing.assert_allclose(np.asarray(a.quality[i]), ref_q, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(np.asarray(comp[i]), ref_c)
     assert np.asarray(comp).sum() > 10
+    d, d_comp = jax.jit(jax.vmap(lambda g, q: ham.assign(p, g, q, method="dense")))(
+        gt, jnp.asarray(preds))
+    for x, y in zip((a.gt_index, a.quality, comp), (d.gt_index, d.quality, d_comp)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="unknown method"):
+        ham.assign(p, jax.tree_util.tree_map(lambda x: x[0], gt), preds[0], method="levels")

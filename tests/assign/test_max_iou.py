@@ -107,7 +107,7 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("method", ["dense", "levels"])
+@pytest.mark.parametrize("method", ["dense", "auto"])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_matches_numpy_reference(name, method):
     cfg = CONFIGS[name]
@@ -135,7 +135,7 @@ def test_matches_numpy_reference(name, method):
                                  dict(match_low_quality=False)])
 def test_levels_equals_numpy_on_one_anchor_lattice(cfg):
     # One square anchor per location (HAMBox's 2.72 * stride): GTs reach one or two
-    # levels each, so most (GT, level) pairs are skipped by method='levels'.
+    # levels each, so most (GT, level) pairs are skipped by method='auto'.
     strides = (8, 16, 32, 64, 128)
     p = priors_lib.make_anchors(priors_lib.feature_shapes((96, 128), strides), strides,
                                 octave_base_scale=2.72, scales_per_octave=1, ratios=(1.0,))
@@ -152,12 +152,16 @@ def test_levels_equals_numpy_on_one_anchor_lattice(cfg):
         np.testing.assert_array_equal(np.asarray(a.quality[b]), want_q, err_msg=f"{b}")
 
 
-def test_method_errors():
+def test_method_errors_and_the_dense_fallback():
     p = priors_lib.make_anchors(priors_lib.feature_shapes((32, 32), (8, 16)), (8, 16))
-    g = _gt([[0, 0, 10, 10]])
-    with pytest.raises(ValueError, match="unknown method"):
-        max_iou.assign(p, g, method="grid")
-    with pytest.raises(ValueError, match="thresholds > 0"):
-        max_iou.assign(p, g, method="levels", neg_iou_thr=(0.0, 0.4), pos_iou_thr=0.0)
-    with pytest.raises(ValueError, match="grid_shapes"):
-        max_iou.assign(_priors([[0, 0, 10, 10]]), g, method="levels")
+    g = _gt([[0, 0, 10, 10], [4, 6, 30, 20]])
+    for bad in ("grid", "levels"):
+        with pytest.raises(ValueError, match="unknown method"):
+            max_iou.assign(p, g, method=bad)
+    # 'auto' takes the dense fold where a threshold is 0 or the priors are no lattice.
+    for prs, cfg in ((p, dict(neg_iou_thr=(0.0, 0.4), pos_iou_thr=0.0)),
+                     (p.replace(feature_shapes=None), {})):
+        a = max_iou.assign(prs, g, **cfg)
+        d = max_iou.assign(prs, g, method="dense", **cfg)
+        np.testing.assert_array_equal(a.gt_index, d.gt_index)
+        np.testing.assert_array_equal(a.quality, d.quality)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdet.assign import grid_topk
+from jaxdet.assign import lattice
 from jaxdet.assign import noisy_anchor as na
 from jaxdet.core import priors as priors_lib
 from jaxdet.core.types import GroundTruth, Priors
@@ -175,10 +175,11 @@ def test_grid_selects_the_same_ious_as_dense(num_base, topk):
     boxes, _, valid, _ = _random_case(np.random.default_rng(7), m=24, n_pad=0, crowd=False)
     boxes = jnp.asarray(boxes)
     val_g, idx_g = jax.jit(
-        lambda b: grid_topk.top_iou(priors.boxes, priors.level_sizes, GRID, priors.num_base,
-                                    b, topk)
+        lambda b: lattice.top_iou(priors.boxes, priors.level_sizes, GRID, priors.num_base,
+                                  b, topk)
     )(boxes)
-    val_d, _ = jax.jit(lambda b: na._top_dense(priors.boxes, b, jnp.asarray(valid), topk, 8))(boxes)
+    val_d, _ = jax.jit(lambda b: lattice.top_k_iou(priors, b, jnp.asarray(valid), topk,
+                                                   method="dense"))(boxes)
     k = min(topk, anchors.shape[0])
     assert val_g.shape == val_d.shape == (24, k)
     np.testing.assert_allclose(np.asarray(val_g), np.asarray(val_d), atol=1e-6)  # XLA rounding
@@ -195,7 +196,7 @@ def test_grid_equals_dense_without_collisions():
         [[2, 3, 20, 14], [60, 30, 95, 63], [30, 40, 40, 50], [40, 0, 60, 8]], np.float32
     )
     gt = _gt(boxes, labels=[0, 1, 2, 0])
-    g = jax.jit(lambda g: na.candidate_bags(priors, g, topk=20, grid_shapes=GRID))(gt)
+    g = jax.jit(lambda g: na.candidate_bags(priors, g, topk=20))(gt)
     d = jax.jit(lambda g: na.candidate_bags(priors, g, topk=20, method="dense"))(gt)
     for j in range(4):
         qg = np.sort(np.asarray(g.quality)[np.asarray(g.gt_index) == j])
@@ -204,33 +205,31 @@ def test_grid_equals_dense_without_collisions():
         assert 0 < len(qg) <= 20
 
 
-def test_grid_needs_a_grid():
+def test_method_and_priors_off_the_lattice():
     priors, _ = _anchors()
-    gt = _gt([[0, 0, 10, 10]])
-    with pytest.raises(ValueError, match="not an anchor grid"):
-        na.candidate_bags(priors, gt, grid_shapes=[(8, 12), (4, 6), (3, 3)])
-    with pytest.raises(ValueError, match="grid_shapes"):
+    gt = _gt([[0, 0, 10, 10], [30, 20, 60, 50]])
+    with pytest.raises(ValueError, match="unknown method"):
         na.candidate_bags(priors, gt, method="grid")
-    with pytest.raises(ValueError, match="method"):
-        na.candidate_bags(priors, gt, method="sparse")
-    # A grid of the right sizes whose columns are not evenly spaced: the closed-form
-    # nearest-first ranking would be wrong, so it is refused.
+    # A grid of the right sizes whose columns are not evenly spaced is no lattice
+    # (`lattice.check_tiling`): 'auto' takes the dense path there.
     boxes = np.asarray(priors.boxes).copy()
     n0 = priors.level_sizes[0]
     lvl = boxes[:n0].reshape(GRID[0][0], GRID[0][1], priors.num_base, 4)
     lvl[:, -1, :, [0, 2]] += 3.0  # shift the last column of level 0
     bad = priors.replace(boxes=np.concatenate([lvl.reshape(-1, 4), boxes[n0:]]))
-    with pytest.raises(ValueError, match="evenly spaced"):
-        na.candidate_bags(bad, gt, grid_shapes=GRID)
+    for off in (bad, priors.replace(feature_shapes=None)):
+        a = _bags(off, gt, topk=20)
+        d = _bags(off, gt, topk=20, method="dense")
+        np.testing.assert_array_equal(a.gt_index, d.gt_index)
+        np.testing.assert_array_equal(a.quality, d.quality)
 
 
-@pytest.mark.parametrize("method", ["grid", "dense"])
+@pytest.mark.parametrize("method", ["auto", "dense"])
 def test_invariants(method):
     priors, anchors = _anchors()
     boxes, labels, valid, ignore = _random_case(np.random.default_rng(3), m=9)
     topk = 20
-    a = _bags(priors, _gt(boxes, labels, valid, ignore), topk=topk, grid_shapes=GRID,
-              method=method)
+    a = _bags(priors, _gt(boxes, labels, valid, ignore), topk=topk, method=method)
     g = np.asarray(a.gt_index)
     rows = np.nonzero(valid & ~ignore)[0]
     assert set(np.unique(g[g >= 0])) <= set(rows)  # padding and crowd never positive
@@ -309,33 +308,15 @@ def test_jit_vmap_batch():
         cls = np.asarray(scores[i])[np.arange(n), lab]
         q = np.where(want >= 0, 0.75 * iou + 0.25 * cls, 0)
         np.testing.assert_allclose(np.asarray(out.quality[i]), q, atol=1e-5)
-    grid = jax.jit(jax.vmap(lambda g, b, s: na.assign(priors, g, b, s, grid_shapes=GRID)))
+    grid = jax.jit(jax.vmap(lambda g, b, s: na.assign(priors, g, b, s)))
     out = grid(gt, pred, scores)
     q = np.asarray(out.quality)
     assert np.all((q >= 0) & (q <= 1)) and np.all(q[np.asarray(out.gt_index) < 0] == 0)
-    # assign passes grid_shapes / method on: the same bags as candidate_bags' grid path
-    # (whose tie-breaking differs from the dense path's), cleanliness on top of them.
-    bags = jax.jit(jax.vmap(lambda g: na.candidate_bags(priors, g, grid_shapes=GRID)))(gt)
+    # assign passes method on: the same bags as candidate_bags' lattice path (whose
+    # tie-breaking differs from the dense path's), cleanliness on top of them.
+    bags = jax.jit(jax.vmap(lambda g: na.candidate_bags(priors, g)))(gt)
     np.testing.assert_array_equal(np.asarray(out.gt_index), np.asarray(bags.gt_index))
     for i in range(3):
         loc, cls = na.cleanliness_terms(bags.gt_index[i], jax.tree.map(lambda a, i=i: a[i], gt),
                                         pred[i], scores[i])
         np.testing.assert_allclose(q[i], np.asarray(na.cleanliness(loc, cls)), atol=1e-6)
-
-
-@pytest.mark.parametrize("n,c0,step", [(1, 0.0, 8.0), (2, 4.0, 8.0), (7, 0.0, 16.0),
-                                       (100, 0.0, 8.0), (13, 64.0, 128.0)])
-def test_nearest_first_orders_by_distance(n, c0, step):
-    """The closed-form ranking: k distinct indices whose distances are the k smallest,
-    in increasing order, for centres inside, between, on and beyond the grid."""
-    rng = np.random.default_rng(n)
-    c = (c0 + step * np.arange(n)).astype(np.float32)
-    t = np.concatenate([rng.uniform(-3 * step, (n + 2) * step, 100), c[:3], c[:3] + step / 2])
-    t = jnp.asarray(t, jnp.float32)
-    for k in sorted({1, min(5, n), n}):
-        got = np.asarray(jax.jit(grid_topk.nearest_first, static_argnums=2)(jnp.asarray(c), t, k))
-        assert got.shape == (t.shape[0], k) and got.min() >= 0 and got.max() < n
-        for row, tr in zip(got, np.asarray(t)):
-            d = np.abs(c - tr)
-            assert len(set(row.tolist())) == k
-            np.testing.assert_allclose(d[row], np.sort(d)[:k], atol=1e-3 * step)

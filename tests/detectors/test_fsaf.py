@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from jaxdet import detectors
-from jaxdet.assign import center_region, center_region_grid
+from jaxdet.assign import center_region, lattice
 from jaxdet.core.types import GroundTruth
 from jaxdet.train import loop
 from tests.tiny import synthetic_batch, tiny_config
@@ -97,13 +97,13 @@ def test_selection_is_inside_jit_and_sees_no_gradient(data_dir):
 
 @pytest.mark.parametrize("selection", ["online", "heuristic"])
 def test_lattice_assignment_equals_the_dense_one(selection, data_dir, monkeypatch):
-    # The detector runs `center_region_grid` on its (tiling) priors; the dense path must
+    # The detector runs `center_region_lattice` on its (tiling) priors; the dense path must
     # give the same assignment, ignored classes and selection on random GTs and outputs.
     config = tiny_config(AF, data_dir)
     config.fsaf.selection = selection
     det = detectors.build(config)
     priors = det.priors((64, 64))["af"]
-    assert center_region_grid.is_tiling(priors)
+    assert lattice.is_tiling(priors, disjoint=True)
     rng = np.random.default_rng(0)
     b, m, n = 3, 7, priors.boxes.shape[0]
     wh = rng.uniform(2, 60, (b, m, 2))
@@ -116,7 +116,7 @@ def test_lattice_assignment_equals_the_dense_one(selection, data_dir, monkeypatc
            "af_tblr": jnp.asarray(rng.uniform(0, 1, (b, n, 4)), jnp.float32)}
     fast = jax.jit(lambda o, g: det.af_assign(o, priors, g))(out, gt)
     assert np.any(np.asarray(fast[0].gt_index) >= 0) and np.any(np.asarray(fast[1]))
-    monkeypatch.setattr(center_region_grid, "is_tiling", lambda *a: False)
+    monkeypatch.setattr(lattice, "is_tiling", lambda *a, **k: False)
     dense = jax.jit(lambda o, g: det.af_assign(o, priors, g))(out, gt)
     for x, y in zip(jax.tree_util.tree_leaves(fast), jax.tree_util.tree_leaves(dense)):
         np.testing.assert_array_equal(x, y)

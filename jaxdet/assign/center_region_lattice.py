@@ -1,10 +1,11 @@
 """FSAF centre-region assignment on a tiling prior lattice, without any [M, N] array.
 
-Exactly the outputs of the dense reference `center_region.regions` / `resolve` /
-`assign` (semantics: see that module), for priors that tile each level: one prior per
-location, row-major, all priors of a level of one width and height, x-interval(col) x
-y-interval(row), neighbours not overlapping (FSAF's stride-sized squares;
-`check_tiling`, which the FSAF detector uses to pick this path).
+The lattice implementation behind `center_region.regions` / `resolve` / `assign`
+(`method='auto'`; semantics: see that module): exactly the outputs of the dense
+reference, for priors that tile each level: one prior per location, row-major, all
+priors of a level of one width and height, x-interval(col) x y-interval(row),
+neighbours not overlapping (FSAF's stride-sized squares;
+`lattice.check_tiling(priors, disjoint=True)`).
 
 Separable regions. On a level with prior side (w, h) and a GT's region box, the
 overlaps are ox[j] (column j) and oy[i] (row i) and IoF(i, j) = ox[j] * oy[i] / (w h).
@@ -19,23 +20,18 @@ numbers, so the outputs are identical, bit for bit (no rounding caveat at the Io
 threshold).
 
 Bit sets. GTs are sorted by (area ascending, row descending) and each (GT, prior)
-mask is a bit set over the sorted GTs, [N, ceil(M / 32)] uint32 (`GridRegions`): a
+mask is a bit set over the sorted GTs, [N, ceil(M / 32)] uint32 (`LatticeRegions`): a
 cell's set is rowbits[i] & colbits[j], minus the failing corners (scattered). The owner
 of a prior is the lowest set bit of its candidates (smallest area, ties the later row,
 as the dense `resolve`); the level-aware pass ANDs in per-level bit masks of the GTs
 selected on (near) the level; `ignore_labels[n, c]` = `shadow[n] & classmask[c] != 0`
-(`IgnoreBits`; `resolve_grid_bits` returns them packed, `expand_ignore` expands).
+(`IgnoreBits`; `resolve_bits` returns them packed, `expand_ignore` expands).
 
 Cost per image: O(M (H + W)) per level for the 1-D tests, O(N M / 32) word operations
 for the sets and O(N C M / 32) for `ignore_labels`, against O(N M) floats and an
-[N, M] x [M, C] product in the dense path. FSAF's whole assignment (regions, both
-passes, online selection, `ignore_labels` packed; benchmarks/assign_bench.py, B = 8
-images of 800 x 1333, N = 22,300, M = 100, C = 80, a 2-core Xeon): 0.85-0.94 ms per
-image (1.48-1.58 CPU-ms), 2.4-2.6x the CPU time of the ATSS lattice assigner
-(atss_grid) in the same runs; the dense path took 21.6 ms when last measured.
-Writing out `ignore_labels` as [N, 80] booleans instead costs another 0.2 ms per
-image; inside the detector's loss XLA fuses `expand_ignore` into the loss weights.
-The dense path stays the reference, and the fallback for any other priors.
+[N, M] x [M, C] product in the dense path. Inside a jitted loss XLA fuses
+`expand_ignore` into the loss weights, so `ignore_labels` need not be written out as
+[N, C] booleans.
 """
 
 from __future__ import annotations
@@ -43,19 +39,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from jaxdet.assign import common
-from jaxdet.assign.center_region import (
-    IGNORE_GT_SCALE,
-    MIN_POS_IOF,
-    NEG_SCALE,
-    POS_SCALE,
-    scale_boxes,
-)
+from jaxdet.assign import center_region, common, lattice
 from jaxdet.core import boxes as box_ops
 from jaxdet.core.types import Assignment, GroundTruth, Priors
 
@@ -63,7 +50,7 @@ Array = jnp.ndarray
 BITS = 32
 
 
-class GridRegions(NamedTuple):
+class LatticeRegions(NamedTuple):
     """Level-agnostic geometry of one image, bit sets over the sorted GTs.
 
     Bit b of word w stands for GT row `order[32 w + b]`.
@@ -80,7 +67,7 @@ class GridRegions(NamedTuple):
 
 
 class IgnoreBits(NamedTuple):
-    """`ignore_labels` of one image in packed form (`resolve_grid_bits`); leaves may carry
+    """`ignore_labels` of one image in packed form (`resolve_bits`); leaves may carry
     leading batch axes.
 
     shadow:     [N, words] uint32, bit set over the sorted GTs: the GTs whose class
@@ -107,47 +94,6 @@ def expand_ignore(bits: IgnoreBits) -> Array:
     return (acc != 0) & (bits.kept_label[..., None] != classes)
 
 
-def check_tiling(priors: Priors, grid_shapes: Sequence[tuple[int, int]] | None = None) -> None:
-    """Raises ValueError unless the (concrete) priors tile each level of `grid_shapes`
-    (default `priors.feature_shapes`): one prior per location, row-major, a level's
-    priors of one width and height, x-interval(col) x y-interval(row), increasing and
-    not overlapping."""
-    shapes = grid_shapes or priors.feature_shapes
-    if shapes is None or priors.num_base != 1:
-        raise ValueError("needs one prior per location and grid_shapes (priors.feature_shapes)")
-    sizes = tuple(int(h) * int(w) for h, w in shapes)
-    if sizes != tuple(priors.level_sizes):
-        raise ValueError(f"level sizes {tuple(priors.level_sizes)} != grid {tuple(shapes)}")
-    try:
-        pb = np.asarray(priors.boxes, np.float32)
-    except jax.errors.TracerArrayConversionError:
-        raise ValueError("traced prior boxes: cannot check the tiling") from None
-    start = 0
-    for level, (h, w) in enumerate(shapes):
-        lvl = pb[start : start + h * w].reshape(h, w, 4)
-        start += h * w
-        x1, y1, x2, y2 = (lvl[..., i] for i in range(4))
-        separable = (
-            np.array_equal(x1, np.broadcast_to(x1[:1], x1.shape))
-            and np.array_equal(x2, np.broadcast_to(x2[:1], x2.shape))
-            and np.array_equal(y1, np.broadcast_to(y1[:, :1], y1.shape))
-            and np.array_equal(y2, np.broadcast_to(y2[:, :1], y2.shape))
-        )
-        same_size = np.unique(x2 - x1).size == 1 and np.unique(y2 - y1).size == 1
-        ordered = np.all(x2[0, :-1] <= x1[0, 1:]) and np.all(y2[:-1, 0] <= y1[1:, 0])
-        if not (separable and same_size and ordered and np.all(x2 > x1) and np.all(y2 > y1)):
-            raise ValueError(f"level {level}: priors do not tile a {h} x {w} grid")
-
-
-def is_tiling(priors: Priors, grid_shapes: Sequence[tuple[int, int]] | None = None) -> bool:
-    """True when `check_tiling` passes (the fast path applies)."""
-    try:
-        check_tiling(priors, grid_shapes)
-    except ValueError:
-        return False
-    return True
-
-
 def pack(mask: Array) -> Array:
     """[..., M] bool -> [..., ceil(M / 32)] uint32; bit b of word w is mask[..., 32 w + b]."""
     m = mask.shape[-1]
@@ -169,11 +115,6 @@ def _levels(priors: Priors, shapes: tuple[tuple[int, int], ...]):
     return out
 
 
-def _overlap(lo: Array, hi: Array, blo: Array, bhi: Array) -> Array:
-    """[X] prior intervals x [M] box intervals -> [X, M] overlap (as boxes.aligned_iou)."""
-    return jnp.maximum(jnp.minimum(hi[:, None], bhi) - jnp.maximum(lo[:, None], blo), 0.0)
-
-
 def _region(level, rb: Array, thr: float, row_cond: Array, col_cond: Array):
     """IoF(prior, region box) > thr on one level, region boxes rb [M, 4] (sorted GTs), and
     the extra row [H, M] / column [W, M] conditions (centre inside, match row).
@@ -183,8 +124,8 @@ def _region(level, rb: Array, thr: float, row_cond: Array, col_cond: Array):
     pass [4, M] bool).
     """
     x1, x2, y1, y2, den = level
-    ox = _overlap(x1, x2, rb[:, 0], rb[:, 2])  # [W, M]
-    oy = _overlap(y1, y2, rb[:, 1], rb[:, 3])  # [H, M]
+    ox = lattice.overlap(x1[:, None], x2[:, None], rb[:, 0], rb[:, 2])  # [W, M]
+    oy = lattice.overlap(y1[:, None], y2[:, None], rb[:, 1], rb[:, 3])  # [H, M]
     ox_max, oy_max = jnp.max(ox, 0), jnp.max(oy, 0)
     col = ((ox * oy_max) / den > thr) & col_cond
     row = ((ox_max * oy) / den > thr) & row_cond
@@ -201,25 +142,26 @@ def _region(level, rb: Array, thr: float, row_cond: Array, col_cond: Array):
     return row, col, ci, cj, fails & ~cell_ok
 
 
-def grid_regions(
+def regions(
     priors: Priors,
     gt: GroundTruth,
     *,
-    grid_shapes: Sequence[tuple[int, int]] | None = None,
-    pos_scale: float = POS_SCALE,
-    neg_scale: float = NEG_SCALE,
-    min_pos_iof: float = MIN_POS_IOF,
-    ignore_gt_scale: float = IGNORE_GT_SCALE,
-) -> GridRegions:
-    """`center_region.regions` of one image as bit sets (priors: see `check_tiling`)."""
-    shapes = tuple(tuple(int(v) for v in hw) for hw in (grid_shapes or priors.feature_shapes))
-    check_tiling(priors, shapes)
+    pos_scale: float,
+    neg_scale: float,
+    min_pos_iof: float,
+    ignore_gt_scale: float,
+) -> LatticeRegions:
+    """`center_region.regions` of one image as bit sets; raises ValueError unless the
+    priors tile each level (`lattice.check_tiling(priors, disjoint=True)`)."""
+    lattice.check_tiling(priors, disjoint=True)
+    shapes = tuple(tuple(int(v) for v in hw) for hw in priors.feature_shapes)
     boxes, match_rows, ignore_rows = common.split_gt(gt)
     m = boxes.shape[0]
     rows = jnp.arange(m, dtype=jnp.int32)
     area = jnp.where(match_rows, box_ops.areas(boxes) + 0.0, jnp.inf)  # +0.0: no -0.0
     order = jnp.lexsort((-rows, area)).astype(jnp.int32)
     boxes, match, crowd_rows = boxes[order], match_rows[order], ignore_rows[order]
+    scale_boxes = center_region.scale_boxes
     pos_box, neg_box = scale_boxes(boxes, pos_scale), scale_boxes(boxes, neg_scale)
     crowd_box = scale_boxes(boxes, ignore_gt_scale)
 
@@ -265,7 +207,7 @@ def grid_regions(
         # in-place scatter, no [N, words] buffer of the failed bits.
         return bits.at[at, gt_word].add(jnp.where(fails, -gt_bit, jnp.uint32(0)))
 
-    return GridRegions(remove_corners(cells(0), "eff"), remove_corners(cells(1), "ign"),
+    return LatticeRegions(remove_corners(cells(0), "eff"), remove_corners(cells(1), "ign"),
                        jnp.any(cells(2) != 0, -1), order)
 
 
@@ -277,8 +219,8 @@ def _lowest_bit(bits: Array) -> Array:
     return jnp.min(jnp.where(bits != 0, at, words * BITS), axis=-1)
 
 
-def resolve_grid(
-    geo: GridRegions,
+def resolve(
+    geo: LatticeRegions,
     gt: GroundTruth,
     level_sizes: Sequence[int],
     *,
@@ -287,16 +229,16 @@ def resolve_grid(
     ignore_level_range: int | None = 1,
     foreground_dominate: bool = False,
 ) -> tuple[Assignment, Array]:
-    """`center_region.resolve` on the bit sets of `grid_regions`: same arguments and
-    outputs, the priors' levels given by the static `level_sizes` (priors.level_sizes)."""
-    assignment, bits = resolve_grid_bits(
+    """`center_region.resolve` on the bit sets of `regions`: the same outputs, the priors'
+    levels given by the static `level_sizes` (priors.level_sizes)."""
+    assignment, bits = resolve_bits(
         geo, gt, level_sizes, num_classes=num_classes, selected_level=selected_level,
         ignore_level_range=ignore_level_range, foreground_dominate=foreground_dominate)
     return assignment, expand_ignore(bits)
 
 
-def resolve_grid_bits(
-    geo: GridRegions,
+def resolve_bits(
+    geo: LatticeRegions,
     gt: GroundTruth,
     level_sizes: Sequence[int],
     *,
@@ -305,7 +247,7 @@ def resolve_grid_bits(
     ignore_level_range: int | None = 1,
     foreground_dominate: bool = False,
 ) -> tuple[Assignment, IgnoreBits]:
-    """`resolve_grid` with `ignore_labels` as IgnoreBits (expand with `expand_ignore`)."""
+    """`resolve` with `ignore_labels` as IgnoreBits (expand with `expand_ignore`)."""
     _, match_rows, _ = common.split_gt(gt)
     n, words = geo.effective.shape
     m = match_rows.shape[0]
@@ -357,32 +299,3 @@ def resolve_grid_bits(
     bits = IgnoreBits(shadow, classmask, jnp.where(kept, owner_label, -1))
     gt_index = jnp.where(geo.crowd, common.IGNORE, gt_index)
     return common.finish(gt_index, jnp.ones((n,), jnp.float32)), bits
-
-
-def assign_grid(
-    priors: Priors,
-    gt: GroundTruth,
-    *,
-    num_classes: int,
-    grid_shapes: Sequence[tuple[int, int]] | None = None,
-    selected_level: Array | None = None,
-    pos_scale: float = POS_SCALE,
-    neg_scale: float = NEG_SCALE,
-    min_pos_iof: float = MIN_POS_IOF,
-    ignore_gt_scale: float = IGNORE_GT_SCALE,
-    ignore_level_range: int | None = 1,
-    foreground_dominate: bool = False,
-) -> tuple[Assignment, Array]:
-    """`center_region.assign` on a tiling grid (see `check_tiling`): identical outputs.
-
-    grid_shapes: static (h, w) per level (default `priors.feature_shapes`); the other
-    arguments as `center_region.assign`.
-    """
-    geo = grid_regions(
-        priors, gt, grid_shapes=grid_shapes, pos_scale=pos_scale, neg_scale=neg_scale,
-        min_pos_iof=min_pos_iof, ignore_gt_scale=ignore_gt_scale,
-    )
-    return resolve_grid(
-        geo, gt, priors.level_sizes, num_classes=num_classes, selected_level=selected_level,
-        ignore_level_range=ignore_level_range, foreground_dominate=foreground_dominate,
-    )

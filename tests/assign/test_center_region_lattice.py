@@ -1,6 +1,7 @@
 """The lattice path of the FSAF centre-region assignment against the dense reference.
 
-`center_region_grid` must give exactly `center_region`'s outputs: random boxes of all
+`center_region`'s 'auto' method (`center_region_lattice` on tiling priors) must give
+exactly the outputs of its 'dense' method: random boxes of all
 sizes (tiny, huge, partly outside, degenerate, snapped to the lattice), padding and
 crowd rows, several classes, equal-area ties, M not a multiple of 32, images without
 GT, every mode of the level-aware pass, several feature-map sizes, jit + vmap.
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from jaxdet.assign import center_region as cr
-from jaxdet.assign import center_region_grid as cg
+from jaxdet.assign import center_region_lattice as cl
 from jaxdet.core import priors as priors_lib
 from jaxdet.core.types import GroundTruth
 
@@ -66,13 +67,16 @@ def _unpack(bits, order, m):
 
 def _check(priors, gt, sel, **kw):
     num_levels = len(priors.level_sizes)
+    assert isinstance(cr.regions(priors, jax.tree_util.tree_map(lambda x: x[0], gt)),
+                      cl.LatticeRegions)
     dense = jax.jit(jax.vmap(lambda g, s: cr.assign(priors, g, num_classes=C, selected_level=s,
-                                                    **kw)))
-    grid = jax.jit(jax.vmap(lambda g, s: cg.assign_grid(priors, g, num_classes=C,
-                                                        selected_level=s, **kw)))
+                                                    method="dense", **kw)))
+    grid = jax.jit(jax.vmap(lambda g, s: cr.assign(priors, g, num_classes=C,
+                                                   selected_level=s, **kw)))
     if sel is None:
-        dense = jax.jit(jax.vmap(lambda g: cr.assign(priors, g, num_classes=C, **kw)))
-        grid = jax.jit(jax.vmap(lambda g: cg.assign_grid(priors, g, num_classes=C, **kw)))
+        dense = jax.jit(jax.vmap(lambda g: cr.assign(priors, g, num_classes=C, method="dense",
+                                                     **kw)))
+        grid = jax.jit(jax.vmap(lambda g: cr.assign(priors, g, num_classes=C, **kw)))
         args = (gt,)
     else:
         args = (gt, jnp.asarray(sel % num_levels, jnp.int32))
@@ -122,7 +126,7 @@ def test_grid_equals_dense_with_other_scales(scales):
 
 
 @pytest.mark.parametrize("seed", range(2))
-def test_grid_regions_equal_dense_regions(seed):
+def test_lattice_regions_equal_dense_regions(seed):
     rng = np.random.default_rng(seed)
     priors = _priors((96, 80), (8, 16, 32))
     m = 37
@@ -130,8 +134,8 @@ def test_grid_regions_equal_dense_regions(seed):
     for i in range(2):
         g = jax.tree_util.tree_map(lambda x, i=i: x[i], gt)
         for scales in SCALES:
-            eff, ign, crowd = cr.regions(priors, g, **scales)
-            geo = cg.grid_regions(priors, g, **scales)
+            eff, ign, crowd = cr.regions(priors, g, method="dense", **scales)
+            geo = cr.regions(priors, g, **scales)
             np.testing.assert_array_equal(_unpack(geo.effective, geo.order, m), eff)
             np.testing.assert_array_equal(_unpack(geo.ignoring, geo.order, m), ign)
             np.testing.assert_array_equal(geo.crowd, crowd)
@@ -144,16 +148,16 @@ def test_failing_corner_cells_are_removed():
     box = [16 - 25.4, 16 - 25.4, 16 + 25.4, 16 + 25.4]
     gt = GroundTruth(boxes=jnp.asarray([box], jnp.float32), labels=jnp.asarray([1]),
                      valid=jnp.asarray([True]), ignore=jnp.asarray([False]))
-    _, ign, _ = cr.regions(priors, gt)
+    _, ign, _ = cr.regions(priors, gt, method="dense")
     cell = lambda y, x: y * 8 + x  # noqa: E731
     ign = np.asarray(ign[0])
     assert not ign[[cell(0, 0), cell(0, 4), cell(4, 0), cell(4, 4)]].any()
     assert ign[[cell(0, 1), cell(1, 0), cell(4, 3), cell(2, 2)]].all()
-    geo = cg.grid_regions(priors, gt)
+    geo = cr.regions(priors, gt)
     np.testing.assert_array_equal(_unpack(geo.ignoring, geo.order, 1)[0], ign)
     for kw in ({}, dict(selected_level=jnp.asarray([0]))):
-        a, il = cr.assign(priors, gt, num_classes=C, **kw)
-        b, jl = cg.assign_grid(priors, gt, num_classes=C, **kw)
+        a, il = cr.assign(priors, gt, num_classes=C, method="dense", **kw)
+        b, jl = cr.assign(priors, gt, num_classes=C, **kw)
         np.testing.assert_array_equal(b.gt_index, a.gt_index)
         np.testing.assert_array_equal(jl, il)
 
@@ -173,54 +177,54 @@ def test_hand_computed_cases_of_the_dense_tests():
         _check(priors, gt, sel, foreground_dominate=True)
 
 
-def test_check_tiling():
+def test_auto_takes_the_dense_path_on_other_priors():
     shapes = priors_lib.feature_shapes((64, 96), (8, 16, 32))
-    fsaf = _priors((64, 96), (8, 16, 32))
-    cg.check_tiling(fsaf)
-    assert cg.is_tiling(fsaf)
     atss = priors_lib.make_anchors(shapes, (8, 16, 32), octave_base_scale=8,
                                    scales_per_octave=1, ratios=(1.0,))  # overlapping
-    retina = priors_lib.make_anchors(shapes, (8, 16, 32))  # 9 per location
-    points = priors_lib.make_points(shapes, (8, 16, 32))  # zero size
-    for p in (atss, retina, points):
-        assert not cg.is_tiling(p)
-    with pytest.raises(ValueError):
-        cg.check_tiling(atss)
-    with pytest.raises(ValueError):
-        cg.check_tiling(fsaf, ((8, 12), (4, 6), (2, 2)))  # wrong grid
-    with pytest.raises(ValueError):
-        jax.jit(lambda b: cg.check_tiling(fsaf.replace(boxes=b)))(fsaf.boxes)  # traced
+    gt = _random_gt(np.random.default_rng(2), 9, (64, 96), images=1)
+    g = jax.tree_util.tree_map(lambda x: x[0], gt)
+    assert isinstance(cr.regions(atss, g), cr.Regions)
+    a, il = cr.assign(atss, g, num_classes=C)
+    b, jl = cr.assign(atss, g, num_classes=C, method="dense")
+    np.testing.assert_array_equal(a.gt_index, b.gt_index)
+    np.testing.assert_array_equal(il, jl)
+    with pytest.raises(ValueError, match="do not tile"):
+        cl.regions(atss, g, pos_scale=0.2, neg_scale=0.5, min_pos_iof=0.01,
+                   ignore_gt_scale=0.5)
+    with pytest.raises(ValueError, match="unknown method"):
+        cr.regions(atss, g, method="grid")
 
 
 def test_pack_and_lowest_bit():
     rng = np.random.default_rng(0)
     mask = rng.random((7, 70)) < 0.1
     mask[3] = False
-    bits = np.asarray(cg.pack(jnp.asarray(mask)))
+    bits = np.asarray(cl.pack(jnp.asarray(mask)))
     assert bits.shape == (7, 3) and bits.dtype == np.uint32
     np.testing.assert_array_equal(_unpack(bits, np.arange(70), 70).T, mask)
-    first = np.asarray(cg._lowest_bit(jnp.asarray(bits)))
+    first = np.asarray(cl._lowest_bit(jnp.asarray(bits)))
     expect = np.where(mask.any(1), np.argmax(mask, 1), 96)
     np.testing.assert_array_equal(first, expect)
 
 
 def test_packed_ignore_labels_expand_to_the_dense_ones():
-    # resolve_grid_bits under jit(vmap): its IgnoreBits expand (batched) to the dense
+    # resolve_bits under jit(vmap): its IgnoreBits expand (batched) to the dense
     # path's ignore_labels; M = 40 spans two words; a kept positive never ignores its
     # own class, and padding rows are in no class mask.
     rng = np.random.default_rng(3)
     priors = _priors((64, 96), (8, 16, 32))
     gt = _random_gt(rng, 40, (64, 96), images=3)
     sel = jnp.asarray(rng.integers(0, 3, (3, 40)), jnp.int32)
-    dense = jax.jit(jax.vmap(lambda g, s: cr.assign(priors, g, num_classes=C, selected_level=s)))
-    packed = jax.jit(jax.vmap(lambda g, s: cg.resolve_grid_bits(
-        cg.grid_regions(priors, g), g, priors.level_sizes, num_classes=C, selected_level=s)))
+    dense = jax.jit(jax.vmap(lambda g, s: cr.assign(priors, g, num_classes=C, selected_level=s,
+                                                    method="dense")))
+    packed = jax.jit(jax.vmap(lambda g, s: cl.resolve_bits(
+        cr.regions(priors, g), g, priors.level_sizes, num_classes=C, selected_level=s)))
     (a, il), (b, bits) = dense(gt, sel), packed(gt, sel)
     n = priors.boxes.shape[0]
     assert bits.shadow.shape == (3, n, 2) and bits.shadow.dtype == np.uint32
     assert bits.classmask.shape == (3, C, 2) and bits.kept_label.shape == (3, n)
     np.testing.assert_array_equal(b.gt_index, a.gt_index)
-    expanded = np.asarray(cg.expand_ignore(bits))
+    expanded = np.asarray(cl.expand_ignore(bits))
     np.testing.assert_array_equal(expanded, il)
     assert np.asarray(il).any()  # the case ignores something
     kept = np.asarray(bits.kept_label)
@@ -229,7 +233,7 @@ def test_packed_ignore_labels_expand_to_the_dense_ones():
     img, prior = np.nonzero(kept >= 0)
     assert not expanded[img, prior, kept[img, prior]].any()
     labels = np.asarray(gt.labels)
-    member = (np.asarray(cg.expand_ignore(cg.IgnoreBits(
+    member = (np.asarray(cl.expand_ignore(cl.IgnoreBits(
         jnp.full((3, 1, 2), 0xFFFFFFFF, jnp.uint32), bits.classmask,
         jnp.full((3, 1), -1, jnp.int32))))[:, 0])  # [B, C]: some match GT of class c
     match = np.asarray(gt.valid) & ~np.asarray(gt.ignore)
