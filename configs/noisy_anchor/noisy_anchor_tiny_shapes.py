@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.model.head.norm = None
     config.anchor = ml_collections.ConfigDict(
-        dict(octave_base_scale=4, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
+        # RetinaNet's tiny anchors (configs/retinanet/retinanet_tiny_shapes.py: 16-102 px)
+        dict(octave_base_scale=2, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
     )
     # Candidate bag = each GT's top-`topk` anchors by IoU (paper N = 50); cleanliness
     # c = alpha * IoU(regressed box, GT) + (1 - alpha) * p(GT class) (paper alpha = 0.75).
