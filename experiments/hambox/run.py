@@ -65,9 +65,13 @@ def raw_predictions(det, params, images, gt, assigner) -> tuple:
     IoU matching alone (`jaxdet.assign.hambox.match` with `assigner`'s thresholds).
 
     The only place this script calls detector internals: the network's head outputs
-    (`det.apply`), the anchors (`det.priors(image_hw, outputs)` where the detector
-    has that hook, else `det.priors_for(images)`) and the per-image `det.decode`."""
-    out = det.apply(params, images)
+    (`det.apply`, else `det.net.apply`), the anchors (`det.priors(image_hw, outputs)`
+    where the detector has that hook, else `det.priors_for(images)`) and the
+    per-image `det.decode`."""
+    if callable(getattr(det, "apply", None)):
+        out = det.apply(params, images)
+    else:
+        out = det.net.apply({"params": params}, images)
     if callable(getattr(det, "priors", None)):
         priors = det.priors(tuple(images.shape[1:3]), out)
     else:
