@@ -9,9 +9,14 @@ tiny configs, 5000 steps wanted); `--recipe sgd` is mmdetection's RetinaNet reci
 at batch 16 (SGD momentum 0.9, lr 0.01, weight decay 1e-4, linear warm-up from
 0.001 x lr, no gradient clipping) with a cosine decay over the short schedule.
 
-`baseline_workdir` gives the RetinaNet baseline one workdir per (recipe, steps), so
-the experiments that compare against it (FSAF, MAL, noisy anchors, HAMBox) train it
-once: `loop.train` on a finished workdir only restores the last checkpoint.
+Every experiment trains each row with seeds 0..N-1 (`--seeds N`, default 3):
+`config.seed` seeds the parameter initialisation, the order of the training data and
+its augmentation (the grain sampler's seed, from which the per-example random flips
+are drawn) and the loss's random key. Each seed trains in `<workdir>/seed<k>/<row>`
+(`seed_workdir`), so an interrupted run resumes. `baseline_workdir` gives the
+RetinaNet baseline one workdir per (recipe, steps, seed), so the experiments that
+compare against it (FSAF, MAL, noisy anchors) train it once: `loop.train` on a
+finished workdir only restores the last checkpoint.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def add_arguments(ap: argparse.ArgumentParser, steps: int = 1000) -> None:
     ap.add_argument("--recipe", choices=("adamw", "config", "sgd"), default="adamw",
                     help="adamw: AdamW lr 4e-3 cosine (default); config: the configs' own; "
                          "sgd: SGD lr 0.01, no gradient clipping")
+    ap.add_argument("--seeds", type=int, default=3,
+                    help="train every row with config.seed = 0..N-1; tables give mean ± std")
 
 
 def apply(config: ml_collections.ConfigDict, steps: int, recipe: str = "adamw"
@@ -47,15 +54,32 @@ def apply(config: ml_collections.ConfigDict, steps: int, recipe: str = "adamw"
     return config
 
 
-def describe(steps: int, recipe: str) -> str:
+def describe(steps: int, recipe: str, seeds: int | None = None) -> str:
     opt = {
         "adamw": "AdamW lr 4e-3, weight decay 0.05, cosine",
         "sgd": "SGD lr 0.01, momentum 0.9, cosine, no gradient clipping",
     }.get(recipe, "each config's own optimizer")
-    return f"{steps} steps at batch 16 ({opt})"
+    text = f"{steps} steps at batch 16 ({opt})"
+    if seeds:
+        text += (f", seeds 0-{seeds - 1} (mean ± sample std over {seeds} seeds)" if seeds > 1
+                 else ", seed 0 (one seed)")
+    return text
 
 
-def baseline_workdir(workdir: str, steps: int, recipe: str) -> str:
-    """runs/<x> -> runs/retinanet_baseline/<recipe>_<steps>: shared by the experiments."""
+def seed_workdir(workdir: str, seed: int) -> str:
+    """runs/<x> -> runs/<x>/seed<k>: the rows of seed k train below it."""
+    return os.path.join(workdir, f"seed{int(seed)}")
+
+
+def baseline_workdir(workdir: str, steps: int, recipe: str, seed: int = 0) -> str:
+    """runs/<x> -> runs/retinanet_baseline/<recipe>_<steps>/seed<k>: shared by the
+    experiments (`workdir` is the experiment's root, not its seed folder)."""
     root = os.path.dirname(os.path.normpath(workdir)) or "."
-    return os.path.join(root, "retinanet_baseline", f"{recipe}_{steps}")
+    return os.path.join(root, "retinanet_baseline", f"{recipe}_{steps}", f"seed{int(seed)}")
+
+
+def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """Sets `config.seed` in place (and returns `config`)."""
+    config.seed = int(seed)
+    return config
+

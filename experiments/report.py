@@ -1,10 +1,12 @@
 """What the experiment scripts share for reporting: the results block of their
-README (between `<!-- results:start -->` and `<!-- results:end -->`) and the NumPy
-IoU of their analyses."""
+README (between `<!-- results:start -->` and `<!-- results:end -->`), the mean ± std
+over seeds of every number they report (`aggregate_seeds`, formatted by `pm`) and
+the NumPy IoU of their analyses."""
 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -40,3 +42,40 @@ def np_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = wh[..., 0] * wh[..., 1]
     area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)
     return inter / np.maximum(area(a)[:, None] + area(b)[None] - inter, 1e-6)
+
+
+def aggregate_seeds(per_seed: list) -> Any:
+    """Mean and spread over seeds of a list of same-shaped results (one per seed).
+
+    Nested dicts are walked key by key (keys missing in some seeds use the seeds that
+    have them); every number (int, float, bool, NumPy scalar) becomes
+    `{"mean", "std", "n", "per_seed"}`: mean and sample standard deviation (ddof 1; 0
+    for one seed) over the finite values, n = how many were finite, per_seed = all
+    values in seed order. Anything else (strings, lists) becomes the list of the
+    seeds' values. `pm` formats such a cell.
+    """
+    present = [r for r in per_seed if r is not None]
+    if present and all(isinstance(r, dict) for r in present):
+        keys = list(dict.fromkeys(k for r in present for k in r))
+        return {k: aggregate_seeds([r[k] for r in present if k in r]) for k in keys}
+    if present and all(isinstance(r, (int, float, bool, np.number)) for r in present):
+        values = [float(r) for r in present]
+        finite = [v for v in values if np.isfinite(v)]
+        mean = float(np.mean(finite)) if finite else float("nan")
+        std = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0 if finite else float("nan")
+        return {"mean": mean, "std": std, "n": len(finite), "per_seed": values}
+    return present
+
+
+def pm(cell: Any, spec: str = ".3f") -> str:
+    """'mean ± std' of an `aggregate_seeds` cell (a plain number prints alone)."""
+    if not isinstance(cell, dict):
+        return f"{cell:{spec}}"
+    if cell["n"] < 2:
+        return f"{cell['mean']:{spec}}"
+    return f"{cell['mean']:{spec}} ± {cell['std']:{spec}}"
+
+
+def mean_of(cell: Any) -> float:
+    """The mean of an `aggregate_seeds` cell (a plain number passes through)."""
+    return float(cell["mean"]) if isinstance(cell, dict) else float(cell)

@@ -41,7 +41,8 @@ def fsaf_fields(anchor_based: bool) -> ml_collections.ConfigDict:
 def retina_fields(config: ml_collections.ConfigDict) -> None:
     """RetinaNet's anchors, assigner and losses (used by the anchor-based branch only)."""
     config.anchor = ml_collections.ConfigDict(
-        dict(octave_base_scale=4, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
+        # RetinaNet's tiny anchors (configs/retinanet/retinanet_tiny_shapes.py: 16-102 px)
+        dict(octave_base_scale=2, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
     )
     config.assigner = ml_collections.ConfigDict(
         dict(name="max_iou", pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0,

@@ -15,7 +15,8 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.base("mal", common.data_shapes(128), common.model_tiny(), train, optimizer)
     config.model.head.norm = None
     config.anchor = ml_collections.ConfigDict(
-        dict(octave_base_scale=4, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
+        # RetinaNet's tiny anchors (configs/retinanet/retinanet_tiny_shapes.py: 16-102 px)
+        dict(octave_base_scale=2, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
     )
     config.bags = ml_collections.ConfigDict(dict(bag_size=40, ignore_iof_thr=0.5))
     config.loss = ml_collections.ConfigDict(

@@ -28,7 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict(
         dict(focal_alpha=0.25, focal_gamma=2.0, box_weight=1.0, smooth_l1_beta=0.0,
              box_stds=(1.0, 1.0, 1.0, 1.0), prior_prob=0.01, reweight_gamma=1.0,
-             max_score=0.99)
+             max_score=0.99, soft_label="cleanliness")
     )
     config.test.nms_iou = 0.5
     return config

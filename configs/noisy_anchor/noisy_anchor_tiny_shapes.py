@@ -16,7 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.model.head.norm = None
     config.anchor = ml_collections.ConfigDict(
-        dict(octave_base_scale=4, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
+        # RetinaNet's tiny anchors (configs/retinanet/retinanet_tiny_shapes.py: 16-102 px)
+        dict(octave_base_scale=2, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
     )
     # Candidate bag = each GT's top-`topk` anchors by IoU (paper N = 50); cleanliness
     # c = alpha * IoU(regressed box, GT) + (1 - alpha) * p(GT class) (paper alpha = 0.75).
@@ -28,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss = ml_collections.ConfigDict(
         dict(focal_alpha=0.25, focal_gamma=2.0, box_weight=1.0, smooth_l1_beta=0.0,
              box_stds=(1.0, 1.0, 1.0, 1.0), prior_prob=0.01, reweight_gamma=1.0,
-             max_score=0.99)
+             max_score=0.99, soft_label="cleanliness")
     )
     config.test.nms_iou = 0.5
     return config

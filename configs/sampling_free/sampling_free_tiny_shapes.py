@@ -14,10 +14,13 @@ import ml_collections
 # as (#fg priors / #(fg + bg) priors) / C over one epoch of the training split (the
 # reference code's rule), and per class #fg priors of class c / #(fg + bg) priors (the
 # class-adaptive thresholds). Objects cover 8-60% of the side, hence far more positives
-# than on COCO, whose pi is 1e-5 (80 classes, ~100k anchors per image).
-SHAPES_PRIOR = {"retinanet": 6.7e-3, "fcos": 2.5e-2, "atss": 1.6e-2}
+# than on COCO, whose pi is 1e-5 (80 classes, ~100k anchors per image). RetinaNet's value
+# is for its anchors of octave base scale 2, over the first 60 batches (960 images) of the
+# epoch (`estimate_prior('retinanet', max_batches=60)` in that script); with base scale 4
+# it was 6.7e-3.
+SHAPES_PRIOR = {"retinanet": 3.0e-3, "fcos": 2.5e-2, "atss": 1.6e-2}
 SHAPES_CLASS_PRIORS = {
-    "retinanet": (6.8e-3, 6.8e-3, 6.4e-3),
+    "retinanet": (3.0e-3, 2.9e-3, 2.9e-3),
     "fcos": (2.58e-2, 2.59e-2, 2.42e-2),
     "atss": (1.63e-2, 1.63e-2, 1.55e-2),
 }
@@ -42,6 +45,7 @@ def to_sampling_free(
             prior_prob=prior_prob,  # class bias -log((1 - pi) / pi)
             guided=True,  # cls loss x L_reg / L_cls (no gradient)
             guided_warmup=100,  # steps averaged, then the ratio is frozen (paper: 100)
+            guided_freeze="mean",  # 'mean' of the warm-up (paper) | 'last' (released code)
             adaptive_threshold=True,  # per-class score thresholds, so test.score_thr = 0
             class_priors=tuple(class_priors),  # () = pi for every class
         )

@@ -3,10 +3,11 @@ RetinaNet with one anchor per location and max-IoU assignment, the same
 detector with ATSS assignment, and FCOS, trained with one schedule on `shapes`.
 
   python experiments/atss_gap/run.py [--steps 1000] [--recipe adamw|config] \
-      [--workdir runs/atss_gap]
+      [--seeds 3] [--workdir runs/atss_gap] [--out experiments/atss_gap]
 
-Writes the AP table into experiments/atss_gap/README.md (between markers) and
-results.json beside it.
+Every row trains with seeds 0..N-1 in `<workdir>/seed<k>/v<i>` (resumed when rerun).
+Writes the table of mean ± std over the seeds into README.md (between markers) and
+results.json (the aggregate and the per-seed values) into --out.
 """
 
 from __future__ import annotations
@@ -46,36 +47,46 @@ def variants(steps: int, recipe_name: str = "adamw"):
     return rows
 
 
-def write_table(results: dict, steps: str) -> None:
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def write_table(results: dict, schedule: str, out: str) -> None:
+    """results: {row: aggregate_seeds cell per COCO key}."""
     lines = [
         "<!-- results:start -->",
-        f"Trained {steps} on `shapes` (128 px), same schedule for all.",
+        f"Trained {schedule} on `shapes` (128 px), same schedule for all.",
         "",
-        "| detector | AP | AP50 | AP75 | APs | APm | APl |",
-        "|---|---|---|---|---|---|---|",
+        "| detector | " + " | ".join(KEYS) + " |",
+        "|---|" + "---|" * len(KEYS),
     ]
     for name, s in results.items():
-        lines.append(
-            f"| {name} | {s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} | "
-            f"{s['APs']:.3f} | {s['APm']:.3f} | {s['APl']:.3f} |"
-        )
+        lines.append(f"| {name} | " + " | ".join(report.pm(s[k]) for k in KEYS) + " |")
     lines.append("<!-- results:end -->")
-    report.write_results(os.path.join(HERE, "README.md"), lines)
+    report.write_results(os.path.join(out, "README.md"), lines,
+                         template=os.path.join(HERE, "README.md"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     recipe.add_arguments(ap)
     ap.add_argument("--workdir", default="runs/atss_gap")
+    ap.add_argument("--out", default=HERE, help="where results.json and README.md go")
+    ap.add_argument("--val-split", default="val", help="e.g. 'val[:64]' for a quick check")
     args = ap.parse_args()
-    results = {}
-    for i, (name, config) in enumerate(variants(args.steps, args.recipe).items()):
-        print(f"=== {name}")
-        stats = loop.train_and_evaluate(config, os.path.join(args.workdir, f"v{i}"))
-        results[name] = stats
-        with open(os.path.join(HERE, "results.json"), "w") as f:
-            json.dump({"steps": args.steps, "results": results}, f, indent=2)
-    write_table(results, recipe.describe(args.steps, args.recipe))
+    os.makedirs(args.out, exist_ok=True)
+    per_seed: dict[str, list] = {}
+    for seed in range(args.seeds):
+        for i, (name, config) in enumerate(variants(args.steps, args.recipe).items()):
+            print(f"=== {name} (seed {seed})", flush=True)
+            recipe.seeded(config, seed).data.val_split = args.val_split
+            workdir = os.path.join(recipe.seed_workdir(args.workdir, seed), f"v{i}")
+            per_seed.setdefault(name, []).append(loop.train_and_evaluate(config, workdir))
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"steps": args.steps, "recipe": args.recipe, "seeds": args.seeds,
+                           "results": {n: report.aggregate_seeds(v) for n, v in per_seed.items()},
+                           "per_seed": per_seed}, f, indent=2)
+    results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
+    write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), args.out)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,15 @@
    `--with-heuristic` adds the anchor-free branch trained with the heuristic (Table 1's
    baseline row).
 
-  python experiments/fsaf/run.py [--steps 1000] [--recipe adamw|config] \
-      [--workdir runs/fsaf] [--with-heuristic]
+  python experiments/fsaf/run.py [--steps 1000] [--recipe adamw|config] [--seeds 3] \
+      [--workdir runs/fsaf] [--out experiments/fsaf] [--with-heuristic]
 
-Writes results.json and fsaf.png beside this file and the tables into README.md
-(between the results markers). Re-running with the same workdir resumes / reuses the
-finished runs (the loop restores the last checkpoint).
+Every row trains with seeds 0..N-1 (`<workdir>/seed<k>/<row>`; the RetinaNet row in
+the shared baseline workdir, `recipe.baseline_workdir`). Writes results.json (mean ±
+std over the seeds and the per-seed values), fsaf.png (the curves of seed 0) and the
+tables into README.md (between the results markers) in --out. Re-running with the
+same workdir resumes / reuses the finished runs (the loop restores the last
+checkpoint).
 """
 
 from __future__ import annotations
@@ -80,6 +83,19 @@ def _window_mean(points, lo: float, hi: float) -> float:
     return sum(vals) / len(vals)
 
 
+def selection_summary(curves: dict) -> dict:
+    """One run's selection numbers: mismatch over the first / last 10 % of the logged
+    steps, online level shares over the last 10 % and heuristic shares over all."""
+    if "fsaf/mismatch" not in curves:
+        return {}
+    out = {"mismatch_first": _window_mean(curves["fsaf/mismatch"], 0.0, 0.1),
+           "mismatch_last": _window_mean(curves["fsaf/mismatch"], 0.9, 1.0)}
+    for i in range(3):
+        out[f"sel_l{i}"] = _window_mean(curves[f"fsaf/sel_l{i}"], 0.9, 1.0)
+        out[f"heur_l{i}"] = _window_mean(curves[f"fsaf/heur_l{i}"], 0.0, 1.0)
+    return out
+
+
 def plot(results: dict, curves: dict, path: str) -> None:
     import matplotlib
 
@@ -111,31 +127,34 @@ def plot(results: dict, curves: dict, path: str) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax = axes[2]
     names = list(results)
-    ax.barh(range(len(names)), [results[n]["AP"] for n in names], color="C0", label="AP")
-    ax.barh([i + 0.35 for i in range(len(names))], [results[n]["AP50"] for n in names],
+    ax.barh(range(len(names)), [report.mean_of(results[n]["AP"]) for n in names], color="C0",
+            label="AP")
+    ax.barh([i + 0.35 for i in range(len(names))],
+            [report.mean_of(results[n]["AP50"]) for n in names],
             height=0.35, color="C1", label="AP50")
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels([n.replace("FSAF ", "FSAF\n") for n in names], fontsize=8)
-    ax.set_title("COCO AP on shapes val")
+    ax.set_title("COCO AP on shapes val (mean over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_tables(results: dict, curves: dict, steps: str) -> None:
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def write_tables(results: dict, schedule: str, out: str) -> None:
+    """results: {row: aggregate_seeds of {COCO key: value, 'selection': {...}}}."""
     lines = [
         "<!-- results:start -->",
-        f"Trained {steps} on `shapes` (128 px), same schedule for all.",
+        f"Trained {schedule} on `shapes` (128 px), same schedule for all.",
         "",
-        "| detector | AP | AP50 | AP75 | APs | APm | APl |",
-        "|---|---|---|---|---|---|---|",
+        "| detector | " + " | ".join(KEYS) + " |",
+        "|---|" + "---|" * len(KEYS),
     ]
     for name, s in results.items():
-        lines.append(
-            f"| {name} | {s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} | "
-            f"{s['APs']:.3f} | {s['APm']:.3f} | {s['APl']:.3f} |"
-        )
+        lines.append(f"| {name} | " + " | ".join(report.pm(s[k]) for k in KEYS) + " |")
     lines += [
         "",
         "Online selection vs the size heuristic (share of GTs; mean over the first / last "
@@ -145,17 +164,17 @@ def write_tables(results: dict, curves: dict, steps: str) -> None:
         "| heuristic P3 / P4 / P5 |",
         "|---|---|---|---|---|",
     ]
-    for name, c in curves.items():
-        if "fsaf/mismatch" not in c:
+    for name, r in results.items():
+        c = r.get("selection") or {}
+        if "mismatch_first" not in c:
             continue
-        sel = " / ".join(f"{_window_mean(c[f'fsaf/sel_l{i}'], 0.9, 1.0):.2f}" for i in range(3))
-        heur = " / ".join(f"{_window_mean(c[f'fsaf/heur_l{i}'], 0.0, 1.0):.2f}" for i in range(3))
-        lines.append(
-            f"| {name} | {_window_mean(c['fsaf/mismatch'], 0.0, 0.1):.3f} | "
-            f"{_window_mean(c['fsaf/mismatch'], 0.9, 1.0):.3f} | {sel} | {heur} |"
-        )
+        sel = " / ".join(report.pm(c[f"sel_l{i}"], ".2f") for i in range(3))
+        heur = " / ".join(report.pm(c[f"heur_l{i}"], ".2f") for i in range(3))
+        lines.append(f"| {name} | {report.pm(c['mismatch_first'])} | "
+                     f"{report.pm(c['mismatch_last'])} | {sel} | {heur} |")
     lines += ["", "![FSAF](fsaf.png)", "<!-- results:end -->"]
-    report.write_results(os.path.join(HERE, "README.md"), lines)
+    report.write_results(os.path.join(out, "README.md"), lines,
+                         template=os.path.join(HERE, "README.md"))
 
 
 def main() -> None:
@@ -165,21 +184,30 @@ def main() -> None:
     ap.add_argument("--with-heuristic", action="store_true",
                     help="also train the anchor-free branch with the size heuristic")
     ap.add_argument("--val-split", default="val", help="e.g. 'val[:64]' for a quick check")
+    ap.add_argument("--out", default=HERE, help="where results.json, fsaf.png and README go")
     args = ap.parse_args()
-    results, curves = {}, {}
-    for name, (slug, config) in variants(args).items():
-        print(f"=== {name}", flush=True)
-        workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe)
-                   if slug == "retina" else os.path.join(args.workdir, slug))
-        results[name] = loop.train_and_evaluate(config, workdir)
-        c = read_curves(workdir)
-        if c:
-            curves[name] = c
-        with open(os.path.join(HERE, "results.json"), "w") as f:
-            json.dump({"steps": args.steps, "val_split": args.val_split, "results": results,
-                       "curves": curves}, f, indent=1)
-    plot(results, curves, os.path.join(HERE, "fsaf.png"))
-    write_tables(results, curves, recipe.describe(args.steps, args.recipe))
+    os.makedirs(args.out, exist_ok=True)
+    per_seed: dict[str, list] = {}
+    curves = {}  # seed 0's, for the plot
+    for seed in range(args.seeds):
+        for name, (slug, config) in variants(args).items():
+            print(f"=== {name} (seed {seed})", flush=True)
+            recipe.seeded(config, seed)
+            workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe, seed)
+                       if slug == "retina"
+                       else os.path.join(recipe.seed_workdir(args.workdir, seed), slug))
+            stats = loop.train_and_evaluate(config, workdir)
+            c = read_curves(workdir)
+            per_seed.setdefault(name, []).append({**stats, "selection": selection_summary(c)})
+            if seed == 0 and c:
+                curves[name] = c
+            results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"steps": args.steps, "val_split": args.val_split,
+                           "seeds": args.seeds, "results": results, "per_seed": per_seed,
+                           "curves_seed0": curves}, f, indent=1)
+    plot(results, curves, os.path.join(args.out, "fsaf.png"))
+    write_tables(results, recipe.describe(args.steps, args.recipe, args.seeds), args.out)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,16 @@ for the paper's baseline (the same detector with matching alone: `assigner.k = 0
 and for HAMBox (online compensation to K = 5 + regression-aware focal loss), with the
 COCO AP of both.
 
-  python experiments/hambox/run.py [--steps 1000] [--recipe adamw|config] \
-      [--workdir runs/hambox]
+  python experiments/hambox/run.py [--steps 1000] [--recipe adamw|config] [--seeds 3] \
+      [--workdir runs/hambox] [--out experiments/hambox]
 
-Writes results.json, hambox.png and the table in README.md (between the results
-markers) beside this file. Training resumes from the checkpoints in --workdir.
+Every row trains with seeds 0..N-1 (`<workdir>/seed<k>/<row>`). Writes results.json
+(mean ± std over the seeds and the per-seed values), hambox.png (mean over the
+seeds) and the table in README.md (between the results markers) into --out.
+Training resumes from the checkpoints in --workdir.
+
+The analysis needs the detector's raw per-anchor outputs; `raw_predictions` is the
+one function that reaches into the detector for them.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from configs.hambox import hambox_tiny_shapes  # noqa: E402
 from experiments import recipe, report  # noqa: E402
+from jaxdet.assign import hambox as ham  # noqa: E402
 from jaxdet.core.types import ground_truth_from_batch  # noqa: E402
 from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
@@ -53,24 +59,35 @@ def variants(steps: int, recipe_name: str) -> dict:
             "HAMBox (K=5)": ("hambox", base)}
 
 
+def raw_predictions(det, params, images, gt, assigner) -> tuple:
+    """(boxes [B, N, 4], scores [B, N, C], stage-1 gt_index [B, N]) of every anchor:
+    the decoded regressions and class probabilities before any filtering, and the
+    IoU matching alone (`jaxdet.assign.hambox.match` with `assigner`'s thresholds).
+
+    Uses the one-stage template's `apply` (head outputs), `priors` and `decode`."""
+    out = det.apply(params, images)
+    priors = det.priors(tuple(images.shape[1:3]), out)
+    boxes, scores, _ = jax.vmap(lambda o: det.decode(o, priors))(out)
+    stage1 = jax.vmap(lambda g: ham.match(
+        priors, g, pos_iou_thr=float(assigner.pos_iou_thr),
+        best_anchor_all_ties=bool(assigner.best_anchor_all_ties),
+        ignore_iof_thr=float(assigner.ignore_iof_thr)))(gt)
+    return boxes, scores, stage1.gt_index
+
+
 def analyse(config, det, params) -> dict:
     """Both analyses over the val split (see the module docstring)."""
     thr = float(config.test.score_thr)
-    apply = jax.jit(det.apply)
+    raw = jax.jit(lambda p, im, g: raw_predictions(det, p, im, g, config.assigner))
     predict = jax.jit(det.predict)
-    match = jax.jit(det.match)
     correct_from_unmatched, correct = 0, 0  # score >= thr
     good_from_unmatched, good = 0, 0  # any score
     per_gt = []  # (size, n_matched, n_pre, n_post)
     batches = pipeline.from_config(config.data, batch_size=int(config.eval.batch_size),
                                    train=False)
     for b in batches:
-        out = apply(params, b["image"])
-        priors = det.priors(b["image"].shape[1:3])
-        gt = ground_truth_from_batch(b)
-        stage1 = np.asarray(match(priors, gt).gt_index)  # HAMBox.match: stage 1 alone
-        boxes = np.asarray(jax.jit(det.pred_boxes)(out, priors))
-        scores = np.asarray(jax.nn.sigmoid(out["cls_logits"]))
+        boxes, scores, stage1 = jax.tree_util.tree_map(
+            np.asarray, raw(params, b["image"], ground_truth_from_batch(b)))
         dets = jax.tree_util.tree_map(np.asarray, predict(params, b["image"], b["image_hw"]))
         for i in range(b["image"].shape[0]):
             if b["image_id"][i] < 0:
@@ -131,9 +148,10 @@ def plot(results: dict, path: str) -> None:
     ax = axes[0]
     names = list(results)
     x = np.arange(len(names))
-    ax.bar(x - 0.2, [results[n]["analysis"]["share_correct_from_unmatched"] for n in names],
-           0.4, label="correct before NMS (score >= thr)")
-    ax.bar(x + 0.2, [results[n]["analysis"]["share_good_from_unmatched"] for n in names],
+    mean = report.mean_of
+    ax.bar(x - 0.2, [mean(results[n]["analysis"]["share_correct_from_unmatched"])
+                     for n in names], 0.4, label="correct before NMS (score >= thr)")
+    ax.bar(x + 0.2, [mean(results[n]["analysis"]["share_good_from_unmatched"]) for n in names],
            0.4, label="all regressed boxes with IoU >= 0.5")
     ax.set_xticks(x)
     ax.set_xticklabels(names, fontsize=8)
@@ -147,7 +165,7 @@ def plot(results: dict, path: str) -> None:
         s = results[n]["analysis"]["by_size"]
         xs = np.arange(len(SIZE_LABELS))
         for key, style in (("matched", ":"), ("pre_nms", "-"), ("post_nms", "--")):
-            ax.plot(xs, [s[k][key] for k in SIZE_LABELS], style, color=c, marker="o", ms=3,
+            ax.plot(xs, [mean(s[k][key]) for k in SIZE_LABELS], style, color=c, marker="o", ms=3,
                     label=f"{n}: {key.replace('_', ' ')}")
     ax.set_xticks(np.arange(len(SIZE_LABELS)))
     ax.set_xticklabels(SIZE_LABELS)
@@ -162,11 +180,12 @@ def plot(results: dict, path: str) -> None:
     plt.close(fig)
 
 
-def write_table(results: dict, schedule: str, score_thr: float) -> None:
+def write_table(results: dict, schedule: str, score_thr: float, out: str) -> None:
+    """results: {row: aggregate_seeds of {'coco': ..., 'analysis': ...}}."""
     lines = [
         "<!-- results:start -->",
         f"Trained {schedule} on `shapes/small_objects` (128 px), same schedule for both; "
-        f"val split (500 images); \"correct\" = regressed IoU >= 0.5 with a GT and score "
+        f"val split; \"correct\" = regressed IoU >= 0.5 with a GT and score "
         f">= {score_thr:g} for its class.",
         "",
         "| detector | AP | AP50 | AP75 | APs | APm | correct before NMS from unmatched anchors "
@@ -174,14 +193,15 @@ def write_table(results: dict, schedule: str, score_thr: float) -> None:
         "correct post-NMS | GTs missed |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    pm = report.pm
     for name, r in results.items():
         s, a = r["coco"], r["analysis"]
         lines.append(
-            f"| {name} | {s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} | {s['APs']:.3f} | "
-            f"{s['APm']:.3f} | {a['share_correct_from_unmatched']:.1%} "
-            f"(of {a['num_correct']}) | {a['share_good_from_unmatched']:.1%} | "
-            f"{a['matched']:.2f} / {a['pre_nms']:.2f} / {a['post_nms']:.2f} | "
-            f"{a['missed']:.1%} |"
+            f"| {name} | " + " | ".join(pm(s[k]) for k in ("AP", "AP50", "AP75", "APs", "APm"))
+            + f" | {pm(a['share_correct_from_unmatched'], '.1%')} "
+            f"(of {pm(a['num_correct'], '.0f')}) | {pm(a['share_good_from_unmatched'], '.1%')} | "
+            f"{pm(a['matched'], '.2f')} / {pm(a['pre_nms'], '.2f')} / "
+            f"{pm(a['post_nms'], '.2f')} | {pm(a['missed'], '.1%')} |"
         )
     lines += ["", "Per GT by size (matched / correct pre-NMS / correct post-NMS, mean; "
               "share of GTs without a correct detection):", "",
@@ -189,35 +209,46 @@ def write_table(results: dict, schedule: str, score_thr: float) -> None:
               "|---|" + "---|" * len(SIZE_LABELS)]
     for name, r in results.items():
         s = r["analysis"]["by_size"]
-        cells = [f"{s[k]['matched']:.2f} / {s[k]['pre_nms']:.1f} / {s[k]['post_nms']:.2f}; "
-                 f"{s[k]['missed']:.0%} (n={s[k]['n']})" for k in SIZE_LABELS]
+        cells = [f"{pm(s[k]['matched'], '.2f')} / {pm(s[k]['pre_nms'], '.1f')} / "
+                 f"{pm(s[k]['post_nms'], '.2f')}; {pm(s[k]['missed'], '.0%')} "
+                 f"(n={pm(s[k]['n'], '.0f')})" for k in SIZE_LABELS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "![HAMBox analyses](hambox.png)", "<!-- results:end -->"]
-    report.write_results(os.path.join(HERE, "README.md"), lines)
+    report.write_results(os.path.join(out, "README.md"), lines,
+                         template=os.path.join(HERE, "README.md"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     recipe.add_arguments(ap)
     ap.add_argument("--workdir", default="runs/hambox")
+    ap.add_argument("--out", default=HERE, help="where results.json, hambox.png and README go")
+    ap.add_argument("--val-split", default="val", help="e.g. 'val[:64]' for a quick check")
     args = ap.parse_args()
-    results = {}
-    rows = variants(args.steps, args.recipe)
-    for name, (tag, config) in rows.items():
-        print(f"=== {name}", flush=True)
-        workdir = os.path.join(args.workdir, tag)
-        state, parts = loop.train(config, workdir)
-        coco = loop.evaluate(config, parts.detector, state.params, parts.mesh, workdir,
-                             step=int(state.step))
-        analysis = analyse(config, parts.detector, state.params)
-        results[name] = dict(coco={k: float(v) for k, v in coco.items()}, analysis=analysis)
-        print(json.dumps({k: v for k, v in analysis.items() if k != "by_size"}), flush=True)
-        with open(os.path.join(HERE, "results.json"), "w") as f:
-            json.dump({"steps": args.steps, "recipe": args.recipe, "results": results}, f,
-                      indent=1)
-    plot(results, os.path.join(HERE, "hambox.png"))
+    os.makedirs(args.out, exist_ok=True)
+    per_seed: dict[str, list] = {}
+    for seed in range(args.seeds):
+        rows = variants(args.steps, args.recipe)
+        for name, (tag, config) in rows.items():
+            print(f"=== {name} (seed {seed})", flush=True)
+            recipe.seeded(config, seed).data.val_split = args.val_split
+            workdir = os.path.join(recipe.seed_workdir(args.workdir, seed), tag)
+            state, parts = loop.train(config, workdir)
+            det = parts.detector
+            coco = loop.evaluate(config, det, state.params, parts.mesh, workdir,
+                                 step=int(state.step))
+            analysis = analyse(config, det, state.params)
+            per_seed.setdefault(name, []).append(
+                dict(coco={k: float(v) for k, v in coco.items()}, analysis=analysis))
+            print(json.dumps({k: v for k, v in analysis.items() if k != "by_size"}), flush=True)
+            results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"steps": args.steps, "recipe": args.recipe, "seeds": args.seeds,
+                           "results": results, "per_seed": per_seed}, f, indent=1)
+    plot(results, os.path.join(args.out, "hambox.png"))
     score_thr = float(next(iter(rows.values()))[1].test.score_thr)
-    write_table(results, recipe.describe(args.steps, args.recipe), score_thr)
+    write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), score_thr,
+                args.out)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,22 @@ RetinaNet vs the same network trained with the anchor-bag loss alone
 selection-depression (all-to-top-1 selection, and anchor depression). All use the
 tiny ResNet-18/16 + FPN P3-P5 on `shapes` (128 px) and one schedule.
 
-  python experiments/mal/run.py [--steps 1000] [--recipe adamw|config] \
-      [--workdir runs/mal] [--no-ablation]
+  python experiments/mal/run.py [--steps 1000] [--recipe adamw|config] [--seeds 3] \
+      [--workdir runs/mal] [--out experiments/mal] [--no-ablation] \
+      [--with-image-depression] [--with-released]
 
 Rows: RetinaNet; FreeAnchor-like; MAL selection only (the paper's "anchor
 selection" ablation row; `--no-ablation` drops it); MAL (selection + depression on
 the selected anchors); with `--with-image-depression` also MAL with the released
-code's whole-map depression. Writes results.json and mal.png beside this file and
-the table into README.md (between the results markers). Re-running with the same
-workdir resumes the runs from their last checkpoints.
+code's whole-map depression; with `--with-released` also the released code's
+training as a whole (DeLightCMU/MAL `free_anchor_loss_IA.py`: the mean-max over all
+40 bag anchors at every step, i.e. no all-to-top-1 selection, `mal.selection=False`;
+`retinanetIA.py`: the attention-ranked positions of the whole level depressed,
+`mal.depression='image'`). Every row trains with seeds 0..N-1
+(`<workdir>/seed<k>/<row>`; RetinaNet in the shared baseline workdir). Writes
+results.json (mean ± std over the seeds and the per-seed values), mal.png (curves of
+seed 0) and the table into README.md (between the results markers) in --out.
+Re-running with the same workdir resumes the runs from their last checkpoints.
 """
 
 from __future__ import annotations
@@ -49,7 +56,10 @@ def variants(args) -> dict:
         rows["MAL selection only (all-to-top-1)"] = ("mal_select", mal(True, "none"))
     rows["MAL (selection + depression)"] = ("mal", mal(True, "selected"))
     if args.with_image_depression:
-        rows["MAL (whole-map depression, released code)"] = ("mal_image", mal(True, "image"))
+        rows["MAL (selection + whole-map depression)"] = ("mal_image", mal(True, "image"))
+    if args.with_released:
+        rows["MAL released code (no selection, whole-map depression)"] = (
+            "mal_released", mal(False, "image"))
     for _, c in rows.values():
         recipe.apply(c, args.steps, args.recipe)
         c.train.log_every = max(1, args.steps // 100)
@@ -115,38 +125,37 @@ def plot(results: dict, curves: dict, path: str) -> None:
     ax = axes[2]
     names = list(results)
     ys = range(len(names))
-    ax.barh([y - 0.27 for y in ys], [results[n]["AP"] for n in names], height=0.27,
-            color="C0", label="AP")
-    ax.barh(list(ys), [results[n]["AP50"] for n in names], height=0.27, color="C1",
-            label="AP50")
-    ax.barh([y + 0.27 for y in ys], [results[n]["AP75"] for n in names], height=0.27,
-            color="C2", label="AP75")
+    for dy, key, color in ((-0.27, "AP", "C0"), (0.0, "AP50", "C1"), (0.27, "AP75", "C2")):
+        ax.barh([y + dy for y in ys], [report.mean_of(results[n][key]) for n in names],
+                height=0.27, color=color, label=key)
     ax.set_yticks(list(ys))
     ax.set_yticklabels([n.replace(" (", "\n(") for n in names], fontsize=8)
     ax.invert_yaxis()
-    ax.set_title("COCO AP on shapes val")
+    ax.set_title("COCO AP on shapes val (mean over seeds)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_table(results: dict, steps: str, val_split: str) -> None:
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
+
+
+def write_table(results: dict, schedule: str, val_split: str, out: str) -> None:
+    """results: {row: aggregate_seeds cell per COCO key}."""
     lines = [
         "<!-- results:start -->",
-        f"Trained {steps} on `shapes` (128 px), same schedule for all; "
+        f"Trained {schedule} on `shapes` (128 px), same schedule for all; "
         f"evaluated on `{val_split}`.",
         "",
-        "| detector | AP | AP50 | AP75 | APs | APm | APl | AR100 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| detector | " + " | ".join(KEYS) + " |",
+        "|---|" + "---|" * len(KEYS),
     ]
     for name, s in results.items():
-        lines.append(
-            f"| {name} | {s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} | "
-            f"{s['APs']:.3f} | {s['APm']:.3f} | {s['APl']:.3f} | {s['AR100']:.3f} |"
-        )
+        lines.append(f"| {name} | " + " | ".join(report.pm(s[k]) for k in KEYS) + " |")
     lines += ["", "![MAL experiment](mal.png)", "<!-- results:end -->"]
-    report.write_results(os.path.join(HERE, "README.md"), lines)
+    report.write_results(os.path.join(out, "README.md"), lines,
+                         template=os.path.join(HERE, "README.md"))
 
 
 def main() -> None:
@@ -155,21 +164,34 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/mal")
     ap.add_argument("--val-split", default="val")
     ap.add_argument("--no-ablation", dest="ablation", action="store_false")
-    ap.add_argument("--with-image-depression", action="store_true")
+    ap.add_argument("--with-image-depression", action="store_true",
+                    help="also MAL with selection and the whole-map depression")
+    ap.add_argument("--with-released", action="store_true",
+                    help="also the released code's training (no selection, whole-map depression)")
+    ap.add_argument("--out", default=HERE, help="where results.json, mal.png and README go")
     args = ap.parse_args()
-    results, curves = {}, {}
-    for name, (tag, config) in variants(args).items():
-        print(f"=== {name}")
-        workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe)
-                   if tag == "retina" else os.path.join(args.workdir, tag))
-        stats = loop.train_and_evaluate(config, workdir)
-        results[name] = {k: float(v) for k, v in stats.items()}
-        curves[name] = read_curves(workdir)
-        with open(os.path.join(HERE, "results.json"), "w") as f:
-            json.dump({"steps": args.steps, "val_split": args.val_split, "results": results,
-                       "curves": curves}, f, indent=1)
-    plot(results, curves, os.path.join(HERE, "mal.png"))
-    write_table(results, recipe.describe(args.steps, args.recipe), args.val_split)
+    os.makedirs(args.out, exist_ok=True)
+    per_seed: dict[str, list] = {}
+    curves = {}  # seed 0's, for the plot
+    for seed in range(args.seeds):
+        for name, (tag, config) in variants(args).items():
+            print(f"=== {name} (seed {seed})", flush=True)
+            recipe.seeded(config, seed)
+            workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe, seed)
+                       if tag == "retina"
+                       else os.path.join(recipe.seed_workdir(args.workdir, seed), tag))
+            stats = loop.train_and_evaluate(config, workdir)
+            per_seed.setdefault(name, []).append({k: float(v) for k, v in stats.items()})
+            if seed == 0:
+                curves[name] = read_curves(workdir)
+            results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"steps": args.steps, "val_split": args.val_split,
+                           "seeds": args.seeds, "results": results, "per_seed": per_seed,
+                           "curves_seed0": curves}, f, indent=1)
+    plot(results, curves, os.path.join(args.out, "mal.png"))
+    write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), args.val_split,
+                args.out)
 
 
 if __name__ == "__main__":

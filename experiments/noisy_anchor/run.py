@@ -6,11 +6,13 @@ Spearman correlation between a detection's score and its IoU with the matched GT
 (the same-class GT it overlaps most), over the val split.
 
   python experiments/noisy_anchor/run.py [--steps 1000] [--recipe adamw|config] \
-      [--topk 50] \
+      [--seeds 3] [--topk 50] \
       [--workdir runs/noisy_anchor] [--out experiments/noisy_anchor]
 
-Writes results.json, score_iou.png and the table in README.md (between markers)
-into --out (default: beside this file). Training resumes from the checkpoints in
+Every row trains with seeds 0..N-1 (`<workdir>/seed<k>/v<i>`; RetinaNet in the shared
+baseline workdir). Writes results.json (mean ± std over the seeds and the per-seed
+values), score_iou.png (seed 0) and the table in README.md (between markers) into
+--out (default: beside this file). Training resumes from the checkpoints in
 --workdir.
 """
 
@@ -40,7 +42,7 @@ from jaxdet.train import loop  # noqa: E402
 
 
 def variants(steps: int, topk: int, score_thr: float | None = None,
-             recipe_name: str = "adamw") -> dict:
+             recipe_name: str = "adamw", val_split: str = "val") -> dict:
     rows = {
         "RetinaNet": retinanet_tiny_shapes.get_config(),
         f"Noisy anchors (N={topk})": noisy_anchor_tiny_shapes.get_config(),
@@ -48,6 +50,7 @@ def variants(steps: int, topk: int, score_thr: float | None = None,
     rows[f"Noisy anchors (N={topk})"].assigner.topk = topk
     for c in rows.values():
         recipe.apply(c, steps, recipe_name)
+        c.data.val_split = val_split
         if score_thr is not None:
             c.test.score_thr = score_thr
     return rows
@@ -97,8 +100,8 @@ def plot(pairs: dict, results: dict, path: str) -> None:
         sel = iou > 0
         ax.scatter(iou[sel], score[sel], s=3, alpha=0.25, linewidths=0)
         c = results[name]["corr"]["matched"]
-        ax.set_title(f"{name}\nPearson {c['pearson']:.3f}  Spearman {c['spearman']:.3f}"
-                     f"  (n={c['n']})", fontsize=10)
+        ax.set_title(f"{name}, seed 0\nPearson {c['pearson']:.3f}  Spearman "
+                     f"{c['spearman']:.3f}  (n={c['n']})", fontsize=10)
         ax.set_xlabel("IoU with the matched GT")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
@@ -113,7 +116,7 @@ def write_table(results: dict, steps: str, score_thr: float, out: str) -> None:
     lines = [
         "<!-- results:start -->",
         f"Trained {steps} on `shapes` (128 px), same schedule for both; "
-        f"val split (500 images), detections after NMS with score > {score_thr:g}.",
+        f"val split, detections after NMS with score > {score_thr:g}.",
         "",
         "| detector | AP | AP50 | AP75 | Pearson (IoU>0) | Spearman (IoU>0) | "
         "Pearson (IoU>=0.5) | Spearman (IoU>=0.5) | dets matched / unmatched |",
@@ -122,10 +125,11 @@ def write_table(results: dict, steps: str, score_thr: float, out: str) -> None:
     for name, r in results.items():
         s, c = r["coco"], r["corr"]
         lines.append(
-            f"| {name} | {s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} | "
-            f"{c['matched']['pearson']:.3f} | {c['matched']['spearman']:.3f} | "
-            f"{c['iou50']['pearson']:.3f} | {c['iou50']['spearman']:.3f} | "
-            f"{c['matched']['n']} / {c['unmatched']} |"
+            f"| {name} | {report.pm(s['AP'])} | {report.pm(s['AP50'])} | "
+            f"{report.pm(s['AP75'])} | {report.pm(c['matched']['pearson'])} | "
+            f"{report.pm(c['matched']['spearman'])} | {report.pm(c['iou50']['pearson'])} | "
+            f"{report.pm(c['iou50']['spearman'])} | {report.pm(c['matched']['n'], '.0f')} / "
+            f"{report.pm(c['unmatched'], '.0f')} |"
         )
     lines += ["", "![score vs IoU](score_iou.png)", "<!-- results:end -->"]
     report.write_results(os.path.join(out, "README.md"), lines,
@@ -140,28 +144,38 @@ def main() -> None:
     ap.add_argument("--out", default=HERE, help="where results.json, the PNG and README go")
     ap.add_argument("--score-thr", type=float, default=None,
                     help="detection score threshold (default: the configs' 0.05)")
+    ap.add_argument("--val-split", default="val", help="e.g. 'val[:64]' for a quick check")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    results, pairs = {}, {}
-    rows = variants(args.steps, args.topk, args.score_thr, args.recipe)
-    score_thr = float(next(iter(rows.values())).test.score_thr)
-    for i, (name, config) in enumerate(rows.items()):
-        print(f"=== {name}")
-        workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe)
-                   if name == "RetinaNet" else os.path.join(args.workdir, f"v{i}"))
-        state, parts = loop.train(config, workdir)
-        coco = loop.evaluate(
-            config, parts.detector, state.params, parts.mesh, workdir, step=int(state.step)
-        )
-        score, iou = score_iou_pairs(config, parts.detector, state.params)
-        pairs[name] = (score, iou)
-        results[name] = dict(coco=coco, corr=correlations(score, iou))
-        print(json.dumps(results[name]["corr"]))
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"steps": args.steps, "topk": args.topk, "score_thr": score_thr,
-                       "results": results}, f, indent=2)
-    plot(pairs, results, os.path.join(args.out, "score_iou.png"))
-    write_table(results, recipe.describe(args.steps, args.recipe), score_thr, args.out)
+    per_seed: dict[str, list] = {}
+    pairs, seed0 = {}, {}  # seed 0's score / IoU pairs and results, for the plot
+    for seed in range(args.seeds):
+        rows = variants(args.steps, args.topk, args.score_thr, args.recipe, args.val_split)
+        score_thr = float(next(iter(rows.values())).test.score_thr)
+        for i, (name, config) in enumerate(rows.items()):
+            print(f"=== {name} (seed {seed})", flush=True)
+            recipe.seeded(config, seed)
+            workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe, seed)
+                       if name == "RetinaNet"
+                       else os.path.join(recipe.seed_workdir(args.workdir, seed), f"v{i}"))
+            state, parts = loop.train(config, workdir)
+            det = parts.detector
+            coco = loop.evaluate(config, det, state.params, parts.mesh, workdir,
+                                 step=int(state.step))
+            score, iou = score_iou_pairs(config, det, state.params)
+            row = dict(coco=coco, corr=correlations(score, iou))
+            per_seed.setdefault(name, []).append(row)
+            if seed == 0:
+                pairs[name], seed0[name] = (score, iou), row
+            print(json.dumps(row["corr"]), flush=True)
+            results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"steps": args.steps, "topk": args.topk, "score_thr": score_thr,
+                           "seeds": args.seeds, "results": results, "per_seed": per_seed},
+                          f, indent=2)
+    plot(pairs, seed0, os.path.join(args.out, "score_iou.png"))
+    write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), score_thr,
+                args.out)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ Trains RetinaNet (tiny ResNet-18/16 + FPN P3-P5) on `shapes` (128 px) four ways:
   BCE + optimal bias + guided loss  the full sampling-free method
 logs the foreground / background BCE per step (metrics bce_fg / bce_bg of
 jaxdet.detectors.sampling_free, in every run's metrics.jsonl), evaluates each,
-and writes results.json, cls_loss.png and the table in README.md (between the
-results markers).
+and writes results.json (mean ± std over the seeds and the per-seed values),
+cls_loss.png (the curves of seed 0) and the table in README.md (between the results
+markers) into --out. Every variant trains with seeds 0..N-1 in
+`<workdir>/seed<k>/v<i>` (resumed when rerun).
 
   python experiments/sampling_free/run.py [--steps 1000] [--recipe adamw|config|sgd] \
-      [--workdir runs/sampling_free]
+      [--seeds 3] [--workdir runs/sampling_free] [--out experiments/sampling_free]
   python experiments/sampling_free/run.py --estimate-prior   # pi of each base on shapes
 """
 
@@ -118,24 +120,35 @@ def plot(curves: dict, results: dict, path: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     names = list(results)
-    aps = [results[n]["AP"] if np.isfinite(results[n]["AP"]) else 0.0 for n in names]
+    aps = [report.mean_of(results[n]["AP"]) for n in names]
+    aps = [a if np.isfinite(a) else 0.0 for a in aps]
     axes[2].barh(range(len(names)), aps, color=COLORS[: len(names)])
     axes[2].set_yticks(range(len(names)), [n.replace(" + ", "\n+ ") for n in names], fontsize=8)
     axes[2].invert_yaxis()
-    axes[2].set_xlabel("COCO AP on shapes val")
+    axes[2].set_xlabel("COCO AP on shapes val (mean over seeds)")
     for i, ap in enumerate(aps):
-        tag = " (diverged)" if results[names[i]].get("diverged") else ""
+        tag = " (diverged)" if any(results[names[i]].get("diverged") or []) else ""
         axes[2].text(ap, i, f" {ap:.3f}{tag}", va="center", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_table(results: dict, curves: dict, steps: str, prior: float, tag: str = "") -> None:
+def loss_summary(c: dict) -> dict:
+    """One run's BCE terms: at the first logged step and over the last 10 % of them."""
+    if not len(c["step"]):
+        return {}
+    k = max(len(c["step"]) // 10, 1)
+    return {"fg_first": float(c["bce_fg"][0]), "fg_last": float(np.mean(c["bce_fg"][-k:])),
+            "bg_first": float(c["bce_bg"][0]), "bg_last": float(np.mean(c["bce_bg"][-k:]))}
+
+
+def write_table(results: dict, schedule: str, prior: float, out: str, tag: str = "") -> None:
+    """results: {variant: aggregate_seeds of {COCO key: value, 'bce': loss_summary}}."""
     start, end = report.markers(tag)
     lines = [
         start,
-        f"RetinaNet (tiny), {steps} on `shapes` (128 px), pi = {prior:g} for",
+        f"RetinaNet (tiny), {schedule} on `shapes` (128 px), pi = {prior:g} for",
         "the optimal bias. fg / bg: the BCE foreground / background terms (/ num_pos) at the",
         "first logged step and averaged over the last 10% of the logged steps.",
         "",
@@ -145,18 +158,18 @@ def write_table(results: dict, curves: dict, steps: str, prior: float, tag: str 
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in results.items():
-        c = curves[name]
-        k = max(len(c["step"]) // 10, 1)
-        fmt = lambda a, i: f"{a[i]:.3g}" if len(a) else "-"
-        last = lambda a, k=k: f"{np.mean(a[-k:]):.3g}" if len(a) else "-"
-        note = " (diverged)" if s.get("diverged") else ""
+        b = s.get("bce") or {}
+        cell = lambda key, b=b: report.pm(b[key], ".3g") if key in b else "-"
+        diverged = [d for d in s.get("diverged", []) if d]
+        note = f" (diverged in {len(diverged)} seed(s))" if diverged else ""
         lines.append(
-            f"| {name}{note} | {fmt(c['bce_fg'], 0)} | {last(c['bce_fg'])} | "
-            f"{fmt(c['bce_bg'], 0)} | {last(c['bce_bg'])} | "
-            f"{s['AP']:.3f} | {s['AP50']:.3f} | {s['AP75']:.3f} |"
+            f"| {name}{note} | {cell('fg_first')} | {cell('fg_last')} | {cell('bg_first')} | "
+            f"{cell('bg_last')} | {report.pm(s['AP'])} | {report.pm(s['AP50'])} | "
+            f"{report.pm(s['AP75'])} |"
         )
     lines.append(end)
-    report.write_results(os.path.join(HERE, "README.md"), lines, tag=tag)
+    report.write_results(os.path.join(out, "README.md"), lines, tag=tag,
+                         template=os.path.join(HERE, "README.md"))
 
 
 def main() -> None:
@@ -167,6 +180,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="variant names to (re)run; others are read back")
     ap.add_argument("--estimate-prior", action="store_true")
     ap.add_argument("--max-batches", type=int, default=0, help="for --estimate-prior")
+    ap.add_argument("--out", default=HERE, help="where results.json, the PNG and README go")
+    ap.add_argument("--val-split", default="val", help="e.g. 'val[:64]' for a quick check")
     args = ap.parse_args()
     if args.estimate_prior:
         for base in ("retinanet", "fcos", "atss"):
@@ -174,33 +189,43 @@ def main() -> None:
             print(f"{base}: pi = {pi:.3g}, per class = {[f'{p:.3g}' for p in per_class]}")
         return
 
-    configs = variant_configs(args.steps, args.log_every, args.recipe)
+    os.makedirs(args.out, exist_ok=True)
     prior = float(sf_config.SHAPES_PRIOR["retinanet"])
     # The AdamW recipe writes results.json / cls_loss.png / the first README block; any
     # other recipe its own (results_sgd.json, cls_loss_sgd.png, block `sgd`).
     tag = "" if args.recipe == "adamw" else args.recipe
     suffix = f"_{tag}" if tag else ""
-    results_path = os.path.join(HERE, f"results{suffix}.json")
+    results_path = os.path.join(args.out, f"results{suffix}.json")
     old = {}
     if args.only and os.path.exists(results_path):
-        old = json.load(open(results_path)).get("results", {})
-    results, curves = {}, {}
-    for i, (name, config) in enumerate(configs.items()):
-        workdir = os.path.join(args.workdir + suffix, f"v{i}")
-        if args.only and name not in args.only and name in old:
-            results[name] = old[name]
-        else:
-            print(f"=== {name}", flush=True)
-            try:
-                results[name] = loop.train_and_evaluate(config, workdir)
-            except loop.NonFiniteLossError as e:  # the collapse the paper describes
-                print(f"diverged: {e}", flush=True)
-                results[name] = dict(AP=0.0, AP50=0.0, AP75=0.0, diverged=str(e))
-        curves[name] = read_metrics(workdir)
-        with open(results_path, "w") as f:
-            json.dump({"steps": args.steps, "prior_prob": prior, "results": results}, f, indent=2)
-    plot(curves, results, os.path.join(HERE, f"cls_loss{suffix}.png"))
-    write_table(results, curves, recipe.describe(args.steps, args.recipe), prior, tag)
+        old = json.load(open(results_path)).get("per_seed", {})
+    per_seed: dict[str, list] = {}
+    curves = {}  # seed 0's, for the plot
+    for seed in range(args.seeds):
+        configs = variant_configs(args.steps, args.log_every, args.recipe)
+        for i, (name, config) in enumerate(configs.items()):
+            recipe.seeded(config, seed).data.val_split = args.val_split
+            workdir = os.path.join(recipe.seed_workdir(args.workdir + suffix, seed), f"v{i}")
+            if args.only and name not in args.only and len(old.get(name, [])) > seed:
+                row = old[name][seed]
+            else:
+                print(f"=== {name} (seed {seed})", flush=True)
+                try:
+                    row = dict(loop.train_and_evaluate(config, workdir), diverged="")
+                except loop.NonFiniteLossError as e:  # the collapse the paper describes
+                    print(f"diverged: {e}", flush=True)
+                    row = dict(AP=0.0, AP50=0.0, AP75=0.0, diverged=str(e))
+                row["bce"] = loss_summary(read_metrics(workdir))
+            per_seed.setdefault(name, []).append(row)
+            if seed == 0:
+                curves[name] = read_metrics(workdir)
+            results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
+            with open(results_path, "w") as f:
+                json.dump({"steps": args.steps, "prior_prob": prior, "seeds": args.seeds,
+                           "results": results, "per_seed": per_seed}, f, indent=2)
+    plot(curves, results, os.path.join(args.out, f"cls_loss{suffix}.png"))
+    write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), prior,
+                args.out, tag)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,10 @@ changes:
               num_pos = the number of bag anchors in the global batch.
 
 config.assigner: name 'noisy_anchor', topk (N), alpha, min_pos_iou, ignore_iof_thr.
-config.loss: RetinaNet's fields + reweight_gamma, max_score (clip inside f).
+config.loss: RetinaNet's fields + reweight_gamma, max_score (clip inside f), soft_label:
+  'cleanliness' (default: the paper's soft label c itself) or 'rescaled' (the unofficial
+  mmdetection port's labels, c rescaled onto [mean IoU, 1] over the batch's positives;
+  `losses.noisy_anchor.rescaled_soft_labels`; the port also uses focal alpha 0.5).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class NoisyAnchorRetinaNet(DenseDetector):
         head = retinanet.retina_head(config, retinanet.num_anchors(config.anchor))
         super().__init__(config, head)
         check_assigner(config, ("noisy_anchor",))
+        if config.loss.soft_label not in ("cleanliness", "rescaled"):
+            raise ValueError(f"loss.soft_label={config.loss.soft_label!r}; "
+                             "expected 'cleanliness' or 'rescaled'")
         self.hp = config.assigner
         self.loss_cfg = config.loss
         self.box_stds = tuple(config.loss.box_stds)
@@ -75,6 +81,9 @@ class NoisyAnchorRetinaNet(DenseDetector):
         probs = jax.nn.sigmoid(jax.lax.stop_gradient(outputs["cls_logits"]))
         loc, cls = jax.vmap(na_assign.cleanliness_terms)(bags.gt_index, gt, pred_boxes, probs)
         quality = na_assign.cleanliness(loc, cls, self.hp.alpha)
+        if self.loss_cfg.soft_label == "rescaled":
+            quality = na_loss.rescaled_soft_labels(loc, cls, bags.gt_index >= 0,
+                                                   alpha=self.hp.alpha)
         return Assignment(gt_index=bags.gt_index, quality=quality), loc, cls
 
     def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):

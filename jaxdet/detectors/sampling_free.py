@@ -11,7 +11,10 @@ classification side changes (all pure pieces in `jaxdet.losses.guided`):
               RetinaNet, 1e-4 FCOS, 3e-3 ATSS on COCO);
   guided loss cls loss x r, r = mean(regression terms) / cls loss without
               gradient, averaged over the first `guided_warmup` (100) steps and
-              then frozen; the running mean lives in det_state (checkpointed);
+              then frozen; the running mean lives in det_state (checkpointed).
+              `guided_freeze='last'` freezes the last warm-up step's ratio instead,
+              as the released `GuidedLoss` does (default 'mean', the paper's rule,
+              less sensitive to one unusual batch);
   inference   class-adaptive score thresholds (see
               `guided.class_adaptive_thresholds`); config.test.score_thr
               should then be 0.
@@ -82,7 +85,7 @@ class SamplingFree(DenseDetector):
             return det_state
         g_state = {k: det_state[k] for k in guided.guided_init_state()}
         _, g_state = guided.guided_update(g_state, terms["guided_ratio"],
-                                          int(self.sf.guided_warmup))
+                                          int(self.sf.guided_warmup), self.sf.guided_freeze)
         return {**det_state, **g_state}
 
     # -- the base's hooks ---------------------------------------------------------
@@ -106,7 +109,8 @@ class SamplingFree(DenseDetector):
         ratio = guided.guided_ratio(loss_cls, reg_terms)
         if self.sf.guided:
             g_state = {k: ctx.det_state[k] for k in guided.guided_init_state()}
-            scale, _ = guided.guided_update(g_state, ratio, int(self.sf.guided_warmup))
+            scale, _ = guided.guided_update(g_state, ratio, int(self.sf.guided_warmup),
+                                            self.sf.guided_freeze)
         else:
             scale = jnp.ones((), jnp.float32)
         terms.update(cls, loss_cls=scale * loss_cls, guided_ratio=ratio, guided_scale=scale)

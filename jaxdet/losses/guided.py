@@ -18,11 +18,16 @@ that work:
    follows the regression loss. With several regression terms (FCOS/ATSS:
    box + centerness) L_reg is their mean, as the reference `GuidedLoss(n)`
    (`sum(losses[1:]) / (n - 1) / losses[0]`). During the first `warmup` steps
-   the current step's ratio is applied and averaged; afterwards the average is
-   frozen (paper/code: 100 iterations). The running average lives in the
+   the current step's ratio is applied; afterwards one value is frozen (100
+   iterations): `freeze='mean'` (default) the mean of the warm-up ratios, the
+   paper's description; `freeze='last'` the ratio of the last warm-up step, what
+   the released `GuidedLoss` does (it keeps overwriting its ratio, all-reduced
+   over the GPUs, until iteration 100). The frozen value lives in the
    detector's `det_state` so it is checkpointed and survives a resume. Under
    `jit` over the data mesh the losses are global-batch quantities, so the
    ratio is already the all-device one (the reference all-reduces it).
+   The later version of the method replaces the ratio by learned uncertainty
+   weights, sum_i L_i / (2 sigma_i^2) + log sigma_i (`uncertainty_weighted`).
 3. Class-adaptive inference threshold (`class_adaptive_thresholds`): see its
    docstring for the rule implemented and how it was pinned down.
 
@@ -95,24 +100,36 @@ def guided_init_state() -> dict[str, Array]:
     return {"guided_count": jnp.zeros((), jnp.int32), "guided_ratio": jnp.zeros((), jnp.float32)}
 
 
+GUIDED_FREEZE_MODES = ("mean", "last")
+
+
 def guided_update(
-    state: dict[str, Array], ratio: Array, warmup: int = GUIDED_WARMUP_STEPS
+    state: dict[str, Array], ratio: Array, warmup: int = GUIDED_WARMUP_STEPS,
+    freeze: str = "mean",
 ) -> tuple[Array, dict[str, Array]]:
     """One training step of the guided-loss schedule -> (scale, new_state).
 
-    state: {'guided_count': [] int32, 'guided_ratio': [] float32} (running mean
-    of the ratios seen so far). ratio: this step's `guided_ratio`.
+    state: {'guided_count': [] int32, 'guided_ratio': [] float32} (the value to
+    freeze so far). ratio: this step's `guided_ratio`.
     - While guided_count < warmup: scale = this step's ratio (as the reference
-      `GuidedLoss`), and the ratio enters the running mean. A step whose ratio
-      is not usable (not finite or <= 0: no positive in the global batch, so no
-      regression loss) is not counted; it is scaled by the mean so far (1.0
-      before any usable step).
-    - Once guided_count == warmup: scale = the frozen mean; the state no longer
+      `GuidedLoss`), and the ratio updates the stored value: with
+      freeze='mean' the running mean of the usable ratios (the paper: "the ratio
+      averaged over the first 100 iterations"), with freeze='last' the ratio
+      itself (the released `GuidedLoss`, which freezes the ratio of iteration
+      100). A step whose ratio is not usable (not finite or <= 0: no positive in
+      the global batch, so no regression loss) is not counted; it is scaled by
+      the stored value (1.0 before any usable step).
+    - Once guided_count == warmup: scale = the frozen value; the state no longer
       changes.
     warmup <= 0 disables freezing: scale = this step's ratio at every step (the
     reference's two-stage box head and its v1 one-stage code).
-    Jittable; `state` round-trips through checkpoints.
+    'mean' is the default: it is the paper's rule, and a mean over 100 batches
+    varies less from run to run than one batch's ratio (a batch with few or
+    unusually hard objects sets the scale for the rest of training under 'last').
+    Jittable; `state` round-trips through checkpoints (the same state for both).
     """
+    if freeze not in GUIDED_FREEZE_MODES:
+        raise ValueError(f"freeze must be one of {GUIDED_FREEZE_MODES}, got {freeze!r}")
     ratio = jnp.asarray(ratio, jnp.float32)
     usable = jnp.isfinite(ratio) & (ratio > 0)
     count, mean = state["guided_count"], state["guided_ratio"]
@@ -124,9 +141,36 @@ def guided_update(
     take = warming & usable
     new_count = count + take.astype(jnp.int32)
     safe_ratio = jnp.where(usable, ratio, 0.0)
-    new_mean = jnp.where(take, mean + (safe_ratio - mean) / jnp.maximum(new_count, 1), mean)
+    if freeze == "mean":
+        updated = mean + (safe_ratio - mean) / jnp.maximum(new_count, 1)
+    else:
+        updated = safe_ratio
+    new_mean = jnp.where(take, updated, mean)
     scale = jnp.where(warming, current, mean)
     return jax.lax.stop_gradient(scale), {"guided_count": new_count, "guided_ratio": new_mean}
+
+
+def uncertainty_weighted(
+    losses: tuple[Array, ...] | list[Array] | Array, log_sigma: Array
+) -> tuple[Array, Array]:
+    """Learned uncertainty weighting of the loss terms (the later sampling-free
+    version, after Kendall et al. 2018): total = sum_i L_i / (2 sigma_i^2) + log sigma_i.
+
+    losses: n scalars (or an [n] array), e.g. (L_cls, L_reg[, L_ctr]); log_sigma:
+    [n] float32, the learnable s_i = log sigma_i (trainable parameters, initialised
+    to 0: sigma = 1, weight 1/2). Written as L_i / 2 * exp(-2 s_i) + s_i, finite for
+    any s_i. Returns (total [] , weighted [n] = the terms L_i / (2 sigma_i^2) + s_i).
+    Gradients flow into both the losses and log_sigma; at the optimum over s_i,
+    sigma_i^2 = L_i, so each term's weight follows its own magnitude instead of a
+    frozen ratio. Pure and jittable; vmap over leading axes of both arguments.
+    """
+    terms = jnp.stack([jnp.asarray(x, jnp.float32) for x in losses]) \
+        if isinstance(losses, (tuple, list)) else jnp.asarray(losses, jnp.float32)
+    s = jnp.asarray(log_sigma, jnp.float32)
+    if terms.shape[-1:] != s.shape[-1:]:
+        raise ValueError(f"{terms.shape[-1]} losses for {s.shape[-1]} log_sigma entries")
+    weighted = 0.5 * terms * jnp.exp(-2.0 * s) + s
+    return jnp.sum(weighted, axis=-1), weighted
 
 
 # -- analysis --------------------------------------------------------------------

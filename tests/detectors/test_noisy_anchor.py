@@ -133,3 +133,22 @@ def test_full_size_config_builds():
     assert config.loss.reweight_gamma == 1.0
     det = detectors.build(config)
     assert det.priors((64, 64)).boxes.shape[1] == 4
+
+
+def test_rescaled_soft_labels_option(data_dir):
+    """loss.soft_label='rescaled': the port's labels, on [mean IoU, 1] over the batch's
+    positives (the best positive has target 1); anything else is a clear error."""
+    config = tiny_config("noisy_anchor", data_dir)
+    config.loss.soft_label = "rescaled"
+    det = detectors.build(config)
+    params, _ = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
+    batch = _two_box_batch(config)
+    out = det.apply(params, batch["image"])
+    priors = det.priors(batch["image"].shape[1:3])
+    assignment, loc, _ = jax.jit(det.assign)(out, priors, ground_truth_from_batch(batch))
+    pos = np.asarray(assignment.gt_index) >= 0
+    q = np.asarray(assignment.quality)[pos]
+    assert q.max() == pytest.approx(1.0) and q.min() >= np.asarray(loc)[pos].mean() - 1e-6
+    config.loss.soft_label = "other"
+    with pytest.raises(ValueError, match="soft_label"):
+        detectors.build(config)

@@ -212,3 +212,24 @@ def test_unknown_base_and_loss_are_clear_errors(data_dir):
     config.sampling_free.cls_loss = "ohem"
     with pytest.raises(ValueError, match="cls_loss"):
         detectors.build(config)
+
+
+def test_guided_freeze_last_is_the_released_rule(data_dir):
+    """sampling_free.guided_freeze='last': the scale after the warm-up is the ratio of
+    the last warm-up step (the released GuidedLoss), not the warm-up mean."""
+    config = _config(data_dir)
+    config.sampling_free.guided_warmup = 2
+    config.sampling_free.guided_freeze = "last"
+    det = detectors.build(config)
+    params, state = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
+    loss_fn = jax.jit(lambda p, s, b, t: det.loss_fn(p, b, jax.random.PRNGKey(1), s, t))
+    ratios = []
+    for step, seed in enumerate((0, 1, 2)):
+        batch = _batch(config)
+        batch["image"] = batch["image"] + seed  # a different ratio each step
+        _, (m, state) = loss_fn(params, state, batch, jnp.int32(step))
+        ratios.append(float(m["guided_ratio"]))
+    assert int(state["guided_count"]) == 2
+    np.testing.assert_allclose(float(state["guided_ratio"]), ratios[1], rtol=1e-6)
+    np.testing.assert_allclose(float(m["guided_scale"]), ratios[1], rtol=1e-6)
+    assert ratios[0] != pytest.approx(ratios[1])

@@ -92,6 +92,66 @@ def test_guided_update_without_freezing():
         assert new is state
 
 
+def test_guided_update_freeze_last_keeps_the_last_warmup_ratio():
+    state = guided.guided_init_state()
+    scales = []
+    step = jax.jit(lambda s, r: guided.guided_update(s, r, warmup=3, freeze="last"))
+    for r in [2.0, jnp.nan, 4.0, 9.0, 100.0, 0.001]:
+        scale, state = step(state, r)
+        scales.append(float(scale))
+    # warm-up: the step's own ratio (nan -> the stored one, 2); then iteration 3's, frozen.
+    np.testing.assert_allclose(scales, [2.0, 2.0, 4.0, 9.0, 9.0, 9.0], rtol=1e-6)
+    assert int(state["guided_count"]) == 3
+    np.testing.assert_allclose(state["guided_ratio"], 9.0, rtol=1e-6)
+    with pytest.raises(ValueError):
+        guided.guided_update(state, 1.0, freeze="median")
+
+
+def test_guided_update_freeze_modes_under_jit_vmap():
+    ratios = jnp.array([[1.0, 3.0, 8.0], [2.0, 2.0, 5.0]])  # [runs, steps]
+
+    def run(rs, freeze):
+        def body(state, r):
+            scale, state = guided.guided_update(state, r, warmup=2, freeze=freeze)
+            return state, scale
+        return jax.lax.scan(body, guided.guided_init_state(), rs)[1]
+
+    mean = jax.jit(jax.vmap(lambda rs: run(rs, "mean")))(ratios)
+    last = jax.jit(jax.vmap(lambda rs: run(rs, "last")))(ratios)
+    np.testing.assert_allclose(mean, [[1.0, 3.0, 2.0], [2.0, 2.0, 2.0]], rtol=1e-6)
+    np.testing.assert_allclose(last, [[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]], rtol=1e-6)
+
+
+def test_uncertainty_weighted_value_gradient_and_optimum():
+    losses = (jnp.float32(0.8), jnp.float32(0.2))
+    total, terms = guided.uncertainty_weighted(losses, jnp.zeros(2))
+    np.testing.assert_allclose(terms, [0.4, 0.1], rtol=1e-6)  # L / 2 at sigma = 1
+    np.testing.assert_allclose(total, 0.5, rtol=1e-6)
+    s = jnp.log(jnp.array([2.0, 0.5]))
+    _, terms = guided.uncertainty_weighted(losses, s)
+    np.testing.assert_allclose(terms, [0.8 / 8 + math.log(2.0), 0.2 / 0.5 + math.log(0.5)],
+                               rtol=1e-6)
+    # d total / d L_i = 1 / (2 sigma_i^2); d total / d s_i = 1 - L_i / sigma_i^2 (0 at sigma^2 = L).
+    g_l = jax.grad(lambda a, b: guided.uncertainty_weighted((a, b), s)[0], argnums=(0, 1))(
+        0.8, 0.2)
+    np.testing.assert_allclose(g_l, [1 / 8, 1 / 0.5], rtol=1e-6)
+    opt = 0.5 * jnp.log(jnp.array([0.8, 0.2]))
+    g_s = jax.grad(lambda v: guided.uncertainty_weighted(losses, v)[0])(opt)
+    np.testing.assert_allclose(g_s, [0.0, 0.0], atol=1e-6)
+    with pytest.raises(ValueError):
+        guided.uncertainty_weighted(losses, jnp.zeros(3))
+
+
+def test_uncertainty_weighted_jit_vmap_matches_loop():
+    losses = jnp.array([[0.5, 1.0, 0.1], [2.0, 0.3, 0.7]])  # [B, n]
+    log_sigma = jnp.array([[0.0, 0.5, -0.5], [0.1, 0.2, 0.3]])
+    total, terms = jax.jit(jax.vmap(guided.uncertainty_weighted))(losses, log_sigma)
+    for b in range(2):
+        t, w = guided.uncertainty_weighted(tuple(losses[b]), log_sigma[b])
+        np.testing.assert_allclose(total[b], t, rtol=1e-6)
+        np.testing.assert_allclose(terms[b], w, rtol=1e-6)
+
+
 def test_fg_bg_split_sums_to_total_and_by_hand():
     logits = jnp.array([[[0.0, 2.0], [-1.0, 0.5], [3.0, -3.0]]])  # [1, 3, 2]
     targets = jnp.array([[[0.0, 1.0], [0.0, 0.0], [1.0, 0.0]]])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from jaxdet.losses import noisy_anchor as na_loss
 from jaxdet.losses.focal import sigmoid_focal_loss
 from jaxdet.losses.noisy_anchor import inverse_complement, reweight_factors, soft_focal_loss
 
@@ -101,3 +103,41 @@ def test_jit_vmap():
     for i in range(3):
         np.testing.assert_allclose(per_image[i], reweight_factors(loc[i], loc[i], pos[i]),
                                    rtol=1e-6)
+
+
+def test_rescaled_soft_labels_hand_computed_and_range():
+    loc = jnp.array([0.2, 0.4, 0.6, 0.9])
+    cls = jnp.array([0.1, 0.3, 0.2, 0.5])
+    pos = jnp.array([True, True, True, False])
+    out = na_loss.rescaled_soft_labels(loc, cls, pos, alpha=0.75)
+    ml, mc = 0.4, 0.2
+    s = 0.75 * np.array([0.2, 0.4, 0.6]) / ml + 0.25 * np.array([0.1, 0.3, 0.2]) / mc
+    want = ml + (1 - ml) * (s - s.min()) / (s.max() - s.min())
+    np.testing.assert_allclose(out[:3], want, rtol=1e-6)
+    assert float(out[3]) == 0.0
+    np.testing.assert_allclose([out[:3].min(), out[:3].max()], [ml, 1.0], rtol=1e-6)
+
+
+def test_rescaled_soft_labels_degenerate_and_no_gradient():
+    one = na_loss.rescaled_soft_labels(jnp.array([0.3, 0.5]), jnp.array([0.2, 0.9]),
+                                       jnp.array([True, False]))
+    np.testing.assert_allclose(one, [1.0, 0.0])
+    none = na_loss.rescaled_soft_labels(jnp.ones(3) * 0.5, jnp.ones(3) * 0.5,
+                                        jnp.zeros(3, bool))
+    np.testing.assert_allclose(none, 0.0)
+    g = jax.grad(lambda x: jnp.sum(na_loss.rescaled_soft_labels(
+        x, jnp.array([0.1, 0.2, 0.3]), jnp.array([True, True, True]))))(
+        jnp.array([0.2, 0.5, 0.7]))
+    np.testing.assert_allclose(g, 0.0)
+
+
+def test_rescaled_soft_labels_jit_vmap():
+    key = jax.random.PRNGKey(0)
+    loc = jax.random.uniform(key, (3, 40))
+    cls = jax.random.uniform(jax.random.fold_in(key, 1), (3, 40))
+    pos = jax.random.bernoulli(jax.random.fold_in(key, 2), 0.3, (3, 40))
+    f = lambda a, b, c: na_loss.rescaled_soft_labels(a, b, c, alpha=0.75)
+    out = jax.jit(jax.vmap(f))(loc, cls, pos)
+    for i in range(3):
+        np.testing.assert_allclose(out[i], f(loc[i], cls[i], pos[i]), rtol=1e-6)
+        assert float(jnp.max(jnp.where(pos[i], out[i], 0.0))) == pytest.approx(1.0)
