@@ -90,14 +90,16 @@ def test_loss_terms_by_hand(base, data_dir):
     assert (gi >= 0).sum() > 0
     np.testing.assert_allclose(m["cls_fg"], (bce * t).sum() / num_pos, rtol=1e-4)
     np.testing.assert_allclose(m["cls_bg"], (bce * (1 - t)).sum() / num_pos, rtol=1e-4)
-    np.testing.assert_allclose(m["loss_cls"], m["cls_fg"] + m["cls_bg"], rtol=1e-6)
+    # loss_cls is the term summed into the loss: guided scale x (cls_fg + cls_bg).
+    cls = m["cls_fg"] + m["cls_bg"]
+    np.testing.assert_allclose(m["loss_cls"], m["guided_scale"] * cls, rtol=1e-6)
     np.testing.assert_allclose(m["bce_fg"], m["cls_fg"], rtol=1e-6)
 
     # Guided: first step scale = ratio = mean(reg) / cls, so scale * cls = mean(reg).
     reg = [v for k, v in m.items() if k.startswith("loss_") and k != "loss_cls"]
     assert len(reg) == (1 if base == "retinanet" else 2)
     np.testing.assert_allclose(m["guided_scale"], m["guided_ratio"], rtol=1e-6)
-    np.testing.assert_allclose(m["guided_scale"] * m["loss_cls"], np.mean(reg), rtol=1e-5)
+    np.testing.assert_allclose(m["loss_cls"], np.mean(reg), rtol=1e-5)
     np.testing.assert_allclose(loss, np.mean(reg) + np.sum(reg), rtol=1e-5)
     assert int(new_state["guided_count"]) == 1
     np.testing.assert_allclose(new_state["guided_ratio"], m["guided_ratio"], rtol=1e-6)
