@@ -29,10 +29,9 @@ from jaxdet.detectors.dense import (
     StepContext,
     check_assigner,
     focal_classification_loss,
-    normalizer,
 )
+from jaxdet.detectors.fcos import centerness_losses
 from jaxdet.detectors.retinanet import anchors
-from jaxdet.losses.centerness import centerness_loss, centerness_targets
 from jaxdet.losses.iou import giou_loss
 from jaxdet.models.heads.atss_head import ATSSHead
 
@@ -76,17 +75,10 @@ class ATSS(DenseDetector):
         )
         anchor_boxes = jnp.broadcast_to(priors.boxes, gt_boxes.shape)
         pred_boxes = coders.delta_xywh_decode(anchor_boxes, outputs["box_deltas"], stds=BOX_STDS)
-        ltrb = coders.distance_encode(priors.centers, gt_boxes)
-        ctr_t = jnp.where(pos, centerness_targets(ltrb), 0.0)
-        ctr_sum = normalizer(ctr_t, 1e-6)
-        loss_box = (
-            lc.box_weight
-            * jnp.sum(jnp.where(pos, giou_loss(pred_boxes, gt_boxes) * ctr_t, 0.0))
-            / ctr_sum
+        loss_box, loss_ctr = centerness_losses(
+            pred_boxes, gt_boxes, priors.centers, outputs["centerness"], pos, num_pos,
+            giou_loss, lc.box_weight,
         )
-        loss_ctr = jnp.sum(
-            jnp.where(pos, centerness_loss(outputs["centerness"], ctr_t), 0.0)
-        ) / num_pos
         return dict(loss_cls=loss_cls, loss_box=loss_box, loss_ctr=loss_ctr,
                     num_pos=jnp.sum(pos) / pos.shape[0])
 

@@ -41,6 +41,26 @@ def points(strides: tuple[int, ...], image_hw: tuple[int, int]):
     return jax.tree_util.tree_map(jnp.asarray, p)
 
 
+def centerness_losses(pred_boxes: jax.Array, gt_boxes: jax.Array, centers: jax.Array,
+                      centerness_logits: jax.Array, pos: jax.Array, num_pos: jax.Array,
+                      box_fn: Any, box_weight: float) -> tuple[jax.Array, jax.Array]:
+    """FCOS's box and centerness terms (ATSS uses them too): (loss_box, loss_ctr).
+
+    pred_boxes, gt_boxes [B, N, 4] xyxy; centers [N, 2]; centerness_logits, pos [B, N].
+    loss_box = box_weight x sum of box_fn(pred, gt) weighted by the centerness target
+    over the positives / the targets' global sum; loss_ctr = BCE(logit, target) over the
+    positives / num_pos.
+    """
+    ltrb_t = coders.distance_encode(centers, gt_boxes)  # pixels
+    ctr_t = jnp.where(pos, centerness_targets(ltrb_t), 0.0)
+    ctr_sum = normalizer(ctr_t, 1e-6)
+    loss_box = (
+        box_weight * jnp.sum(jnp.where(pos, box_fn(pred_boxes, gt_boxes) * ctr_t, 0.0)) / ctr_sum
+    )
+    loss_ctr = jnp.sum(jnp.where(pos, centerness_loss(centerness_logits, ctr_t), 0.0)) / num_pos
+    return loss_box, loss_ctr
+
+
 class FCOS(DenseDetector):
     def __init__(self, config: Any):
         h = config.model.head
@@ -83,20 +103,13 @@ class FCOS(DenseDetector):
             outputs["cls_logits"], assignment, gt, self.num_classes, lc.focal_alpha,
             lc.focal_gamma,
         )
-        ltrb_t = coders.distance_encode(priors.centers, gt_boxes)  # pixels
-        ctr_t = jnp.where(pos, centerness_targets(ltrb_t), 0.0)
-        ctr_sum = normalizer(ctr_t, 1e-6)
         # Boxes from distances in stride units (norm_on_bbox): IoU is scale-invariant.
         pred_boxes = coders.distance_decode(priors.centers, outputs["box_ltrb"], priors.strides)
         box_fn = giou_loss if lc.box_loss == "giou" else iou_loss
-        loss_box = (
-            lc.box_weight
-            * jnp.sum(jnp.where(pos, box_fn(pred_boxes, gt_boxes) * ctr_t, 0.0))
-            / ctr_sum
+        loss_box, loss_ctr = centerness_losses(
+            pred_boxes, gt_boxes, priors.centers, outputs["centerness"], pos, num_pos, box_fn,
+            lc.box_weight,
         )
-        loss_ctr = jnp.sum(
-            jnp.where(pos, centerness_loss(outputs["centerness"], ctr_t), 0.0)
-        ) / num_pos
         return dict(loss_cls=loss_cls, loss_box=loss_box, loss_ctr=loss_ctr,
                     num_pos=jnp.sum(pos) / pos.shape[0])
 
