@@ -78,6 +78,15 @@ def baseline_workdir(workdir: str, steps: int, recipe: str, seed: int = 0) -> st
     return os.path.join(root, "retinanet_baseline", f"{recipe}_{steps}", f"seed{int(seed)}")
 
 
+def row_workdir(workdir: str, steps: int, recipe: str, seed: int, tag: str,
+                baseline: bool) -> str:
+    """Where one row of seed k trains: the shared RetinaNet baseline's workdir
+    (`baseline_workdir`) for the baseline row, else <workdir>/seed<k>/<tag>."""
+    if baseline:
+        return baseline_workdir(workdir, steps, recipe, seed)
+    return os.path.join(seed_workdir(workdir, seed), tag)
+
+
 def seeded(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
     """Sets `config.seed` in place (and returns `config`)."""
     config.seed = int(seed)

@@ -193,9 +193,8 @@ def main() -> None:
         for name, (slug, config) in variants(args).items():
             print(f"=== {name} (seed {seed})", flush=True)
             recipe.seeded(config, seed)
-            workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe, seed)
-                       if slug == "retina"
-                       else os.path.join(recipe.seed_workdir(args.workdir, seed), slug))
+            workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed, slug,
+                                         baseline=slug == "retina")
             stats = loop.train_and_evaluate(config, workdir)
             c = read_curves(workdir)
             per_seed.setdefault(name, []).append({**stats, "selection": selection_summary(c)})

@@ -177,9 +177,8 @@ def main() -> None:
         for name, (tag, config) in variants(args).items():
             print(f"=== {name} (seed {seed})", flush=True)
             recipe.seeded(config, seed)
-            workdir = (recipe.baseline_workdir(args.workdir, args.steps, args.recipe, seed)
-                       if tag == "retina"
-                       else os.path.join(recipe.seed_workdir(args.workdir, seed), tag))
+            workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed, tag,
+                                         baseline=tag == "retina")
             stats = loop.train_and_evaluate(config, workdir)
             per_seed.setdefault(name, []).append({k: float(v) for k, v in stats.items()})
             if seed == 0:
