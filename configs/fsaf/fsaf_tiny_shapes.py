@@ -59,6 +59,7 @@ def get_config(anchor_based: bool = False) -> ml_collections.ConfigDict:
     optimizer.grad_clip = 10.0  # mmdetection's FSAF config
     config = common.base("fsaf", common.data_shapes(128), common.model_tiny(), train, optimizer)
     config.model.head.norm = "gn"  # as the RetinaNet tiny config (see its header)
+    config.model.head.gn_groups = 32
     retina_fields(config)
     config.fsaf = fsaf_fields(anchor_based)
     config.fsaf.canonical_size = 224.0 * 128 / 800

@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
     train, optimizer = common.schedule_tiny(num_steps=5000)
     config = common.base("mal", common.data_shapes(128), common.model_tiny(), train, optimizer)
     config.model.head.norm = "gn"  # as the RetinaNet tiny config (see its header)
+    config.model.head.gn_groups = 32
     config.anchor = ml_collections.ConfigDict(
         # RetinaNet's tiny anchors (configs/retinanet/retinanet_tiny_shapes.py: 16-102 px)
         dict(octave_base_scale=2, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))

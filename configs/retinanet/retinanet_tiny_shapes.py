@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
         "retinanet", common.data_shapes(128), common.model_tiny(), train, optimizer
     )
     config.model.head.norm = "gn"  # see the header: a norm-free head dies in this recipe
+    config.model.head.gn_groups = 32  # the groups the header's GroupNorm figures used
     config.anchor = ml_collections.ConfigDict(
         dict(octave_base_scale=2, scales_per_octave=3, ratios=(0.5, 1.0, 2.0))
     )

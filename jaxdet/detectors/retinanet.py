@@ -54,7 +54,7 @@ def retina_head(config: Any, num_anchors: int) -> RetinaHead:
     h = config.model.head
     return RetinaHead(
         num_classes=int(config.data.num_classes), num_anchors=num_anchors,
-        feat_channels=h.channels, stacked_convs=h.num_convs, norm=h.norm,
+        feat_channels=h.channels, stacked_convs=h.num_convs, norm=h.norm, gn_groups=h.gn_groups,
         prior_prob=float(config.loss.prior_prob), dtype=jnp.dtype(config.model.dtype),
         platform=platform_lib.from_config(config),
     )

@@ -32,7 +32,7 @@ class RetinaHead(nn.Module):
       feat_channels: tower width (256).
       stacked_convs: convs per tower (4).
       prior_prob: initial foreground probability pi (0.01).
-      norm: tower norm (None in RetinaNet; 'gn' for GN variants).
+      norm: tower norm (None in RetinaNet; 'gn' for GN variants). gn_groups: for 'gn'.
       dtype: compute dtype; outputs are float32.
       platform: the `jaxdet.platform.Platform` the convs are built for.
 
@@ -48,6 +48,7 @@ class RetinaHead(nn.Module):
     stacked_convs: int = 4
     prior_prob: float = 0.01
     norm: str | None = None
+    gn_groups: int = 32
     dtype: Dtype = jnp.float32
     platform: Platform = DEFAULT
 
@@ -55,8 +56,8 @@ class RetinaHead(nn.Module):
     def __call__(self, features: Sequence[jax.Array]) -> dict[str, jax.Array]:
         a, c = self.num_anchors, self.num_classes
         tower = lambda name: ConvTower(
-            self.feat_channels, self.stacked_convs, norm=self.norm, dtype=self.dtype,
-            platform=self.platform, name=name
+            self.feat_channels, self.stacked_convs, norm=self.norm, num_groups=self.gn_groups,
+            dtype=self.dtype, platform=self.platform, name=name
         )
         cls_tower, reg_tower = tower("cls_tower"), tower("reg_tower")
         cls_conv = conv(
