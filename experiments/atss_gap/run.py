@@ -1,6 +1,8 @@
 """The ATSS paper's central experiment at small scale (Table 1/2 of Zhang et al.):
 RetinaNet with one anchor per location and max-IoU assignment, the same
-detector with ATSS assignment, and FCOS, trained with one schedule on `shapes`.
+detector with ATSS assignment, and FCOS, trained with one schedule on `shapes`;
+the 9-anchor RetinaNet the other experiments compare against is the first row (it
+trains in the shared baseline workdir, `recipe.baseline_workdir`).
 
   python experiments/atss_gap/run.py [--steps 1000] [--recipe adamw|config] \
       [--seeds 3] [--workdir runs/atss_gap] [--out experiments/atss_gap]
@@ -36,7 +38,9 @@ def variants(steps: int, recipe_name: str = "adamw"):
         c.test.nms_iou = 0.6
         return c
 
+    nine = retinanet_tiny_shapes.get_config()  # the 9-anchor baseline of the other experiments
     rows = {
+        "RetinaNet (#A=9, max-IoU)": nine,
         "RetinaNet (#A=1, max-IoU)": retina("max_iou"),
         "RetinaNet (#A=1, ATSS)": retina("atss"),
         "FCOS (centre sampling)": fcos_tiny_shapes.get_config(),
@@ -79,7 +83,8 @@ def main() -> None:
         for i, (name, config) in enumerate(variants(args.steps, args.recipe).items()):
             print(f"=== {name} (seed {seed})", flush=True)
             recipe.seeded(config, seed).data.val_split = args.val_split
-            workdir = os.path.join(recipe.seed_workdir(args.workdir, seed), f"v{i}")
+            workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed, f"v{i}",
+                                         baseline=name.startswith("RetinaNet (#A=9"))
             per_seed.setdefault(name, []).append(loop.train_and_evaluate(config, workdir))
             with open(os.path.join(args.out, "results.json"), "w") as f:
                 json.dump({"steps": args.steps, "recipe": args.recipe, "seeds": args.seeds,
