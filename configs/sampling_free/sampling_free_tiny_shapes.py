@@ -43,7 +43,10 @@ def to_sampling_free(
             base=base,
             cls_loss="bce",  # 'bce' (the method) | 'focal' (the base detector's loss)
             prior_prob=prior_prob,  # class bias -log((1 - pi) / pi)
-            guided=True,  # cls loss x L_reg / L_cls (no gradient)
+            # 'guided': cls loss x L_reg / L_cls (no gradient; the paper) | 'uncertainty':
+            # sum_i L_i / (2 sigma_i^2) + log sigma_i, sigma learned (the later version)
+            # | 'none'
+            weighting="guided",
             guided_warmup=100,  # steps averaged, then the ratio is frozen (paper: 100)
             guided_freeze="mean",  # 'mean' of the warm-up (paper) | 'last' (released code)
             adaptive_threshold=True,  # per-class score thresholds, so test.score_thr = 0

@@ -1,11 +1,13 @@
 """Sampling-free training at small scale: why BCE without sampling needs the
 optimal bias and the guided loss (Chen et al., IEEE TIP 2021, arXiv 1909.04868).
 
-Trains RetinaNet (tiny ResNet-18/16 + FPN P3-P5) on `shapes` (128 px) four ways:
+Trains RetinaNet (tiny ResNet-18/16 + FPN P3-P5) on `shapes` (128 px) five ways:
   focal loss                        the baseline (focal 0.25/2, pi = 0.01)
   BCE + default bias                plain BCE over all priors, class bias 0 (pi = 0.5)
   BCE + optimal bias                class bias -log((1 - pi) / pi), pi measured on shapes
-  BCE + optimal bias + guided loss  the full sampling-free method
+  BCE + optimal bias + guided loss  the full sampling-free method (the paper)
+  ... + uncertainty weighting       the later version: learned loss weights
+                                    sum_i L_i / (2 sigma_i^2) + log sigma_i
 logs the foreground / background BCE per step (metrics bce_fg / bce_bg of
 jaxdet.detectors.sampling_free, in every run's metrics.jsonl), evaluates each,
 and writes results.json (mean ± std over the seeds and the per-seed values),
@@ -39,25 +41,26 @@ from jaxdet.losses import guided  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
 
 VARIANTS = {
-    # name: (cls_loss, prior_prob or None = the measured pi, guided)
-    "focal loss": ("focal", 0.01, False),
-    "BCE + default bias": ("bce", 0.5, False),
-    "BCE + optimal bias": ("bce", None, False),
-    "BCE + optimal bias + guided loss": ("bce", None, True),
+    # name: (cls_loss, prior_prob or None = the measured pi, weighting)
+    "focal loss": ("focal", 0.01, "none"),
+    "BCE + default bias": ("bce", 0.5, "none"),
+    "BCE + optimal bias": ("bce", None, "none"),
+    "BCE + optimal bias + guided loss": ("bce", None, "guided"),
+    "BCE + optimal bias + uncertainty weighting": ("bce", None, "uncertainty"),
 }
-COLORS = ("tab:blue", "tab:red", "tab:orange", "tab:green")
+COLORS = ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")
 
 
 def variant_configs(steps: int, log_every: int, recipe_name: str = "adamw") -> dict:
     rows = {}
-    for name, (cls_loss, prior, use_guided) in VARIANTS.items():
+    for name, (cls_loss, prior, weighting) in VARIANTS.items():
         c = sf_config.get_config("retinanet")
         recipe.apply(c, steps, recipe_name)
         c.train.log_every = log_every
         c.train.checkpoint_every = max(steps, 1)
         sf = c.sampling_free
         sf.cls_loss = cls_loss
-        sf.guided = use_guided
+        sf.weighting = weighting
         if prior is not None:
             sf.prior_prob = prior
         if cls_loss == "focal":  # the baseline's own inference: fixed 0.05

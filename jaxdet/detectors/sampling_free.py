@@ -15,11 +15,18 @@ classification side changes (all pure pieces in `jaxdet.losses.guided`):
               `guided_freeze='last'` freezes the last warm-up step's ratio instead,
               as the released `GuidedLoss` does (default 'mean', the paper's rule,
               less sensitive to one unusual batch);
+  uncertainty `weighting='uncertainty'` replaces the guided scale by learned
+              weights, sum_i L_i / (2 sigma_i^2) + log sigma_i over the
+              classification and regression terms (the later version of the
+              method, `guided.uncertainty_weighted`); log sigma_i are trainable
+              parameters (`params['loss_weights']['log_sigma']`, [1 + #reg
+              terms], initialised to 0). The default is the paper's guided loss
+              ('guided'); 'none' leaves the terms unweighted;
   inference   class-adaptive score thresholds (see
               `guided.class_adaptive_thresholds`); config.test.score_thr
               should then be 0.
 
-`cls_loss='focal'` with `guided=False` reproduces the base detector (used by
+`cls_loss='focal'` with `weighting='none'` reproduces the base detector (used by
 the ablation in experiments/sampling_free). Metrics added to the base's:
 cls_fg / cls_bg (the classification objective's foreground / background parts
 / num_pos, before guided scaling), bce_fg / bce_bg (the same split of plain
@@ -50,6 +57,8 @@ from jaxdet.losses.cross_entropy import sigmoid_binary_cross_entropy
 from jaxdet.losses.focal import sigmoid_focal_loss
 
 BASES = {"retinanet": RetinaNet, "fcos": FCOS, "atss": ATSS}
+WEIGHTINGS = ("guided", "uncertainty", "none")
+REG_TERMS = {"retinanet": 1, "fcos": 2, "atss": 2}  # loss_box (+ loss_ctr)
 
 
 class SamplingFree(DenseDetector):
@@ -61,9 +70,13 @@ class SamplingFree(DenseDetector):
             raise ValueError(f"sampling_free.base must be one of {sorted(BASES)}, got {sf.base!r}")
         if sf.cls_loss not in ("bce", "focal"):
             raise ValueError(f"sampling_free.cls_loss: 'bce' or 'focal', got {sf.cls_loss!r}")
+        if sf.weighting not in WEIGHTINGS:
+            raise ValueError(f"sampling_free.weighting must be one of {WEIGHTINGS}, "
+                             f"got {sf.weighting!r}")
         self.base = BASES[sf.base](config)
         super().__init__(config, self.base.net.head)
         self.sf = sf
+        self.num_weights = 1 + REG_TERMS[sf.base]
         self.class_bias = guided.optimal_bias(float(sf.prior_prob))
         self.thresholds = None
         if sf.adaptive_threshold:
@@ -74,14 +87,28 @@ class SamplingFree(DenseDetector):
     # -- parameters and state ---------------------------------------------------
     def init(self, rng: jax.Array, image_hw: tuple[int, int]) -> tuple[Any, dict]:
         params, det_state = super().init(rng, image_hw)
-        return with_class_bias(params, self.class_bias), det_state
+        params = with_class_bias(params, self.class_bias)
+        if self.sf.weighting == "uncertainty":
+            params = {**params, "loss_weights": {
+                "log_sigma": jnp.zeros((self.num_weights,), jnp.float32)}}
+        return params, det_state
+
+    def apply(self, params: Any, images: jax.Array) -> dict[str, jax.Array]:
+        net = {k: v for k, v in params.items() if k != "loss_weights"}
+        return super().apply(net, images)
+
+    def forward(self, params, images, gt, ctx: StepContext) -> dict[str, jax.Array]:
+        outputs = super().forward(params, images, gt, ctx)
+        if self.sf.weighting == "uncertainty":
+            outputs = {**outputs, "log_sigma": params["loss_weights"]["log_sigma"]}
+        return outputs
 
     def init_state(self) -> dict:
         return guided.guided_init_state()
 
     def update_state(self, det_state, terms, ctx: StepContext):
         """The guided ratio's running mean over the first `guided_warmup` steps."""
-        if not self.sf.guided:
+        if self.sf.weighting != "guided":
             return det_state
         g_state = {k: det_state[k] for k in guided.guided_init_state()}
         _, g_state = guided.guided_update(g_state, terms["guided_ratio"],
@@ -100,14 +127,31 @@ class SamplingFree(DenseDetector):
 
     # -- training -----------------------------------------------------------------
     def losses(self, outputs, priors, gt, assignment, ctx: StepContext):
-        """The base's regression terms, then loss_cls = guided scale x (cls_fg + cls_bg)."""
+        """The base's regression terms, then loss_cls = guided scale x (cls_fg + cls_bg)
+        (or every term uncertainty-weighted, `weighting='uncertainty'`)."""
+        outputs = dict(outputs)
+        log_sigma = outputs.pop("log_sigma", None)
         terms = dict(self.base.losses(outputs, priors, gt, assignment, ctx))
         del terms["loss_cls"]  # the base's focal term, replaced below
-        reg_terms = [v for k, v in sorted(terms.items()) if k.startswith("loss")]
+        reg_names = sorted(k for k in terms if k.startswith("loss"))
+        reg_terms = [terms[k] for k in reg_names]
         cls = self.classification_terms(outputs["cls_logits"], assignment, gt)
         loss_cls = cls["cls_fg"] + cls["cls_bg"]
         ratio = guided.guided_ratio(loss_cls, reg_terms)
-        if self.sf.guided:
+        if self.sf.weighting == "uncertainty":
+            if len(reg_terms) + 1 != self.num_weights:
+                raise ValueError(f"{len(reg_terms)} regression terms {reg_names}, expected "
+                                 f"{self.num_weights - 1}")
+            names = ["loss_cls", *reg_names]
+            _, weighted = guided.uncertainty_weighted([loss_cls, *reg_terms], log_sigma)
+            for i, name in enumerate(names):
+                tag = name.removeprefix("loss_")
+                terms[f"unweighted_{tag}"] = terms.get(name, loss_cls)
+                terms[f"sigma_{tag}"] = jnp.exp(log_sigma[i])
+                terms[name] = weighted[i]
+            terms.update(cls, guided_ratio=ratio)
+            return terms
+        if self.sf.weighting == "guided":
             g_state = {k: ctx.det_state[k] for k in guided.guided_init_state()}
             scale, _ = guided.guided_update(g_state, ratio, int(self.sf.guided_warmup),
                                             self.sf.guided_freeze)

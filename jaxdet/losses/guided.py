@@ -27,7 +27,8 @@ that work:
    `jit` over the data mesh the losses are global-batch quantities, so the
    ratio is already the all-device one (the reference all-reduces it).
    The later version of the method replaces the ratio by learned uncertainty
-   weights, sum_i L_i / (2 sigma_i^2) + log sigma_i (`uncertainty_weighted`).
+   weights, sum_i L_i / (2 sigma_i^2) + log sigma_i (`uncertainty_weighted`;
+   the detector's `sampling_free.weighting='uncertainty'`).
 3. Class-adaptive inference threshold (`class_adaptive_thresholds`): see its
    docstring for the rule implemented and how it was pinned down.
 

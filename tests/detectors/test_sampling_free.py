@@ -119,7 +119,7 @@ def test_loss_terms_by_hand(base, data_dir):
 def test_focal_mode_is_the_base_detector(data_dir):
     config = _config(data_dir)
     config.sampling_free.cls_loss = "focal"
-    config.sampling_free.guided = False
+    config.sampling_free.weighting = "none"
     det = detectors.build(config)
     base = detectors.build(tiny_config("retinanet", data_dir))
     params, det_state = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
@@ -235,3 +235,44 @@ def test_guided_freeze_last_is_the_released_rule(data_dir):
     np.testing.assert_allclose(float(state["guided_ratio"]), ratios[1], rtol=1e-6)
     np.testing.assert_allclose(float(m["guided_scale"]), ratios[1], rtol=1e-6)
     assert ratios[0] != pytest.approx(ratios[1])
+
+
+@pytest.mark.parametrize("base", ("retinanet", "fcos"))
+def test_uncertainty_weighting_learns_log_sigma(data_dir, base):
+    """weighting='uncertainty': the loss is sum_i L_i / (2 sigma_i^2) + log sigma_i over
+    (cls, regression terms...), log sigma_i are trained parameters, the unweighted
+    terms are reported, and the network's parameters are unchanged."""
+    config = _config(data_dir, base)
+    config.sampling_free.weighting = "uncertainty"
+    det = detectors.build(config)
+    params, det_state = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
+    n = 1 + {"retinanet": 1, "fcos": 2}[base]
+    np.testing.assert_array_equal(params["loss_weights"]["log_sigma"], np.zeros(n))
+    params = {**params, "loss_weights": {"log_sigma": jnp.linspace(-0.5, 0.5, n)}}
+    batch = _batch(config)
+    fn = jax.jit(lambda p: det.loss_fn(p, batch, jax.random.PRNGKey(1), det_state, 0))
+    loss, (m, state) = fn(params)
+    names = ["cls"] + sorted(k.removeprefix("unweighted_") for k in m
+                             if k.startswith("unweighted_") and k != "unweighted_cls")
+    assert len(names) == n
+    s = np.linspace(-0.5, 0.5, n)
+    raw = np.array([float(m[f"unweighted_{k}"]) for k in names])
+    np.testing.assert_allclose(float(loss), np.sum(raw / 2 * np.exp(-2 * s) + s), rtol=1e-5)
+    np.testing.assert_allclose(float(m["unweighted_cls"]), float(m["cls_fg"] + m["cls_bg"]),
+                               rtol=1e-6)
+    np.testing.assert_allclose([float(m[f"sigma_{k}"]) for k in names], np.exp(s), rtol=1e-6)
+    assert state == det_state  # no guided state update
+    grads = jax.jit(jax.grad(lambda p: fn(p)[0]))(params)
+    g = np.asarray(grads["loss_weights"]["log_sigma"])
+    np.testing.assert_allclose(g, 1.0 - raw * np.exp(-2 * s), rtol=1e-4, atol=1e-6)
+    # predictions do not see the loss weights
+    images = batch["image"]
+    dets = jax.jit(det.predict)(params, images, batch["image_hw"])
+    assert np.isfinite(np.asarray(dets.boxes)).all()
+
+
+def test_unknown_weighting_is_a_clear_error(data_dir):
+    config = _config(data_dir)
+    config.sampling_free.weighting = "gradnorm"
+    with pytest.raises(ValueError, match="weighting"):
+        detectors.build(config)
