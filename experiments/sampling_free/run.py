@@ -51,9 +51,12 @@ VARIANTS = {
 COLORS = ("tab:blue", "tab:red", "tab:orange", "tab:green", "tab:purple")
 
 
-def variant_configs(steps: int, log_every: int, recipe_name: str = "adamw") -> dict:
+def variant_configs(steps: int, log_every: int, recipe_name: str = "adamw",
+                    names: list[str] | None = None) -> dict:
     rows = {}
     for name, (cls_loss, prior, weighting) in VARIANTS.items():
+        if names and name not in names:
+            continue
         c = sf_config.get_config("retinanet")
         recipe.apply(c, steps, recipe_name)
         c.train.log_every = log_every
@@ -181,6 +184,7 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=10)
     ap.add_argument("--workdir", default="runs/sampling_free")
     ap.add_argument("--only", nargs="*", help="variant names to (re)run; others are read back")
+    ap.add_argument("--variants", nargs="*", help="variant names to include (default: all)")
     ap.add_argument("--estimate-prior", action="store_true")
     ap.add_argument("--max-batches", type=int, default=0, help="for --estimate-prior")
     ap.add_argument("--out", default=HERE, help="where results.json, the PNG and README go")
@@ -205,7 +209,7 @@ def main() -> None:
     per_seed: dict[str, list] = {}
     curves = {}  # seed 0's, for the plot
     for seed in range(args.seeds):
-        configs = variant_configs(args.steps, args.log_every, args.recipe)
+        configs = variant_configs(args.steps, args.log_every, args.recipe, args.variants)
         for i, (name, config) in enumerate(configs.items()):
             recipe.seeded(config, seed).data.val_split = args.val_split
             workdir = os.path.join(recipe.seed_workdir(args.workdir + suffix, seed), f"v{i}")
