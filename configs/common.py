@@ -83,7 +83,8 @@ def model_r50_fpn() -> ml_collections.ConfigDict:
     """ResNet-50 + FPN P3-P7 with 256 channels (the papers' R50-FPN)."""
     return ml_collections.ConfigDict(
         dict(
-            backbone=dict(depth=50, width=64, norm="frozen_bn", frozen_stages=1, gn_groups=32),
+            backbone=dict(depth=50, width=64, norm="frozen_bn", frozen_stages=1, gn_groups=32,
+                          out_levels=(3, 4, 5)),  # C3-C5 (two-stage: C2-C5)
             pretrained="",  # .npz of a torchvision ResNet state dict (jaxdet.models.torch_import)
             fpn=dict(channels=256, num_outs=5, extra_convs="on_output", relu_before_extra=True),
             head=dict(num_convs=4, channels=256, norm="gn", gn_groups=32),
@@ -97,7 +98,8 @@ def model_tiny() -> ml_collections.ConfigDict:
     """A narrow ResNet-18 + FPN P3-P5 with 64 channels: trains on CPU in minutes."""
     return ml_collections.ConfigDict(
         dict(
-            backbone=dict(depth=18, width=16, norm="gn", frozen_stages=-1, gn_groups=8),
+            backbone=dict(depth=18, width=16, norm="gn", frozen_stages=-1, gn_groups=8,
+                          out_levels=(3, 4, 5)),
             pretrained="",
             fpn=dict(channels=64, num_outs=3, extra_convs="on_output", relu_before_extra=True),
             head=dict(num_convs=2, channels=64, norm="gn", gn_groups=16),
@@ -165,4 +167,40 @@ def base(detector: str, data: ml_collections.ConfigDict, model: ml_collections.C
     config.platform = ml_collections.ConfigDict(
         dict(target="auto", cpu_conv="auto", ynnpack="auto")
     )
+    return config
+
+
+def two_stage(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Makes `config` (a `base` config) a Faster R-CNN FPN: mmdetection's
+    `faster-rcnn_r50_fpn_1x` fields (P2-P6 with a max-pooled P6, the RPN's anchors,
+    assignment, sampling and proposals, the RoI heads'). Returns `config`."""
+    m = config.model
+    m.backbone.out_levels = (2, 3, 4, 5)
+    m.fpn.num_outs, m.fpn.extra_convs, m.fpn.relu_before_extra = 5, "pool", False
+    m.strides = (4, 8, 16, 32, 64)
+    config.anchor = ml_collections.ConfigDict(
+        dict(octave_base_scale=8, scales_per_octave=1, ratios=(0.5, 1.0, 2.0))
+    )
+    config.rpn = ml_collections.ConfigDict(
+        dict(
+            pos_iou_thr=0.7, neg_iou_thr=0.3, min_pos_iou=0.3, ignore_iof_thr=0.5,
+            num_samples=256, pos_fraction=0.5, box_stds=(1.0, 1.0, 1.0, 1.0),
+            train_pre_nms_topk=2000, train_post_nms_topk=1000,  # per level / per image
+            test_pre_nms_topk=1000, test_post_nms_topk=1000,
+            nms_iou=0.7, min_size=0.0, cls_weight=1.0, box_weight=1.0,
+        )
+    )
+    config.roi = ml_collections.ConfigDict(
+        dict(
+            pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.5, ignore_iof_thr=0.5,
+            add_gt=True, num_samples=512, pos_fraction=0.25,
+            box_stds=(0.1, 0.1, 0.2, 0.2), class_agnostic=False,
+            featmap_strides=(4, 8, 16, 32), box_size=7, mask_size=14, sampling_ratio=0,
+            aligned=True, finest_scale=56.0,
+            num_fcs=2, fc_channels=1024, mask_convs=4, mask_channels=256,
+            cls_weight=1.0, box_weight=1.0, mask_weight=1.0,
+        )
+    )
+    config.test.score_thr, config.test.nms_iou, config.test.max_det = 0.05, 0.5, 100
+    config.test.pre_nms_topk = 2000  # (RoI, class) candidates kept for the class-aware NMS
     return config

@@ -71,6 +71,7 @@ def build_backbone_neck(
         base_width=b.width,
         norm=b.norm,
         frozen_stages=b.frozen_stages,
+        out_levels=tuple(b.out_levels),
         gn_groups=b.gn_groups,
         dtype=dtype,
         platform=platform,
