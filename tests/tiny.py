@@ -68,9 +68,8 @@ def synthetic_batch(config, boxes, labels, valid, seed: int = 0) -> dict:
     )
 
 
-def train_tiny(detector: str, data_dir, workdir: str, config=None):
-    """Trains the tiny config of `detector` (or `config`, made with `tiny_config(...,
-    num_steps=12, checkpoint_every=6)`) for 12 steps (checkpoints at 6 and 12) and
+def train_tiny(detector: str, data_dir, workdir: str):
+    """Trains the tiny config of `detector` for 12 steps (checkpoints at 6 and 12) and
     checks the mechanics every detector must pass: 12 finite losses, the last three
     lower on average than the first three. Returns (config, state, parts, metric rows)."""
     import json
@@ -80,8 +79,7 @@ def train_tiny(detector: str, data_dir, workdir: str, config=None):
 
     from jaxdet.train import loop
 
-    if config is None:
-        config = tiny_config(detector, data_dir, num_steps=12, checkpoint_every=6, lr=0.01)
+    config = tiny_config(detector, data_dir, num_steps=12, checkpoint_every=6, lr=0.01)
     state, parts = loop.train(config, workdir)
     assert int(state.step) == 12
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
