@@ -158,8 +158,12 @@ def base(detector: str, data: ml_collections.ConfigDict, model: ml_collections.C
     config.train = train
     config.optimizer = optimizer
     config.eval = ml_collections.ConfigDict(dict(batch_size=train.batch_size))
+    # metric: 'bbox' (COCO AP of the detections; plus 'segm' when they carry masks) |
+    # 'proposal' (class-agnostic COCO AR@100/300/1000 of the detections as proposals).
+    # mask_stride: Detections.masks are at 1/mask_stride of the padded input.
     config.test = ml_collections.ConfigDict(
-        dict(score_thr=0.05, nms_iou=0.6, max_det=100, pre_nms_topk=1000)
+        dict(score_thr=0.05, nms_iou=0.6, max_det=100, pre_nms_topk=1000, metric="bbox",
+             mask_stride=1)
     )
     # What the model is compiled for (jaxdet.platform): 'auto' or a value each.
     # target: 'cpu' | 'gpu' | 'tpu'; cpu_conv: 'on' | 'off' (jaxdet.ops.conv's CPU

@@ -9,7 +9,8 @@ Splits are those whose annotation file exists (at least one must). Images are
 stored as their original encoded bytes (each one decoded once at build time: a
 corrupt file is an error that names it). Category ids map to contiguous labels by
 sorted id; the map and the annotation file paths are written to `jaxdet.json` in
-the prepared directory (read by `pipeline.category_map` / `pipeline.metadata`).
+the prepared directory (read by `pipeline.category_map` / `pipeline.metadata`), with
+the number of annotations with a `segmentation` per split (`num_segmentations`).
 Builder configs: `default` stores instance masks (polygons / RLE decoded, zlib
 compressed); `boxes` stores none (smaller and faster for box-only detectors).
 """
@@ -36,6 +37,11 @@ class CocoDirConfig(tfds.core.BuilderConfig):
 
 def annotation_file(coco_dir: str, split: str) -> str:
     return os.path.join(coco_dir, "annotations", f"instances_{SPLITS[split]}.json")
+
+
+def num_segmentations(data: dict) -> int:
+    """Annotations of a COCO dict with a non-empty `segmentation` (polygons or RLE)."""
+    return sum(1 for a in data["annotations"] if a.get("segmentation") not in (None, [], {}))
 
 
 class CocoDir(tfds.core.GeneratorBasedBuilder):
@@ -68,11 +74,15 @@ class CocoDir(tfds.core.GeneratorBasedBuilder):
             )
         return splits
 
-    def categories(self) -> coco.CategoryMap:
-        """The category map, identical across splits (an error if they differ)."""
-        maps = {s: coco.CategoryMap.from_categories(
-                    coco.load_coco_json(annotation_file(self.coco_dir, s))["categories"])
-                for s in self.available_splits()}  # fmt: skip
+    def categories(self, annotations: dict[str, dict] | None = None) -> coco.CategoryMap:
+        """The category map, identical across splits (an error if they differ).
+        annotations: the splits' loaded annotation dicts (default: read the files)."""
+        annotations = annotations or {
+            s: coco.load_coco_json(annotation_file(self.coco_dir, s))
+            for s in self.available_splits()
+        }
+        maps = {s: coco.CategoryMap.from_categories(d["categories"])
+                for s, d in annotations.items()}  # fmt: skip
         first = next(iter(maps.values()))
         for s, m in maps.items():
             if m.category_ids != first.category_ids:
@@ -97,11 +107,13 @@ class CocoDir(tfds.core.GeneratorBasedBuilder):
             )  # fmt: skip
 
     def write_metadata(self) -> None:
-        """Writes jaxdet.json (category map, annotation files) into the prepared dir."""
-        meta = self.categories().to_json()
-        meta["annotation_files"] = {
-            s: annotation_file(self.coco_dir, s) for s in self.available_splits()
-        }
+        """Writes jaxdet.json (category map, annotation files, number of annotations
+        with a segmentation per split) into the prepared dir."""
+        files = {s: annotation_file(self.coco_dir, s) for s in self.available_splits()}
+        annotations = {s: coco.load_coco_json(path) for s, path in files.items()}
+        meta = self.categories(annotations).to_json()
+        meta["annotation_files"] = files
+        meta["num_segmentations"] = {s: num_segmentations(d) for s, d in annotations.items()}
         meta["coco_dir"] = self.coco_dir
         with open(os.path.join(self.data_dir, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)

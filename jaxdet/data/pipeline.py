@@ -219,6 +219,58 @@ def resolve_num_classes(data: Any) -> int:
     return found
 
 
+def check_masks(data: Any) -> None:
+    """Start-up check of `data.with_masks=True`: the train and val splits must carry
+    instance masks (the records' `masks` field at the image size) and, for coco_dir, the
+    annotation file must have segmentations (else its masks are the boxes filled in).
+    A ValueError naming the data field `masks` otherwise; nothing if with_masks is False."""
+    if not bool(data["with_masks"]):
+        return
+    name, ddir, bc = resolve_dataset(data)
+    for split in dict.fromkeys((data["train_split"], data["val_split"])):
+        problem = _masks_problem(name, ddir, bc, split)
+        if problem:
+            raise ValueError(
+                f"config.data.with_masks=True needs the data field `masks` (instance masks), "
+                f"but dataset {name}/{bc} split {split!r} {problem}; or set "
+                "config.data.with_masks=False (a box-only detector)"
+            )
+
+
+def _masks_problem(name: str, data_dir: str, builder_config: str, split: str) -> str | None:
+    """Why `split` carries no usable instance masks (None: it does, or it does not exist)."""
+    if name == "coco":
+        return ("is tfds coco/2017, whose records have no masks: use name='coco_dir' "
+                "(builder_config='default') with the COCO-format directory")  # fmt: skip
+    if split not in _reader(name, data_dir, builder_config).info.splits:
+        return None
+    source = data_source(name, split, data_dir, builder_config, with_masks=True)
+    for i in range(min(len(source), 64)):  # the first record with objects
+        record = source[i]
+        n = len(np.asarray(record["labels"]).reshape(-1))
+        if n:
+            hw = coco.image_size_of(record["image"])
+            if np.shape(record.get("masks")) != (n, *hw):
+                return (f"stores no masks (record {_name(record)}); prepare it with a "
+                        "builder config that stores masks (coco_dir: 'default')")  # fmt: skip
+            break
+    if name == "coco_dir":
+        meta = metadata(name, data_dir, builder_config)
+        count = meta.get("num_segmentations", {}).get(split)
+        path = meta.get("annotation_files", {}).get(split)
+        if count is None and path and os.path.exists(path):
+            count = coco_dir.num_segmentations(coco.load_coco_json(path))
+        if count == 0:
+            return (f"has no annotation with a `segmentation` in {path} (its masks would be "
+                    "the boxes filled in)")  # fmt: skip
+    return None
+
+
+def _name(record: dict) -> str:
+    name = record.get("file_name", "")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def input_transforms(data: Any, *, train: bool, num_classes: int) -> list:
     """The per-example transforms of `data`'s train (or eval) pipeline."""
     min_size = data["min_size"]

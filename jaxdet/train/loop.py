@@ -25,7 +25,7 @@ from jaxdet import detectors
 from jaxdet import platform as platform_lib
 from jaxdet.data import pipeline
 from jaxdet.detectors import Detector
-from jaxdet.eval import coco_eval, visualize
+from jaxdet.eval import coco_eval, proposal_recall, visualize
 from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import mesh as mesh_lib
 from jaxdet.train import optim
@@ -51,12 +51,15 @@ def training_length(config: Any, num_train_examples: int) -> tuple[int, int]:
 
 
 def prepare_data(config: Any) -> None:
-    """Builds the dataset if missing (on process 0 only, the others wait); sets
-    config.data.num_classes=0 to the dataset's category count (before the detector is built)."""
+    """Builds the dataset if missing (on process 0 only, the others wait); checks that it
+    carries the fields the config asks for (instance masks for data.with_masks: a
+    ValueError naming `masks` otherwise); sets config.data.num_classes=0 to the dataset's
+    category count (before the detector is built)."""
     if jax.process_index() == 0:
         pipeline.prepare(config.data)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxdet: dataset prepared")
+    pipeline.check_masks(config.data)
     pipeline.resolve_num_classes(config.data)
 
 
@@ -187,11 +190,27 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
     return state, parts
 
 
+def make_evaluator(config: Any, *, with_masks: bool = False) -> coco_eval.CocoEvaluator:
+    """The val-split evaluator of `config.test.metric`: 'bbox' (COCO AP; with_masks: the
+    detections carry masks at 1/config.test.mask_stride, 'segm' too) or 'proposal'
+    (class-agnostic AR@100/300/1000). Its add() takes (detections, batch) with the
+    batch's image_id, scale and image_hw."""
+    metric = config.test.metric
+    if metric == "proposal":
+        return proposal_recall.evaluator_for(config.data)
+    if metric != "bbox":
+        raise ValueError(f"config.test.metric={metric!r}: expected 'bbox' or 'proposal'")
+    iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+    return coco_eval.evaluator_for(config.data, iou_types=iou_types,
+                                   mask_stride=int(config.test.mask_stride))  # fmt: skip
+
+
 def evaluate(
     config: Any, detector: Detector, params: Any, mesh, workdir: str, *, step: int,
     draw: int = 8,
 ) -> dict[str, float]:
-    """Runs COCO evaluation of `params` on the val split; prints and saves the summary."""
+    """Runs COCO evaluation of `params` on the val split (`make_evaluator`: bbox, plus segm
+    when the detections carry masks, or proposal recall); prints and saves the summary."""
     batch_size = int(config.eval.batch_size)
     local_batch = mesh_lib.check_batch_size(batch_size, mesh)
     predict = jax.jit(
@@ -203,7 +222,7 @@ def evaluate(
         ),
         compiler_options=platform_lib.from_config(config).compiler_options(),
     )
-    evaluator = coco_eval.evaluator_for(config.data)
+    evaluator = None
     first: tuple[dict, Any] | None = None
     t0 = time.time()
     for local in pipeline.from_config(config.data, batch_size=local_batch, train=False):
@@ -213,12 +232,15 @@ def evaluate(
             np.asarray, multihost_utils.process_allgather(dets, tiled=True)
         )
         meta = multihost_utils.process_allgather(
-            {k: local[k] for k in ("image_id", "scale")}, tiled=True
+            {k: local[k] for k in ("image_id", "scale", "image_hw")}, tiled=True
         )
-        evaluator.add(dets, np.asarray(meta["image_id"]), np.asarray(meta["scale"]))
+        if evaluator is None:
+            evaluator = make_evaluator(config, with_masks=getattr(dets, "masks", None) is not None)
+        evaluator.add(dets, {k: np.asarray(v) for k, v in meta.items()})
         if first is None:
             first = (local, dets)
     stats: dict[str, float] = {}
+    evaluator = evaluator or make_evaluator(config)
     if jax.process_index() == 0:
         eval_dir = os.path.join(workdir, "eval")
         os.makedirs(eval_dir, exist_ok=True)

@@ -30,10 +30,12 @@ def _rle_of_box(h, w, x1, y1, x2, y2, compressed):
     return {"size": [h, w], "counts": counts}
 
 
-def write_coco_dir(root: str, *, num_train: int = 6, num_val: int = 3, size=(48, 64)) -> str:
+def write_coco_dir(root: str, *, num_train: int = 6, num_val: int = 3, size=(48, 64),
+                   segmentation: bool = True) -> str:
     """root/annotations/instances_{train,val}2017.json + JPEGs. Each image has a polygon
     (category 1), a compressed-RLE box (category 7) and, on image 0, a crowd (list RLE,
-    category 3), a NaN bbox, a degenerate bbox and a bbox outside the image."""
+    category 3), a NaN bbox, a degenerate bbox and a bbox outside the image.
+    segmentation=False: the annotations have no `segmentation` key (boxes only)."""
     h, w = size
     rng = np.random.default_rng(0)
     for split, n in (("train", num_train), ("val", num_val)):
@@ -47,6 +49,8 @@ def write_coco_dir(root: str, *, num_train: int = 6, num_val: int = 3, size=(48,
             images.append({"id": image_id, "file_name": name, "height": h, "width": w})
 
             def add(**a):
+                if not segmentation:
+                    a.pop("segmentation")
                 anns.append({"id": len(anns) + 1, "image_id": image_id, "iscrowd": 0, **a})
 
             add(category_id=1, bbox=[4, 6, 20, 16], area=320.0,
