@@ -89,8 +89,10 @@ def test_ynnpack_switch_reaches_the_train_jit(data_dir, tmp_path):
     assert int(state.step) == 1 and np.isfinite(float(metrics["loss"]))
 
 
-def test_two_devices_match_one_device(tmp_path):
-    """Same global batch on a 1-device and a 2-device mesh -> same parameters."""
+@pytest.mark.parametrize("name", ("atss", "faster_rcnn"))
+def test_two_devices_match_one_device(name, tmp_path):
+    """Same global batch on a 1-device and a 2-device mesh -> same parameters (for Faster
+    R-CNN also the same sampled anchors and RoIs: the sampling keys are global)."""
     script = textwrap.dedent(
         f"""
         import os, sys
@@ -101,7 +103,7 @@ def test_two_devices_match_one_device(tmp_path):
         assert jax.device_count() == 2, jax.devices()
         out = []
         for n in (1, 2):
-            config = tiny_config("atss", {str(tmp_path / "tfds")!r}, num_steps=3,
+            config = tiny_config({name!r}, {str(tmp_path / "tfds")!r}, num_steps=3,
                                  checkpoint_every=3)
             parts = loop.setup(config, {str(tmp_path)!r} + f"/w{{n}}", mesh=mesh_lib.make_mesh(n))
             state, _ = loop.train(config, {str(tmp_path)!r} + f"/w{{n}}", parts=parts)
