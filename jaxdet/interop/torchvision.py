@@ -18,7 +18,8 @@ choices where they differ from mmdetection's:
   RPN: 2000 proposals after NMS in training (mmdetection 1000), min_size 1e-3;
   RoIAlign: aligned=False, sampling_ratio 2 (the level mapping, canonical 224 at level 4,
     is mmdetection's finest_scale 56 up to where the 1e-6 is added);
-  test: boxes under 1e-2 px after clipping dropped (`test.min_box_size`).
+  test: boxes under 1e-2 px after clipping dropped (`test.min_box_size`); masks pasted
+    at the integer corners of the box grown by one mask cell (`test.mask_paste`).
 The same: P6 by max-pool, box coder weights (10, 10, 5, 5) = stds (0.1, 0.1, 0.2, 0.2),
 RPN NMS 0.7 and 1000 / 1000 test proposals, score > 0.05, NMS 0.5, 100 detections.
 Training settings (losses, samplers) stay mmdetection's.
@@ -140,6 +141,8 @@ def torchvision_config(name: str, state_dict: Mapping[str, Any],
         r.mask_convs, r.mask_channels = convs, int(w.shape[0])
     t = config.test
     t.score_thr, t.nms_iou, t.max_det, t.min_box_size = 0.05, 0.5, 100, 1e-2
+    if mask:
+        t.mask_paste = "torchvision"
     return config
 
 

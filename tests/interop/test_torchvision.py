@@ -22,6 +22,8 @@ from jaxdet.detectors import rpn as rpn_lib
 from jaxdet.detectors.faster_rcnn import TwoStageNetwork
 from jaxdet.interop import torchvision as tv
 from jaxdet.models import torch_import
+from jaxdet.ops.paste_torchvision import paste_masks_torchvision
+from jaxdet.ops.rcnn_postprocess import paste_masks
 from jaxdet.ops.roi_align import map_roi_levels
 
 FIXTURES = os.environ.get("JAXDET_TORCHVISION_RCNN") or os.path.join(
@@ -113,7 +115,8 @@ def torchvision_paste(mask: np.ndarray, box: np.ndarray, im_h: int, im_w: int) -
     r = _resize_weights(m.shape[0], h) @ m @ _resize_weights(m.shape[1], w).T
     out = np.zeros((im_h, im_w), np.float32)
     ya, yb, xa, xb = max(y0, 0), min(y1 + 1, im_h), max(x0, 0), min(x1 + 1, im_w)
-    out[ya:yb, xa:xb] = r[ya - y0:yb - y0, xa - x0:xb - x0]
+    if yb > ya and xb > xa:
+        out[ya:yb, xa:xb] = r[ya - y0:yb - y0, xa - x0:xb - x0]
     return out
 
 
@@ -190,10 +193,27 @@ def test_detections(tvm):
     for i, (h, w) in enumerate(np.asarray(hw)):
         tv_masks = ref[f"det_masks{i}"].astype(np.float32) / 255
         ours = np.asarray(dets.masks[i, : len(tv_masks), :h, :w])
-        # jaxdet pastes as mmdetection (the mask sampled over the exact box), torchvision
-        # at integer corners of the box grown by one mask cell (`torchvision_paste`):
-        # close on average, up to ~0.6 apart on single pixels of these noise-like masks
-        assert np.abs(ours - tv_masks).mean() < 0.03
+        np.testing.assert_allclose(ours, tv_masks, rtol=0, atol=3 / 255)  # uint8 fixture
+
+
+def test_paste_masks_torchvision():
+    rng = np.random.default_rng(0)
+    k, s, hw = 12, 28, (40, 56)
+    masks = rng.uniform(0, 1, (2, k, s, s)).astype(np.float32)
+    xy = rng.uniform(-20, 50, (2, k, 2))
+    wh = rng.uniform(0.2, 40, (2, k, 2))
+    boxes = np.concatenate([xy, xy + wh], -1).astype(np.float32)
+    boxes[0, 0] = [10.0, 10.0, 9.5, 30.0]  # x2 < x1
+    boxes[0, 1] = [60.0, 45.0, 80.0, 70.0]  # outside the frame
+    paste = jax.jit(jax.vmap(lambda m, b: paste_masks_torchvision(m, b, out_hw=hw)))
+    ours = np.asarray(paste(masks, boxes))
+    for i in range(2):
+        for j in range(k):
+            ref = torchvision_paste(masks[i, j], boxes[i, j], *hw)
+            np.testing.assert_allclose(ours[i, j], ref, rtol=0, atol=1e-5)
+    # mmdetection's paste (jaxdet's default) of the same noise-like masks differs
+    mm = np.asarray(jax.vmap(lambda m, b: paste_masks(m, b, out_hw=hw))(masks, boxes))
+    assert np.abs(mm - ours).max() > 0.3
 
 
 def test_faster_rcnn_and_key_errors(tvm):
