@@ -26,15 +26,17 @@ Training settings (losses, samplers) stay mmdetection's.
 
 Classes: torchvision's label 0 is the background and its classifier's first row;
 jaxdet's background is the last logit, so jaxdet class k - 1 is torchvision label k
-(91 labels -> config.data.num_classes = 90; for COCO the labels are the category ids).
+(91 labels -> config.data.num_classes = 90; for COCO the labels are the category ids:
+`select_classes` keeps the 80 used ones, in the order of a dataset's label map).
 Depth and widths (ResNet depth / base width, FPN channels, fc width, mask head) are read
 from the state dict. Key names of torchvision >= 0.13 and the older ones are accepted.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -235,3 +237,33 @@ def params_from_state_dict(state_dict: Mapping[str, Any], template: Mapping[str,
         raise ValueError("torchvision R-CNN import failed: " + "; ".join(errors))
     params.update(traverse_util.unflatten_dict(out))
     return params
+
+
+def select_classes(config: ml_collections.ConfigDict, params: Mapping[str, Any],
+                   labels: Sequence[int]) -> tuple[ml_collections.ConfigDict, dict]:
+    """Keeps the classes of torchvision labels `labels`, jaxdet class k = labels[k].
+
+    E.g. `labels = CategoryMap.category_ids` (COCO's 80 ids, sorted) makes a
+    COCO-trained torchvision model (91 labels, 10 of them unused) a jaxdet 80-class
+    detector in the label order of `jaxdet.data.coco`. The classifier keeps the background (last) column,
+    the regressor and the mask head the labels' rows. The softmax then runs over the
+    kept classes only (the dropped ones' share of the probability goes to the others).
+    """
+    c = int(config.data.num_classes)
+    idx = np.asarray(labels, np.int64) - 1
+    if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= c:
+        raise ValueError(f"labels must be torchvision labels in 1..{c}, got {list(labels)}")
+    cls_cols = np.concatenate([idx, [c]])
+    params = dict(params)
+    box = dict(params["box_head"])
+    box["cls_out"] = {k: v[..., cls_cols] for k, v in box["cls_out"].items()}
+    box["reg_out"] = {k: v.reshape(*v.shape[:-1], c, 4)[..., idx, :].reshape(*v.shape[:-1], -1)
+                      for k, v in box["reg_out"].items()}
+    params["box_head"] = box
+    if "mask_head" in params:
+        mask = dict(params["mask_head"])
+        mask["mask_out"] = {k: v[..., idx] for k, v in mask["mask_out"].items()}
+        params["mask_head"] = mask
+    config = copy.deepcopy(config)
+    config.data.num_classes = len(idx)
+    return config, params

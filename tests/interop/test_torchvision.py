@@ -234,3 +234,26 @@ def test_faster_rcnn_and_key_errors(tvm):
     with pytest.raises(ValueError, match="missing|none of"):
         tv.load_state_dict("fasterrcnn_resnet50_fpn",
                            {k: v for k, v in box_only.items() if "fc7" not in k})
+
+
+def test_select_classes(tvm):
+    ref, config, params = tvm[:3]
+    c = config.data.num_classes
+    labels = [c, 1]  # torchvision labels -> jaxdet classes 0, 1
+    sub_config, sub = tv.select_classes(config, params, labels)
+    assert sub_config.data.num_classes == 2 and config.data.num_classes == c
+    cls, reg = params["box_head"]["cls_out"], params["box_head"]["reg_out"]
+    np.testing.assert_array_equal(sub["box_head"]["cls_out"]["kernel"],
+                                  cls["kernel"][:, [c - 1, 0, c]])
+    np.testing.assert_array_equal(sub["box_head"]["reg_out"]["bias"],
+                                  np.concatenate([reg["bias"][4 * (c - 1):], reg["bias"][:4]]))
+    if "mask_head" in params:
+        np.testing.assert_array_equal(sub["mask_head"]["mask_out"]["kernel"],
+                                      params["mask_head"]["mask_out"]["kernel"][..., [c - 1, 0]])
+    sub_det = detectors.build(sub_config)
+    shapes = jax.eval_shape(lambda: sub_det.init(jax.random.PRNGKey(0), (64, 64))[0])
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(sub)
+    jax.tree_util.tree_map(lambda a, b: a.shape == b.shape or pytest.fail(str(a.shape)),
+                           shapes, sub)
+    with pytest.raises(ValueError, match="labels"):
+        tv.select_classes(config, params, [0])
