@@ -18,11 +18,17 @@ choices where they differ from mmdetection's:
   RPN: 2000 proposals after NMS in training (mmdetection 1000), min_size 1e-3;
   RoIAlign: aligned=False, sampling_ratio 2 (the level mapping, canonical 224 at level 4,
     is mmdetection's finest_scale 56 up to where the 1e-6 is added);
-  test: boxes under 1e-2 px after clipping dropped (`test.min_box_size`); masks pasted
-    at the integer corners of the box grown by one mask cell (`test.mask_paste`).
+  test: boxes under 1e-2 px after clipping dropped (`test.min_box_size`), every (RoI,
+    class) pair over 0.05 enters the NMS (`test.pre_nms_topk` 0, mmdetection's config
+    here keeps 2000); masks pasted at the integer corners of the box grown by one mask
+    cell (`test.mask_paste`).
 The same: P6 by max-pool, box coder weights (10, 10, 5, 5) = stds (0.1, 0.1, 0.2, 0.2),
 RPN NMS 0.7 and 1000 / 1000 test proposals, score > 0.05, NMS 0.5, 100 detections.
-Training settings (losses, samplers) stay mmdetection's.
+Left as they are: the box decoding clamps dw, dh to +-log(1000 / 16) (torchvision only
+from above); anchor steps and P6 follow the padded input, which jaxdet pads to the fixed
+`data.image_size` and torchvision to the batch's largest image rounded up to 32; the
+input resize is the pipeline's, not torchvision's; training settings (losses, samplers)
+stay mmdetection's.
 
 Classes: torchvision's label 0 is the background and its classifier's first row;
 jaxdet's background is the last logit, so jaxdet class k - 1 is torchvision label k
@@ -143,6 +149,7 @@ def torchvision_config(name: str, state_dict: Mapping[str, Any],
         r.mask_convs, r.mask_channels = convs, int(w.shape[0])
     t = config.test
     t.score_thr, t.nms_iou, t.max_det, t.min_box_size = 0.05, 0.5, 100, 1e-2
+    t.pre_nms_topk = 0  # every (RoI, class) pair over score_thr enters the NMS
     if mask:
         t.mask_paste = "torchvision"
     return config
@@ -245,10 +252,10 @@ def select_classes(config: ml_collections.ConfigDict, params: Mapping[str, Any],
 
     E.g. `labels = CategoryMap.category_ids` (COCO's 80 ids, sorted) makes a
     COCO-trained torchvision model (91 labels, 10 of them unused) a jaxdet 80-class
-    detector in the label order of `jaxdet.data.coco`. The classifier keeps the background (last) column,
-    the regressor and the mask head the labels' rows. The softmax then runs over the
-    kept classes only (the dropped ones' share of the probability goes to the others).
-    """
+    detector in the label order of `jaxdet.data.coco`. The classifier keeps the
+    background (last) column, the regressor and the mask head the labels' rows. The
+    softmax then runs over the kept classes only (the dropped ones' share of the
+    probability goes to the others)."""
     c = int(config.data.num_classes)
     idx = np.asarray(labels, np.int64) - 1
     if idx.ndim != 1 or len(idx) == 0 or idx.min() < 0 or idx.max() >= c:

@@ -11,6 +11,7 @@ recording (e.g. `--r50 maskrcnn_resnet50_fpn`).
 from __future__ import annotations
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +50,6 @@ def tvm():
     name = "maskrcnn_resnet50_fpn" if mask else "fasterrcnn_resnet50_fpn"
     config, params = tv.load(name, os.path.join(FIXTURES, "weights.npz"))
     config.test.mask_stride = 1
-    config.test.pre_nms_topk = 0  # every (RoI, class) pair over 0.05, as torchvision
     det = detectors.build(config)
     # torchvision's transform: [0, 1] -> (x - mean) / std, then zero padding
     hw = ref["image_hw"]
@@ -257,3 +257,20 @@ def test_select_classes(tvm):
                            shapes, sub)
     with pytest.raises(ValueError, match="labels"):
         tv.select_classes(config, params, [0])
+
+
+def test_pre_013_key_names(tvm):
+    """torchvision < 0.13 named the FPN / RPN / mask-head convs without the '.0'."""
+    params = tvm[2]
+    sd = torch_import.load_npz(os.path.join(FIXTURES, "weights.npz"))
+    old = {}
+    for k, v in sd.items():
+        k = k.replace("rpn.head.conv.0.0.", "rpn.head.conv.")
+        for blocks in ("inner_blocks", "layer_blocks"):
+            k = re.sub(rf"fpn\.{blocks}\.(\d)\.0\.", rf"fpn.{blocks}.\1.", k)
+        m = re.match(r"roi_heads\.mask_head\.(\d)\.0\.(.*)", k)
+        old[f"roi_heads.mask_head.mask_fcn{int(m[1]) + 1}.{m[2]}" if m else k] = v
+    assert len(old) == len(sd) and not set(old) & {"rpn.head.conv.0.0.weight"}
+    name = "maskrcnn_resnet50_fpn" if "mask_head" in params else "fasterrcnn_resnet50_fpn"
+    _, loaded = tv.load_state_dict(name, old)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
