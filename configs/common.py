@@ -183,7 +183,8 @@ def two_stage(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     m.fpn.num_outs, m.fpn.extra_convs, m.fpn.relu_before_extra = 5, "pool", False
     m.strides = (4, 8, 16, 32, 64)
     config.anchor = ml_collections.ConfigDict(
-        dict(octave_base_scale=8, scales_per_octave=1, ratios=(0.5, 1.0, 2.0))
+        dict(octave_base_scale=8, scales_per_octave=1, ratios=(0.5, 1.0, 2.0),
+             round_base=False, torchvision_grid=False)  # True: torchvision's anchors
     )
     config.rpn = ml_collections.ConfigDict(
         dict(
@@ -207,4 +208,5 @@ def two_stage(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     )
     config.test.score_thr, config.test.nms_iou, config.test.max_det = 0.05, 0.5, 100
     config.test.pre_nms_topk = 2000  # (RoI, class) candidates kept for the class-aware NMS
+    config.test.min_box_size = 0.0  # > 0: drop smaller clipped boxes (torchvision 1e-2)
     return config

@@ -22,4 +22,5 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.base("mask_rcnn", data, common.model_r50_fpn(), train, optimizer)
     common.two_stage(config)
     config.test.mask_stride = 4
+    config.test.mask_paste = "mmdet"  # 'torchvision': jaxdet.ops.paste_torchvision
     return config

@@ -46,10 +46,12 @@ def base_anchors(
     return np.stack([cx - 0.5 * ws, cy - 0.5 * hs, cx + 0.5 * ws, cy + 0.5 * hs], axis=-1)
 
 
-def _grid(shape: tuple[int, int], stride: float, offset: float) -> np.ndarray:
+def _grid(shape: tuple[int, int], stride: float | tuple[float, float], offset: float
+          ) -> np.ndarray:
     h, w = shape
-    xs = (np.arange(w, dtype=np.float64) + offset) * stride
-    ys = (np.arange(h, dtype=np.float64) + offset) * stride
+    sy, sx = stride if isinstance(stride, tuple) else (stride, stride)
+    xs = (np.arange(w, dtype=np.float64) + offset) * sx
+    ys = (np.arange(h, dtype=np.float64) + offset) * sy
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     return np.stack([xx.reshape(-1), yy.reshape(-1)], axis=-1)  # [h*w, 2] (x, y)
 
@@ -63,6 +65,8 @@ def make_anchors(
     ratios: Sequence[float] = (0.5, 1.0, 2.0),
     base_sizes: Sequence[float] | None = None,
     center_offset: float = 0.0,
+    round_base: bool = False,
+    grid_steps: Sequence[tuple[int, int]] | None = None,
 ) -> Priors:
     """Anchors of all levels, identical to mmdetection's `AnchorGenerator`.
 
@@ -74,6 +78,12 @@ def make_anchors(
         ATSS: 8, 1).
       ratios: h / w aspect ratios (RetinaNet: 0.5, 1, 2).
       center_offset: 0 as in mmdetection's RetinaNet/ATSS configs.
+      round_base: round the corners of each level's base anchors to integers (half to
+        even), as torchvision's `AnchorGenerator` (with center_offset 0).
+      grid_steps: per level the (y, x) distance between anchor centres (default: the
+        level's stride). torchvision uses (padded H // h_l, padded W // w_l), which is
+        not the stride when a level's size was rounded up (e.g. P6 of an 800 px input:
+        13 rows, 800 // 13 = 61 px apart).
     Returns:
       Priors with N = sum_l h_l * w_l * A anchors, A = len(ratios) * scales_per_octave.
     """
@@ -83,9 +93,12 @@ def make_anchors(
     base_sizes = strides if base_sizes is None else base_sizes
     all_boxes, all_strides, all_levels, sizes = [], [], [], []
     num_base = len(ratios) * len(scales)
+    steps = strides if grid_steps is None else [tuple(s) for s in grid_steps]
     for lvl, (shape, stride, base) in enumerate(zip(feature_shapes, strides, base_sizes)):
         base_a = base_anchors(base, scales, ratios, center_offset)  # [A, 4]
-        shifts = _grid(shape, stride, 0.0)  # [K, 2]
+        if round_base:
+            base_a = np.round(base_a)
+        shifts = _grid(shape, steps[lvl], 0.0)  # [K, 2]
         shifts4 = np.concatenate([shifts, shifts], axis=-1)  # [K, 4]
         boxes = (shifts4[:, None, :] + base_a[None, :, :]).reshape(-1, 4)
         all_boxes.append(boxes)

@@ -16,7 +16,9 @@ low-quality matches, crowd GT ignored), the GT boxes added to the proposals,
 softmax cross-entropy over C + 1 classes / the sampled RoIs; L1 on the positives'
 class-specific delta-xywh (stds 0.1 / 0.1 / 0.2 / 0.2) / the sampled RoIs.
 `predict`: test proposals, the box head on them, class-specific decode, score > 0.05,
-class-aware NMS 0.5, 100 detections (`jaxdet.ops.rcnn_postprocess`).
+class-aware NMS 0.5, 100 detections (`jaxdet.ops.rcnn_postprocess`); with
+`test.min_box_size` > 0 (torchvision: 1e-2) the (RoI, class) boxes narrower or lower
+than it once clipped are not candidates.
 
 Parameters: {'backbone', 'neck', 'rpn_head', 'box_head'[, 'mask_head']}.
 """
@@ -33,6 +35,7 @@ from jaxdet import platform as platform_lib
 from jaxdet.assign import max_iou
 from jaxdet.assign.sampler import balanced_sample
 from jaxdet.core import coders
+from jaxdet.core.boxes import clip, widths_heights
 from jaxdet.core.types import Assignment, Detections, GroundTruth, Priors, ground_truth_from_batch
 from jaxdet.detectors import rpn as rpn_lib
 from jaxdet.detectors.dense import StepContext, build_backbone_neck, normalizer, total_loss
@@ -260,8 +263,12 @@ class FasterRCNN:
         rois = jnp.broadcast_to(props.reshape(b * k, 1, 4), deltas.shape)
         boxes = coders.delta_xywh_decode(rois, deltas, stds=tuple(self.roi_hp.box_stds))
         t = self.config.test
+        min_size = float(t.get("min_box_size", 0.0))
 
         def one(bx, sc, v, hw):
+            if min_size > 0:  # (RoI, class) boxes under min_size once clipped: no candidate
+                big = jnp.all(widths_heights(clip(bx, hw)) >= min_size, axis=-1)
+                sc = jnp.where(big, sc, 0.0)
             return rcnn_postprocess(bx, sc, v, hw, score_thr=t.score_thr, nms_iou=t.nms_iou,
                                     max_det=t.max_det, pre_nms_topk=t.pre_nms_topk)
 

@@ -8,8 +8,9 @@ the binary cross-entropy of the GT class's logits against the GT mask cropped to
 RoI and resized to 28 x 28 (`jaxdet.assign.mask_targets`), averaged over the
 positives' pixels. At test time the final detections' boxes are pooled, the mask of
 the detected class is taken (sigmoid) and pasted into the image frame at
-1 / `test.mask_stride` of the padded input (`jaxdet.ops.rcnn_postprocess.paste_masks`);
-the evaluation binarises them at 0.5.
+1 / `test.mask_stride` of the padded input (`jaxdet.ops.rcnn_postprocess.paste_masks`;
+`test.mask_paste='torchvision'`: `jaxdet.ops.paste_torchvision`, torchvision's integer
+box corners); the evaluation binarises them at 0.5.
 
 Needs `config.data.with_masks` (the batch's 'masks' [B, M, H / s, W / s], s =
 `data.mask_stride`). Crowd GT are never positive, so never a mask target.
@@ -27,7 +28,10 @@ from jaxdet.core.types import Detections, GroundTruth
 from jaxdet.detectors.dense import StepContext
 from jaxdet.detectors.faster_rcnn import FasterRCNN, TwoStageNetwork
 from jaxdet.losses.cross_entropy import sigmoid_binary_cross_entropy
+from jaxdet.ops.paste_torchvision import paste_masks_torchvision
 from jaxdet.ops.rcnn_postprocess import paste_masks
+
+PASTE = {"mmdet": paste_masks, "torchvision": paste_masks_torchvision}
 
 
 class MaskRCNN(FasterRCNN):
@@ -40,6 +44,9 @@ class MaskRCNN(FasterRCNN):
         super().__init__(config)
         self.max_pos = int(config.roi.num_samples * config.roi.pos_fraction)
         self.mask_stride = int(config.data.mask_stride)
+        self.mask_paste = config.test.get("mask_paste", "mmdet")
+        if self.mask_paste not in PASTE:
+            raise ValueError(f"test.mask_paste={self.mask_paste!r} not in {sorted(PASTE)}")
 
     def roi_losses(self, params: Any, feats: tuple[jax.Array, ...], sampled: dict,
                    gt: GroundTruth, ctx: StepContext) -> dict[str, jax.Array]:
@@ -74,7 +81,8 @@ class MaskRCNN(FasterRCNN):
         probs = jax.nn.sigmoid(jnp.take_along_axis(logits, cls[:, None, None, None], -1)[..., 0])
         s = int(self.config.test.mask_stride)
         out_hw = (image_hw[0] // s, image_hw[1] // s)
-        masks = jax.vmap(lambda m, bx: paste_masks(m, bx, out_hw=out_hw, stride=s))(
+        paste = PASTE[self.mask_paste]
+        masks = jax.vmap(lambda m, bx: paste(m, bx, out_hw=out_hw, stride=s))(
             probs.reshape(b, k, *probs.shape[1:]), dets.boxes)
         masks = jnp.where(dets.valid[:, :, None, None], masks, 0.0)
         return dets.replace(masks=masks)

@@ -40,11 +40,20 @@ def num_anchors(anchor_cfg: Any) -> int:
 
 
 def anchors(anchor_cfg: Any, strides: tuple[int, ...], image_hw: tuple[int, int]) -> Priors:
-    """The anchor lattice of `config.anchor` for a padded input of size image_hw (jnp)."""
+    """The anchor lattice of `config.anchor` for a padded input of size image_hw (jnp).
+
+    Optional fields (default False): `round_base` rounds the base anchors and
+    `torchvision_grid` spaces the anchor centres by (H // h_l, W // w_l) per level, as
+    torchvision's `AnchorGenerator` (`priors.make_anchors`)."""
+    shapes = priors_lib.feature_shapes(image_hw, strides)
+    steps = None
+    if anchor_cfg.get("torchvision_grid", False):
+        steps = [(image_hw[0] // h, image_hw[1] // w) for h, w in shapes]
     p = priors_lib.make_anchors(
-        priors_lib.feature_shapes(image_hw, strides), strides,
+        shapes, strides,
         octave_base_scale=anchor_cfg.octave_base_scale,
         scales_per_octave=anchor_cfg.scales_per_octave, ratios=tuple(anchor_cfg.ratios),
+        round_base=bool(anchor_cfg.get("round_base", False)), grid_steps=steps,
     )
     return jax.tree_util.tree_map(jnp.asarray, p)
 

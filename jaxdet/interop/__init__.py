@@ -1,0 +1,1 @@
+"""Weights of other libraries' detectors in jaxdet (`torchvision`: Faster / Mask R-CNN)."""
