@@ -1,7 +1,8 @@
-"""Train-step speed and memory: the tiny ATSS config (shapes, 128 px) and ATSS
-R50-FPN at 2x512x512, on random inputs with realistic GT.
+"""Train-step speed and memory: the tiny ATSS config (shapes, 128 px), ATSS R50-FPN
+and Faster / Mask R-CNN R50-FPN at 2x512x512, on random inputs with realistic GT.
 
-  python benchmarks/train_step_bench.py [--skip-r50] [--steps 20] [--torch-python PY]
+  python benchmarks/train_step_bench.py [--detectors atss,faster_rcnn,mask_rcnn]
+      [--skip-r50] [--steps 20] [--torch-python PY] [--size 512]
 
 Prints, per setting: compile time (s), median step time (ms), images/s, the
 compiled step's temp memory (XLA memory analysis) and the process peak RSS; each
@@ -16,6 +17,16 @@ Python with torch and torchvision, which jaxdet does not depend on) it is run ri
 after, on the same machine, and the ratio is printed; without it the ratio is taken
 against `TORCHVISION_R50_STEP_S`, a figure measured on another machine (per-machine
 figures: benchmarks/README.md).
+
+`--detectors` (default `atss`, the settings above) also selects the two-stage
+settings: Faster R-CNN and Mask R-CNN R50-FPN (`configs/faster_rcnn/
+faster_rcnn_r50_fpn_1x_coco.py`, `configs/mask_rcnn/mask_rcnn_r50_fpn_1x_coco.py`), 2
+images, the same random GT, for Mask R-CNN with box-shaped instance masks at the
+config's `data.mask_stride`; the default platform only. Their references are
+torchvision's `fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` train steps
+(`benchmarks/torchvision_rcnn_step.py`, run with `--torch-python`); the step-time and
+the peak-RSS ratios jaxdet / torchvision are printed. With several detectors each
+runs in its own process, so that each peak RSS is its own.
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.atss import atss_r50_fpn_1x_coco, atss_tiny_shapes  # noqa: E402
+from configs.faster_rcnn import faster_rcnn_r50_fpn_1x_coco  # noqa: E402
+from configs.mask_rcnn import mask_rcnn_r50_fpn_1x_coco  # noqa: E402
 from jaxdet import detectors  # noqa: E402
 from jaxdet import platform as platform_lib  # noqa: E402
 from jaxdet.train import optim  # noqa: E402
@@ -42,9 +55,27 @@ from jaxdet.train.step import create_train_state, train_step  # noqa: E402
 
 TORCHVISION_R50_STEP_S = 2.2  # torchvision's step time (s), measured on another machine
 HERE = os.path.dirname(os.path.abspath(__file__))
+TWO_STAGE = {  # --detectors name: (config, title)
+    "faster_rcnn": (faster_rcnn_r50_fpn_1x_coco.get_config, "Faster R-CNN R50-FPN"),
+    "mask_rcnn": (mask_rcnn_r50_fpn_1x_coco.get_config, "Mask R-CNN R50-FPN"),
+}
+DETECTORS = ("atss", *TWO_STAGE)
 
 
-def random_batch(batch: int, hw: tuple[int, int], max_boxes: int, num_classes: int, seed=0):
+def peak_rss_mb() -> float:
+    """The process's peak resident memory (MiB): Linux's VmHWM (since exec; getrusage's
+    ru_maxrss also counts the parent's pages at the fork), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_batch(batch: int, hw: tuple[int, int], max_boxes: int, num_classes: int, seed=0,
+                 mask_stride: int = 0) -> dict[str, np.ndarray]:
+    """1 to max_boxes random boxes per image (8-30 % of the side); with mask_stride > 0
+    also 'masks' [batch, max_boxes, h / s, w / s] uint8, each box filled."""
     rng = np.random.default_rng(seed)
     h, w = hw
     n = rng.integers(1, max_boxes + 1, size=batch)
@@ -52,7 +83,7 @@ def random_batch(batch: int, hw: tuple[int, int], max_boxes: int, num_classes: i
     wh = rng.uniform(0.08, 0.3, size=(batch, max_boxes, 2)) * [w, h]
     boxes = np.concatenate([xy, np.minimum(xy + wh, [w, h])], -1).astype(np.float32)
     valid = np.arange(max_boxes)[None] < n[:, None]
-    return dict(
+    out = dict(
         image=rng.normal(size=(batch, h, w, 3)).astype(np.float32),
         image_hw=np.tile(np.asarray(hw, np.int32), (batch, 1)),
         boxes=boxes,
@@ -60,9 +91,21 @@ def random_batch(batch: int, hw: tuple[int, int], max_boxes: int, num_classes: i
         valid=valid,
         ignore=np.zeros((batch, max_boxes), bool),
     )
+    if mask_stride:
+        s = mask_stride
+        masks = np.zeros((batch, max_boxes, h // s, w // s), np.uint8)
+        for b, m in zip(*np.nonzero(valid)):
+            x1, y1 = np.floor(boxes[b, m, :2] / s).astype(int)
+            x2, y2 = np.ceil(boxes[b, m, 2:] / s).astype(int)
+            masks[b, m, y1:y2, x1:x2] = 1
+        out["masks"] = masks
+    return out
 
 
-def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -> float:
+def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int
+          ) -> tuple[float, float]:
+    """Compiles and times the train step; prints the figures, returns (median step s,
+    the process's peak RSS MiB so far)."""
     config.data.image_size = hw
     config.data.num_classes = config.data.num_classes or 80  # COCO's (no dataset read here)
     det = detectors.build(config)
@@ -72,8 +115,9 @@ def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -
     state = create_train_state(params, det_state, tx)
     step = jax.jit(functools.partial(train_step, detector=det, tx=tx), donate_argnums=(0,),
                    compiler_options=platform_lib.from_config(config).compiler_options())
+    mask_stride = int(config.data.mask_stride) if config.data.with_masks else 0
     batch = jax.device_put(random_batch(batch_size, hw, config.data.max_boxes,
-                                        config.data.num_classes))
+                                        config.data.num_classes, mask_stride=mask_stride))
     rng = jax.random.PRNGKey(1)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, rng).compile()
@@ -89,12 +133,12 @@ def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int) -
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     med = float(np.median(times))
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_mb = peak_rss_mb()
     print(
         f"{name:32s} compile {compile_s:6.1f} s | step {med * 1e3:8.1f} ms | "
         f"{batch_size / med:7.1f} img/s | temp {temp_mb:8.1f} MiB | peak RSS {rss_mb:8.0f} MiB"
     )
-    return med
+    return med, rss_mb
 
 
 def bench_both(name: str, get_config, batch_size: int, hw: tuple[int, int], steps: int):
@@ -108,34 +152,79 @@ def bench_both(name: str, get_config, batch_size: int, hw: tuple[int, int], step
     for label, cpu_conv, ynnpack in runs:
         config = get_config()
         config.platform.cpu_conv, config.platform.ynnpack = cpu_conv, ynnpack
-        times[label] = bench(f"{name} [{label}]", config, batch_size, hw, steps)
+        times[label] = bench(f"{name} [{label}]", config, batch_size, hw, steps)[0]
     for label in times:
         if label != "default":
             print(f"  step time with {label} / default = {times[label] / times['default']:.2f}x")
     return times["default"]
 
 
+def run_atss(args: argparse.Namespace) -> None:
+    bench_both("ATSS tiny (16 x 128x128)", atss_tiny_shapes.get_config, 16, (128, 128),
+               args.steps)
+    if args.skip_r50:
+        return
+    med = bench_both("ATSS R50-FPN (2 x 512x512)", atss_r50_fpn_1x_coco.get_config, 2,
+                     (512, 512), max(args.steps // 4, 3))
+    ref, where = TORCHVISION_R50_STEP_S, "constant from another machine"
+    if args.torch_python:
+        out = subprocess.run(
+            [args.torch_python, os.path.join(HERE, "torchvision_retinanet_step.py")],
+            check=True, capture_output=True, text=True).stdout.strip().splitlines()
+        print(f"torchvision RetinaNet R50-FPN (2 x 512x512): {out[0]}")
+        ref, where = float(out[-1].split("=")[1]), "measured now"
+    print(f"R50 step / torchvision reference ({ref:.2f} s, {where}): {med / ref:.2f}x")
+
+
+def run_two_stage(key: str, args: argparse.Namespace) -> None:
+    """One two-stage setting (default platform), then its torchvision reference."""
+    get_config, title = TWO_STAGE[key]
+    size = args.size
+    name = f"{title} (2 x {size}x{size})"
+    print(f"  platform: {platform_lib.from_config(get_config())}")
+    med, rss = bench(name, get_config(), 2, (size, size), max(args.steps // 4, 3))
+    if not args.torch_python:
+        print(f"{title}: no torchvision reference (--torch-python)")
+        return
+    out = subprocess.run(
+        [args.torch_python, os.path.join(HERE, "torchvision_rcnn_step.py"), "--model", key,
+         "--size", str(size), "--threads", str(args.threads)],
+        check=True, capture_output=True, text=True).stdout.strip().splitlines()
+    ref = dict(line.split("=") for line in out if "=" in line)
+    ref_s, ref_rss = float(ref["step_s"]), float(ref["peak_rss_mb"])
+    print(f"torchvision {title} ({out[0]}): step {ref_s * 1e3:.1f} ms, peak RSS {ref_rss:.0f} MiB")
+    print(f"{title} jaxdet / torchvision: step time {med / ref_s:.2f}x, "
+          f"peak RSS {rss / ref_rss:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--skip-r50", action="store_true")
+    ap.add_argument("--detectors", default="atss",
+                    help=f"comma-separated, of {','.join(DETECTORS)}")
+    ap.add_argument("--skip-r50", action="store_true", help="ATSS: the tiny setting only")
+    ap.add_argument("--size", type=int, default=512, help="image side of the two-stage settings")
     ap.add_argument("--torch-python", default="",
                     help="a Python with torch + torchvision: measure the reference here")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads of the two-stage references (0: torch's default)")
     args = ap.parse_args()
+    names = [d.strip() for d in args.detectors.split(",") if d.strip()]
+    unknown = sorted(set(names) - set(DETECTORS))
+    if unknown or not names:
+        ap.error(f"--detectors: unknown {unknown}, choose from {DETECTORS}")
+    if len(names) > 1:  # one process each: each peak RSS is its own
+        argv = [f"--steps={args.steps}", f"--size={args.size}", f"--threads={args.threads}",
+                f"--torch-python={args.torch_python}", *(["--skip-r50"] * args.skip_r50)]
+        for name in names:
+            subprocess.run([sys.executable, os.path.abspath(__file__), *argv,
+                            f"--detectors={name}"], check=True)
+        return
     print(f"devices: {jax.devices()}")
-    bench_both("ATSS tiny (16 x 128x128)", atss_tiny_shapes.get_config, 16, (128, 128),
-               args.steps)
-    if not args.skip_r50:
-        med = bench_both("ATSS R50-FPN (2 x 512x512)", atss_r50_fpn_1x_coco.get_config, 2,
-                         (512, 512), max(args.steps // 4, 3))
-        ref, where = TORCHVISION_R50_STEP_S, "constant from another machine"
-        if args.torch_python:
-            out = subprocess.run(
-                [args.torch_python, os.path.join(HERE, "torchvision_retinanet_step.py")],
-                check=True, capture_output=True, text=True).stdout.strip().splitlines()
-            print(f"torchvision RetinaNet R50-FPN (2 x 512x512): {out[0]}")
-            ref, where = float(out[-1].split("=")[1]), "measured now"
-        print(f"R50 step / torchvision reference ({ref:.2f} s, {where}): {med / ref:.2f}x")
+    if names[0] == "atss":
+        run_atss(args)
+    else:
+        run_two_stage(names[0], args)
 
 
 if __name__ == "__main__":
