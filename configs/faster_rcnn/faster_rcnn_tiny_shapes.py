@@ -27,7 +27,7 @@ def tiny_two_stage(detector: str) -> ml_collections.ConfigDict:
     r.test_pre_nms_topk, r.test_post_nms_topk = 1000, 300
     config.roi.num_samples = 128
     config.roi.fc_channels = 256
-    config.roi.mask_channels = 64
+    config.roi.mask_channels = 32
     config.test.pre_nms_topk = 1000
     return config
 

@@ -109,3 +109,28 @@ def test_bf16_compute(head_cls):
     _, out = _run(head, _features(channels=32, strides=(8, 16)))
     for v in out.values():
         assert v.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(v)))
+
+
+def test_upsample2x_is_flax_conv_transpose():
+    """The matmul form of the mask head's deconv: the values and gradients of
+    nn.ConvTranspose((2, 2), strides=(2, 2), 'VALID') with the same parameters."""
+    import flax.linen as nn
+
+    from jaxdet.models.heads.roi_heads import Upsample2x
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 5, 4, 6))
+    up = Upsample2x(7)
+    params = up.init(jax.random.PRNGKey(1), x)
+    params = jax.tree_util.tree_map(
+        lambda a: a + jax.random.normal(jax.random.PRNGKey(2), a.shape), params)
+    ref = nn.ConvTranspose(7, (2, 2), strides=(2, 2), padding="VALID")
+
+    def loss(m, p, x):
+        return jnp.sum(jnp.sin(m.apply(p, x)))
+
+    np.testing.assert_allclose(up.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    for argnum in (1, 2):
+        g = jax.grad(lambda p, x: loss(up, p, x), argnums=argnum - 1)(params, x)
+        g_ref = jax.grad(lambda p, x: loss(ref, p, x), argnums=argnum - 1)(params, x)
+        for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

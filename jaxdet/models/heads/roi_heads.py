@@ -9,7 +9,7 @@ Normal(0, 0.01), regressor Normal(0, 0.001), zero biases.
 
 `MaskHead` is mmdetection's `FCNMaskHead` (torchvision's `MaskRCNNHeads` +
 `MaskRCNNPredictor`): `num_convs` 3x3 convs of `channels` + ReLU on [R, 14, 14, C], a 2x2
-stride-2 transposed conv + ReLU (28 x 28), then a 1x1 conv to C mask logits (one per
+stride-2 transposed conv + ReLU (28 x 28, `Upsample2x`), then a 1x1 conv to C mask logits (one per
 class). Convs kaiming-normal (fan_out, ReLU), zero biases.
 
 Both run in `dtype` and return float32.
@@ -59,6 +59,30 @@ class BoxHead(nn.Module):
                 "box_deltas": reg.astype(jnp.float32).reshape(-1, n_box, 4)}
 
 
+class Upsample2x(nn.Module):
+    """A 2 x 2 stride-2 transposed conv (torch's `ConvTranspose2d(k=2, s=2)`) as one
+    matmul: out[2h + i, 2w + j] = x[h, w] . kernel[1 - i, 1 - j] + bias.
+
+    Parameters and values are those of `flax.linen.ConvTranspose(features, (2, 2),
+    strides=(2, 2), padding='VALID')` ('kernel' [2, 2, Cin, features], applied flipped,
+    and 'bias'); XLA:CPU runs that layer's transposed convolution (and its gradient) one
+    to two orders of magnitude slower than this matmul. [R, h, w, Cin] -> [R, 2h, 2w, F].
+    """
+
+    features: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.param("kernel", kaiming_fan_out, (2, 2, x.shape[-1], self.features),
+                       jnp.float32)
+        b = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        k = k[::-1, ::-1].astype(self.dtype)
+        y = jnp.einsum("rhwc,ijco->rhiwjo", x.astype(self.dtype), k)
+        r, h, _, w, _, f = y.shape
+        return y.reshape(r, 2 * h, 2 * w, f) + b.astype(self.dtype)
+
+
 class MaskHead(nn.Module):
     """Attributes: num_classes C, num_convs (4), channels (256), dtype, platform.
 
@@ -78,10 +102,7 @@ class MaskHead(nn.Module):
             x = nn.relu(conv(self.channels, 3, use_bias=True, dtype=self.dtype,
                              kernel_init=kaiming_fan_out, platform=self.platform,
                              name=f"conv_{i}")(x))
-        x = nn.ConvTranspose(self.channels, (2, 2), strides=(2, 2), padding="VALID",
-                             dtype=self.dtype, param_dtype=jnp.float32,
-                             kernel_init=kaiming_fan_out, name="upsample")(x)
-        x = nn.relu(x)
-        logits = nn.Conv(self.num_classes, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                         kernel_init=kaiming_fan_out, name="mask_out")(x)
+        x = nn.relu(Upsample2x(self.channels, dtype=self.dtype, name="upsample")(x))
+        logits = conv(self.num_classes, 1, use_bias=True, dtype=self.dtype,
+                      kernel_init=kaiming_fan_out, platform=self.platform, name="mask_out")(x)
         return logits.astype(jnp.float32)
