@@ -93,6 +93,27 @@ def build_backbone_neck(
     return backbone, neck
 
 
+def init_network(net: nn.Module, rng: jax.Array, image_hw: tuple[int, int],
+                 model_cfg: Any) -> Any:
+    """Parameters of `net` (its 'backbone' a ResNet) for inputs of size image_hw, with
+    the ImageNet weights of `model_cfg.pretrained` (an .npz) in the backbone if set."""
+    dummy = jnp.zeros((1, *image_hw, 3), jnp.float32)
+    params = jax.jit(net.init)(rng, dummy)["params"]
+    if model_cfg.pretrained:
+        params = dict(params)
+        imported = torch_import.resnet_params_from_torch(
+            torch_import.load_npz(model_cfg.pretrained), params["backbone"]
+        )
+        params["backbone"] = jax.tree_util.tree_map(jnp.asarray, imported)
+    return params
+
+
+def backbone_trainable_mask(params: Any, model_cfg: Any) -> Any:
+    """Trainable mask: the backbone's frozen stages / norms (`model_cfg.backbone`) False."""
+    b = model_cfg.backbone
+    return resnet.frozen_param_mask(params, b.frozen_stages, b.norm, prefix="backbone")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepContext:
     """What a training step knows besides the batch: the step's rng (already folded
@@ -177,20 +198,10 @@ class DenseDetector:
     # -- the contract ---------------------------------------------------------------
     def init(self, rng: jax.Array, image_hw: tuple[int, int]) -> tuple[Any, dict]:
         """(params, det_state) for inputs of size image_hw."""
-        dummy = jnp.zeros((1, *image_hw, 3), jnp.float32)
-        params = jax.jit(self.net.init)(rng, dummy)["params"]
-        path = self.config.model.pretrained
-        if path:
-            params = dict(params)
-            imported = torch_import.resnet_params_from_torch(
-                torch_import.load_npz(path), params["backbone"]
-            )
-            params["backbone"] = jax.tree_util.tree_map(jnp.asarray, imported)
-        return params, self.init_state()
+        return init_network(self.net, rng, image_hw, self.config.model), self.init_state()
 
     def trainable_mask(self, params: Any) -> Any:
-        b = self.config.model.backbone
-        return resnet.frozen_param_mask(params, b.frozen_stages, b.norm, prefix="backbone")
+        return backbone_trainable_mask(params, self.config.model)
 
     def loss_fn(self, params: Any, batch: dict, rng: jax.Array, det_state: Any,
                 step: jax.Array) -> tuple[jax.Array, tuple[dict, Any]]:

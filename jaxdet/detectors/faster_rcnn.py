@@ -38,11 +38,17 @@ from jaxdet.core import coders
 from jaxdet.core.boxes import clip, widths_heights
 from jaxdet.core.types import Assignment, Detections, GroundTruth, Priors, ground_truth_from_batch
 from jaxdet.detectors import rpn as rpn_lib
-from jaxdet.detectors.dense import StepContext, build_backbone_neck, normalizer, total_loss
+from jaxdet.detectors.dense import (
+    StepContext,
+    backbone_trainable_mask,
+    build_backbone_neck,
+    init_network,
+    normalizer,
+    total_loss,
+)
 from jaxdet.detectors.retinanet import anchors
 from jaxdet.losses.cross_entropy import softmax_cross_entropy
 from jaxdet.losses.smooth_l1 import l1_loss
-from jaxdet.models.backbones import resnet
 from jaxdet.models.heads.roi_heads import BoxHead, MaskHead
 from jaxdet.ops.rcnn_postprocess import rcnn_postprocess
 from jaxdet.ops.roi_align import multilevel_roi_align
@@ -203,20 +209,10 @@ class FasterRCNN:
 
     # -- the contract -------------------------------------------------------------------
     def init(self, rng: jax.Array, image_hw: tuple[int, int]) -> tuple[Any, dict]:
-        dummy = jnp.zeros((1, *image_hw, 3), jnp.float32)
-        params = jax.jit(self.net.init)(rng, dummy)["params"]
-        if self.config.model.pretrained:
-            from jaxdet.models import torch_import
-
-            params = dict(params)
-            imported = torch_import.resnet_params_from_torch(
-                torch_import.load_npz(self.config.model.pretrained), params["backbone"])
-            params["backbone"] = jax.tree_util.tree_map(jnp.asarray, imported)
-        return params, {}
+        return init_network(self.net, rng, image_hw, self.config.model), {}
 
     def trainable_mask(self, params: Any) -> Any:
-        b = self.config.model.backbone
-        return resnet.frozen_param_mask(params, b.frozen_stages, b.norm, prefix="backbone")
+        return backbone_trainable_mask(params, self.config.model)
 
     def loss_fn(self, params: Any, batch: dict, rng: jax.Array, det_state: Any,
                 step: jax.Array) -> tuple[jax.Array, tuple[dict, Any]]:
