@@ -161,3 +161,30 @@ def test_heads_in_bfloat16(data_dir):
     m = det._call(params, faster_rcnn.TwoStageNetwork.mask,
                   jnp.zeros((3, 14, 14, feats[0].shape[-1]), jnp.bfloat16))
     assert m.shape == (3, 28, 28, config.data.num_classes) and m.dtype == jnp.float32
+
+
+def test_all_proposals_suppressed_keeps_shapes_and_finite_values(data_dir):
+    """rpn.min_size above the image: every proposal is dropped. Training still samples
+    the GT boxes (added as RoIs) and background nothing else; prediction gives no
+    detection; shapes are fixed and nothing is NaN."""
+    config = _config("mask_rcnn", data_dir)
+    config.rpn.min_size = 1e4
+    det = detectors.build(config)
+    params, det_state = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
+    boxes = np.zeros((2, 4, 4), np.float32)
+    boxes[:, 0] = [4, 4, 40, 30]
+    valid = np.zeros((2, 4), bool)
+    valid[:, 0] = True
+    batch = synthetic_batch(config, boxes, np.ones((2, 4), np.int32), valid)
+    batch["masks"] = _masks_for(boxes, valid, config.data.image_size)
+    fn = jax.jit(jax.value_and_grad(
+        lambda p: det.loss_fn(p, batch, jax.random.PRNGKey(1), det_state, 0), has_aux=True))
+    (loss, (metrics, _)), grads = fn(params)
+    assert np.isfinite(float(loss)) and np.isfinite(float(metrics["loss_mask"]))
+    assert float(metrics["roi_num_pos"]) == 1.0  # the GT box itself
+    assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+    dets = jax.jit(det.predict)(params, batch["image"], batch["image_hw"])
+    assert not np.asarray(dets.valid).any()
+    assert dets.boxes.shape == (2, config.test.max_det, 4)
+    for leaf in (dets.boxes, dets.scores, dets.masks):
+        assert np.isfinite(np.asarray(leaf)).all()
