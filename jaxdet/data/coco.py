@@ -130,6 +130,28 @@ def ignore_invalid_annotations(data: dict, min_box_size: float = MIN_BOX_SIZE) -
     return count
 
 
+def empty_segmentations(data: dict) -> int:
+    """Replaces (in place) every polygon segmentation without a usable polygon (an empty
+    list, or polygons of fewer than 3 points, which pycocotools cannot rasterise) by the
+    compressed RLE of an empty mask: the mask `segmentation_to_mask` gives for it in
+    training, now one COCOeval's `segm` evaluation can read. Returns how many."""
+    sizes = {im["id"]: (int(im["height"]), int(im["width"])) for im in data["images"]}
+    count = 0
+    for ann in data["annotations"]:
+        segm = ann.get("segmentation")
+        if not isinstance(segm, list):
+            continue
+        polys = [p for p in segm if len(p) >= 6]
+        if polys:
+            ann["segmentation"] = polys
+            continue
+        h, w = sizes[ann["image_id"]]
+        rle = mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))
+        ann["segmentation"] = {"size": [h, w], "counts": rle["counts"].decode()}
+        count += 1
+    return count
+
+
 def segmentation_to_mask(segm, height: int, width: int) -> np.ndarray:
     """[h, w] uint8 mask of a COCO segmentation: polygons, list-RLE or compressed RLE."""
     if isinstance(segm, list):

@@ -78,6 +78,11 @@ def gt_from_dataset(
             if n:
                 logging.warning("%s: %d invalid annotation(s) are ignored in evaluation",
                                 path, n)
+            if with_masks:
+                n = coco.empty_segmentations(data)
+                if n:
+                    logging.warning("%s: %d annotation(s) without a usable polygon have an "
+                                    "empty mask in the segm evaluation", path, n)
             return data
         logging.warning("coco_dir annotation JSON %s not found: GT from the examples", path)
     source = pipeline.data_source(name, split, data_dir, builder_config, with_masks=with_masks)

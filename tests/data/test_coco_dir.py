@@ -155,3 +155,18 @@ def test_num_classes_zero_is_read_from_the_annotations(coco_root, tmp_path):
     config.data.num_classes = 5
     with pytest.raises(ValueError, match="num_classes=5 but the dataset has 3"):
         loop.prepare_data(config)
+
+
+def test_unusable_polygons_become_empty_masks_for_segm_eval():
+    from pycocotools import mask as mask_utils
+
+    data = {"images": [{"id": 1, "height": 4, "width": 5}],
+            "annotations": [{"id": 1, "image_id": 1, "segmentation": []},
+                            {"id": 2, "image_id": 1, "segmentation": [[0, 0, 2], [0, 0, 4, 0, 4, 3]]},
+                            {"id": 3, "image_id": 1, "segmentation": {"size": [4, 5], "counts": "5"}}]}
+    assert coco.empty_segmentations(data) == 1
+    a1, a2, a3 = data["annotations"]
+    assert mask_utils.decode({**a1["segmentation"], "counts": a1["segmentation"]["counts"].encode()}
+                             ).sum() == 0
+    assert a2["segmentation"] == [[0, 0, 4, 0, 4, 3]]  # the short polygon dropped
+    assert a3["segmentation"] == {"size": [4, 5], "counts": "5"}  # RLE untouched

@@ -188,3 +188,17 @@ def test_all_proposals_suppressed_keeps_shapes_and_finite_values(data_dir):
     assert dets.boxes.shape == (2, config.test.max_det, 4)
     for leaf in (dets.boxes, dets.scores, dets.masks):
         assert np.isfinite(np.asarray(leaf)).all()
+
+
+def test_mask_rcnn_on_a_coco_directory(tmp_path):
+    """The tiny Mask R-CNN on a COCO-format directory (polygon and RLE masks, crowd,
+    invalid boxes): K read from the annotations, a few steps, bbox and segm evaluation."""
+    from tests.data.coco_fixture import write_coco_dir
+
+    root = write_coco_dir(str(tmp_path / "coco"))
+    config = _config("mask_rcnn", str(tmp_path / "tfds"), num_steps=2, checkpoint_every=2)
+    config.data.update(dict(name="coco_dir", coco_dir=root, builder_config="default",
+                            num_classes=0, max_boxes=8))
+    stats = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert config.data.num_classes == 3
+    assert np.isfinite(stats["AP"]) and np.isfinite(stats["segm_AP"])
