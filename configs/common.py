@@ -204,6 +204,9 @@ def two_stage(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             aligned=True, finest_scale=56.0,
             num_fcs=2, fc_channels=1024, mask_convs=4, mask_channels=256,
             cls_weight=1.0, box_weight=1.0, mask_weight=1.0,
+            # The mask branch runs on the smallest of these many leading slots per image
+            # that holds every image's positives (then on all num_samples x pos_fraction).
+            mask_slot_buckets=(16, 32, 64),
         )
     )
     config.test.score_thr, config.test.nms_iou, config.test.max_det = 0.05, 0.5, 100

@@ -1,12 +1,18 @@
 """Mask R-CNN (He et al., ICCV 2017) with FPN: Faster R-CNN plus a mask head.
 
 As mmdetection's `mask-rcnn_r50_fpn_1x`: the positive sampled RoIs (at most
-num_samples x pos_fraction per image: the sampler puts positives first, so they are
+P = num_samples x pos_fraction per image: the sampler puts positives first, so they are
 the first slots) are pooled by RoIAlign at 14 x 14 and the `MaskHead` (4 convs of 256,
 a 2x upsampling deconv, per-class 28 x 28 logits) predicts their masks; the loss is
 the binary cross-entropy of the GT class's logits against the GT mask cropped to the
 RoI and resized to 28 x 28 (`jaxdet.assign.mask_targets`), averaged over the
-positives' pixels. At test time the final detections' boxes are pooled, the mask of
+positives' pixels. The mask branch's shapes are static, but it need not run on all P
+slots: `roi.mask_slot_buckets` (e.g. (16, 32, 64)) are smaller slot counts, each
+compiled once, and `lax.switch` runs the branch of the smallest that holds every
+image's positives in the step (P when none does). The loss is the same whichever
+branch runs (the slots past an image's positives carry no weight); the cost follows
+the number of positives, as with dynamic shapes, at the price of compiling the branch
+once per bucket. At test time the final detections' boxes are pooled, the mask of
 the detected class is taken (sigmoid) and pasted into the image frame at
 1 / `test.mask_stride` of the padded input (`jaxdet.ops.rcnn_postprocess.paste_masks`;
 `test.mask_paste='torchvision'`: `jaxdet.ops.paste_torchvision`, torchvision's integer
@@ -18,6 +24,7 @@ Needs `config.data.with_masks` (the batch's 'masks' [B, M, H / s, W / s], s =
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -43,6 +50,11 @@ class MaskRCNN(FasterRCNN):
                              "(the batch field 'masks')")
         super().__init__(config)
         self.max_pos = int(config.roi.num_samples * config.roi.pos_fraction)
+        buckets = tuple(int(n) for n in config.roi.get("mask_slot_buckets", ()))
+        if any(n <= 0 for n in buckets):
+            raise ValueError(f"roi.mask_slot_buckets={buckets}: expected positive slot counts")
+        self.mask_slots = tuple(sorted({n for n in buckets if n < self.max_pos})) + (
+            self.max_pos,)
         self.mask_stride = int(config.data.mask_stride)
         self.mask_paste = config.test.get("mask_paste", "mmdet")
         if self.mask_paste not in PASTE:
@@ -53,7 +65,23 @@ class MaskRCNN(FasterRCNN):
         terms = super().roi_losses(params, feats, sampled, gt, ctx)
         if gt.masks is None:
             raise ValueError("mask_rcnn: the batch has no 'masks' (config.data.with_masks)")
-        p = self.max_pos
+        slots = self.mask_slots
+        if len(slots) == 1:
+            loss = self.mask_loss(params, feats, sampled, gt, slots[0])
+        else:  # the smallest slot count that holds every image's positives
+            most = jnp.max(jnp.sum(sampled["positive"][:, : self.max_pos], axis=1))
+            branch = jnp.sum(jnp.asarray(slots[:-1]) < most)
+            loss = jax.lax.switch(branch, [
+                functools.partial(self.mask_loss, params, feats, sampled, gt, p) for p in slots
+            ])
+        terms["loss_mask"] = self.roi_hp.mask_weight * loss
+        return terms
+
+    def mask_loss(self, params: Any, feats: tuple[jax.Array, ...], sampled: dict,
+                  gt: GroundTruth, p: int) -> jax.Array:
+        """The mask loss on the first p sampled slots of each image (all of its positives
+        when p >= their count): BCE of the GT class's 28 x 28 logits, averaged over the
+        positives' pixels."""
         rois, pos = sampled["rois"][:, :p], sampled["positive"][:, :p]
         gt_index = jnp.where(pos, sampled["gt_index"][:, :p], -1)
         size = 2 * int(self.roi_hp.mask_size)
@@ -61,15 +89,14 @@ class MaskRCNN(FasterRCNN):
             lambda r, g, m: mask_targets(r, g, m, mask_stride=self.mask_stride, size=size)
         )(rois, gt_index, gt.masks)
         x = self.roi_features(feats, rois, pos, self.roi_hp.mask_size)
-        logits = self._call(params, TwoStageNetwork.mask, x)  # [B * P, 28, 28, C]
+        logits = self._call(params, TwoStageNetwork.mask, x)  # [B * p, 28, 28, C]
         b = rois.shape[0]
         labels = jnp.clip(sampled["labels"][:, :p], 0, self.num_classes - 1).reshape(-1)
         logits = jnp.take_along_axis(logits, labels[:, None, None, None], axis=-1)[..., 0]
         bce = sigmoid_binary_cross_entropy(logits, target.reshape(b * p, size, size))
         w = (pos & t_valid).reshape(-1).astype(jnp.float32)
         num = jax.lax.stop_gradient(jnp.maximum(jnp.sum(w), 1.0)) * size * size
-        terms["loss_mask"] = self.roi_hp.mask_weight * jnp.sum(bce * w[:, None, None]) / num
-        return terms
+        return jnp.sum(bce * w[:, None, None]) / num
 
     def predict_masks(self, params: Any, feats: tuple[jax.Array, ...], dets: Detections,
                       image_hw: tuple[int, int]) -> Detections:

@@ -202,3 +202,46 @@ def test_mask_rcnn_on_a_coco_directory(tmp_path):
     stats = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert config.data.num_classes == 3
     assert np.isfinite(stats["AP"]) and np.isfinite(stats["segm_AP"])
+
+
+def test_mask_slot_buckets_leave_the_loss_unchanged(data_dir):
+    """The mask loss on the first p slots is the same for every p that holds each image's
+    positives (loss and gradients), and `roi_losses` picks the smallest such bucket."""
+    config = _config("mask_rcnn", data_dir)
+    config.roi.mask_slot_buckets = (2, 4)
+    det = detectors.build(config)
+    assert det.mask_slots == (2, 4, 8)
+    params, _ = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
+    hw = tuple(config.data.image_size)
+    rng = np.random.RandomState(0)
+    feats = det.features(params, jnp.asarray(rng.randn(2, *hw, 3), jnp.float32))
+    boxes = np.zeros((2, 4, 4), np.float32)
+    boxes[:, :3] = [[4, 4, 40, 30], [30, 20, 60, 60], [8, 34, 28, 60]]
+    valid = np.zeros((2, 4), bool)
+    valid[:, :3] = True
+    gt = GroundTruth(boxes=jnp.asarray(boxes), labels=jnp.ones((2, 4), jnp.int32),
+                     valid=jnp.asarray(valid), ignore=jnp.zeros((2, 4), bool),
+                     masks=_masks_for(boxes, valid, hw))
+    s = 32
+    for num_pos in ((1, 2), (3, 1)):  # positives per image: buckets 2 and 4
+        positive = np.arange(s)[None] < np.asarray(num_pos)[:, None]
+        gt_index = np.where(positive, np.arange(s)[None] % 3, -1)
+        rois = boxes[np.arange(2)[:, None], np.maximum(gt_index, 0)] + rng.uniform(-3, 3, (2, s, 4))
+        sampled = dict(rois=jnp.asarray(rois, jnp.float32), positive=jnp.asarray(positive),
+                       valid=jnp.ones((2, s), bool), gt_index=jnp.asarray(gt_index),
+                       box_targets=jnp.zeros((2, s, 4)),
+                       labels=jnp.asarray(np.where(positive, 1, config.data.num_classes)))
+        losses = {}
+        for p in (max(num_pos) + (max(num_pos) == 3), 8):
+            f = jax.jit(jax.value_and_grad(lambda q, p=p: det.mask_loss(q, feats, sampled, gt, p)))
+            losses[p] = f(params)
+        (a, ga), (b, gb) = losses.values()
+        assert float(a) > 0
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+        for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
+            np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
+        terms = jax.jit(lambda q: det.roi_losses(q, feats, sampled, gt, None))(params)
+        np.testing.assert_allclose(terms["loss_mask"], a * config.roi.mask_weight, rtol=1e-5)
+    with pytest.raises(ValueError, match="mask_slot_buckets"):
+        config.roi.mask_slot_buckets = (0, 4)
+        detectors.build(config)
