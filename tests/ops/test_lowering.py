@@ -76,3 +76,25 @@ def test_triton_kernels_lower(dtype, boundary):
     assert text.count(TRITON_CALL) == 3
     for name in TRITON_KERNELS:
         assert f'name = "jaxdet_bilinear_{name}"' in text
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_deform_conv_with_pallas_sampling_lowers(platform):
+    from jaxdet.ops.deform_conv import deform_conv2d
+
+    target = "tpu" if platform == "tpu" else "gpu"
+
+    def loss(x, off, w):
+        out = deform_conv2d(x, off, w, padding=1, target=target, sampling_backend="pallas")
+        return jnp.sum(jnp.square(out))
+
+    args = (
+        jax.ShapeDtypeStruct((2, 20, 24, 64), jnp.bfloat16),
+        jax.ShapeDtypeStruct((2, 20, 24, 1, 9, 2), jnp.float32),
+        jax.ShapeDtypeStruct((3, 3, 64, 32), jnp.bfloat16),
+    )
+    fn = jax.jit(jax.grad(loss, (0, 1, 2)))
+    if platform == "tpu":
+        assert _export_tpu(fn, args, "TPU v5 lite").count("tpu_custom_call") == 3
+    else:
+        assert _export_cuda(fn, args).count(TRITON_CALL) == 3
