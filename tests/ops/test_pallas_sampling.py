@@ -14,8 +14,10 @@ from jaxdet.ops.pallas import sampling as pallas_sampling
 
 KERNELS = ("tpu", "triton")
 # (B, H, W, C, points): a single tile; more points than a tile and channels past 128
-# lanes over a map of several TPU row windows (2 * 22 * 32 = 1408 rows > 512).
-SHAPES = ((2, 6, 7, 5, 37), (2, 20, 30, 130, 300))
+# lanes over a map of several TPU row windows (2 * 22 * 32 = 1408 rows > 512); points
+# sorted by y (as a conv's are), so that each TPU point tile touches a few of the map's
+# windows, and more point tiles than one SMEM block of window bounds holds (9 > 8).
+SHAPES = ((2, 6, 7, 5, 37), (2, 20, 30, 130, 300), (1, 30, 40, 3, 1100))
 
 
 def _case(shape, dtype, seed=0):
@@ -24,7 +26,10 @@ def _case(shape, dtype, seed=0):
     feat = jnp.asarray(rng.normal(size=(b, h, w, c)), dtype)
     # Points from 2.5 pixels before the map to 1.5 after it: outside, partly and fully inside.
     lo, hi = np.array([-2.5, -2.5]), np.array([h + 1.5, w + 1.5])
-    pts = jnp.asarray(rng.uniform(lo, hi, size=(n, 2)), jnp.float32)
+    pts = rng.uniform(lo, hi, size=(n, 2))
+    if n > 1000:
+        pts = pts[np.argsort(pts[:, 0])]
+    pts = jnp.asarray(pts, jnp.float32)
     bidx = jnp.asarray(rng.integers(0, b, n), jnp.int32)
     g = jnp.asarray(rng.normal(size=(n, c)), dtype)
     return feat, pts, bidx, g
@@ -122,6 +127,13 @@ def test_nan_and_far_points(kernel):
     np.testing.assert_allclose(out[0], 1.0)
     assert np.isnan(out[1]).all()
     np.testing.assert_array_equal(out[2:], 0.0)
+    # A tile of points that are all outside reads no row at all: 0, and 0 gradients.
+    far = jnp.array([[20.0, 1.0], [-3.0, 2.0]])
+    f = lambda f, p: jnp.sum(pallas_sampling.bilinear_sample_batched(f, 0, p, kernel=kernel))
+    val, (dfeat, dpts) = jax.jit(jax.value_and_grad(f, (0, 1)))(feat, far)
+    assert float(val) == 0.0
+    np.testing.assert_array_equal(np.asarray(dfeat), 0.0)
+    np.testing.assert_array_equal(np.asarray(dpts), 0.0)
 
 
 def test_backend_choice():

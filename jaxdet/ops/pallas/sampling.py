@@ -59,19 +59,22 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _window_bounds(row: Array, tm: int, tk: int, wp: int, m: int) -> Array:
-    """[2 M/tm] int32: (first, last) window of tk rows touched by each point tile
-    (padded points, index >= m, are ignored)."""
-    valid = jnp.arange(row.shape[0]) < m
-    lo = jnp.where(valid, row, jnp.iinfo(jnp.int32).max).reshape(-1, tm).min(1)
-    hi = jnp.where(valid, row + wp + 1, -1).reshape(-1, tm).max(1)
-    return jnp.stack([lo // tk, hi // tk], axis=1).reshape(-1).astype(jnp.int32)
+def _window_bounds(row: Array, w: Array, tm: int, tk: int, wp: int, m: int) -> Array:
+    """[T, 128] int32, T = M/tm rounded up to 8: lanes 0, 1 of row i are the first and
+    last window of tk rows touched by point tile i. Padded points (index >= m) and
+    points whose 4 weights are 0 (outside the map) are left out: they read nothing."""
+    active = (jnp.arange(row.shape[0]) < m) & jnp.any(w != 0, axis=1)
+    lo = jnp.where(active, row, jnp.iinfo(jnp.int32).max).reshape(-1, tm).min(1)
+    hi = jnp.where(active, row + wp + 1, -1).reshape(-1, tm).max(1)
+    bounds = jnp.stack([lo // tk, hi // tk], axis=1).astype(jnp.int32)
+    t = bounds.shape[0]
+    return jnp.pad(bounds, ((0, _round_up(t, 8) - t), (0, 126)))
 
 
 def _forward(cfg, flat, row, w):
     kernel, wp, m, interpret = cfg
     if kernel == "tpu":
-        lohi = _window_bounds(row, TPU_TM, TPU_TK, wp, m)
+        lohi = _window_bounds(row, w, TPU_TM, TPU_TK, wp, m)
         out = sampling_tpu.gather(
             flat, row[:, None], w, lohi, wp=wp, tm=TPU_TM, tk=TPU_TK, interpret=interpret
         )
@@ -95,7 +98,7 @@ def _sample_bwd(cfg, res, g):
     flat, row, w = res
     nrows = flat.shape[0]
     if kernel == "tpu":
-        lohi = _window_bounds(row, TPU_TM, TPU_TK, wp, m)
+        lohi = _window_bounds(row, w, TPU_TM, TPU_TK, wp, m)
         kw = dict(wp=wp, tm=TPU_TM, tk=TPU_TK, interpret=interpret)
         dw = sampling_tpu.corner_dots(flat, row[:, None], g, lohi, **kw)
         dflat = sampling_tpu.scatter(nrows, row[None, :], w.T, g, lohi, **kw)

@@ -9,7 +9,8 @@ one-hot matrix holds a single 1 (f32 maps use ``Precision.HIGHEST``).
 
 The map stays in HBM (``memory_space=pl.ANY``); each grid step (one point tile)
 loops over the row windows its points touch, ``lo[i] .. hi[i]`` (computed by the
-caller, read from SMEM), and copies each window into VMEM with a DMA. The work
+caller, read from an SMEM block of the bounds of 8 tiles; points outside the map,
+whose 4 weights are 0, touch none), and copies each window into VMEM with a DMA. The work
 per tile is proportional to the span of rows its points touch: small for the
 spatially ordered points of deformable convolution, RoIAlign bins and point
 heads; a tile of points scattered over the whole map reads the whole map
@@ -40,6 +41,9 @@ from jax.experimental.pallas import tpu as pltpu
 
 Array = jnp.ndarray
 
+# Window bounds of 8 point tiles per SMEM block: rows i % 8, lanes (lo, hi).
+BOUNDS_BLOCK = (8, 128)
+
 
 def _offsets(wp: int) -> tuple[int, int, int, int]:
     return (0, 1, wp, wp + 1)
@@ -52,9 +56,9 @@ def _dot(a: Array, b: Array) -> Array:
 
 def _windows(lohi_ref, tk: int, body) -> None:
     """Runs body(start, k) for the row windows k = lo .. hi of this point tile."""
-    i = pl.program_id(0)
-    lo = lohi_ref[2 * i]
-    hi = lohi_ref[2 * i + 1]
+    j = pl.program_id(0) % BOUNDS_BLOCK[0]
+    lo = lohi_ref[j, 0]
+    hi = lohi_ref[j, 1]
 
     def step(k, carry):
         body(k * tk, k)
@@ -138,11 +142,13 @@ def _scatter_kernel(wp, tk, lohi_ref, rowt_ref, wt_ref, g_ref, dflat_in, dflat_h
 
 
 def _grid_spec(m: int, tm: int, in_specs, out_specs, scratch_shapes):
-    """One grid step per point tile; the window bounds are scalar-prefetched."""
-    return pltpu.PrefetchScalarGridSpec(
-        num_scalar_prefetch=1,
+    """One grid step per point tile; its window bounds come in an SMEM block."""
+    bounds = pl.BlockSpec(
+        BOUNDS_BLOCK, lambda i: (i // BOUNDS_BLOCK[0], 0), memory_space=pltpu.SMEM
+    )
+    return pl.GridSpec(
         grid=(m // tm,),
-        in_specs=in_specs,
+        in_specs=[bounds, *in_specs],
         out_specs=out_specs,
         scratch_shapes=scratch_shapes,
     )
@@ -153,7 +159,8 @@ def _params(semantics: str):
 
 
 def gather(flat, row, w, lohi, *, wp: int, tm: int, tk: int, interpret=False) -> Array:
-    """flat [R, Cp], row [M, 1], w [M, 4], lohi [2 M/tm] -> [M, Cp] (flat's dtype)."""
+    """flat [R, Cp], row [M, 1], w [M, 4], lohi [T, 128] (window bounds of the point
+    tiles, T >= M/tm a multiple of 8) -> [M, Cp] (flat's dtype)."""
     m, cp = row.shape[0], flat.shape[1]
     return pl.pallas_call(
         partial(_gather_kernel, wp, tk),
@@ -161,11 +168,11 @@ def gather(flat, row, w, lohi, *, wp: int, tm: int, tk: int, interpret=False) ->
         grid_spec=_grid_spec(
             m, tm,
             in_specs=[
-                pl.BlockSpec((tm, 1), lambda i, _: (i, 0)),
-                pl.BlockSpec((tm, 4), lambda i, _: (i, 0)),
+                pl.BlockSpec((tm, 1), lambda i: (i, 0)),
+                pl.BlockSpec((tm, 4), lambda i: (i, 0)),
                 pl.BlockSpec(memory_space=pl.ANY),
             ],
-            out_specs=pl.BlockSpec((tm, cp), lambda i, _: (i, 0)),
+            out_specs=pl.BlockSpec((tm, cp), lambda i: (i, 0)),
             scratch_shapes=[
                 pltpu.VMEM((tk, cp), flat.dtype),
                 pltpu.VMEM((tm, cp), jnp.float32),
@@ -187,11 +194,11 @@ def corner_dots(flat, row, g, lohi, *, wp: int, tm: int, tk: int, interpret=Fals
         grid_spec=_grid_spec(
             m, tm,
             in_specs=[
-                pl.BlockSpec((tm, 1), lambda i, _: (i, 0)),
-                pl.BlockSpec((tm, cp), lambda i, _: (i, 0)),
+                pl.BlockSpec((tm, 1), lambda i: (i, 0)),
+                pl.BlockSpec((tm, cp), lambda i: (i, 0)),
                 pl.BlockSpec(memory_space=pl.ANY),
             ],
-            out_specs=pl.BlockSpec((tm, 4), lambda i, _: (i, 0)),
+            out_specs=pl.BlockSpec((tm, 4), lambda i: (i, 0)),
             scratch_shapes=[pltpu.VMEM((tk, cp), flat.dtype), pltpu.SemaphoreType.DMA],
         ),
         compiler_params=_params("parallel"),
@@ -210,9 +217,9 @@ def scatter(nrows: int, rowt, wt, g, lohi, *, wp: int, tm: int, tk: int, interpr
         grid_spec=_grid_spec(
             m, tm,
             in_specs=[
-                pl.BlockSpec((1, tm), lambda i, _: (0, i)),
-                pl.BlockSpec((4, tm), lambda i, _: (0, i)),
-                pl.BlockSpec((tm, cp), lambda i, _: (i, 0)),
+                pl.BlockSpec((1, tm), lambda i: (0, i)),
+                pl.BlockSpec((4, tm), lambda i: (0, i)),
+                pl.BlockSpec((tm, cp), lambda i: (i, 0)),
                 pl.BlockSpec(memory_space=pl.ANY),
             ],
             out_specs=pl.BlockSpec(memory_space=pl.ANY),
