@@ -73,13 +73,15 @@ def test_values_and_gradients_match_xla_f32(kernel, shape, boundary):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-def test_values_and_gradients_match_xla_bf16(kernel):
+@pytest.mark.parametrize("boundary", ["zero", "clamp"])
+def test_values_and_gradients_match_xla_bf16(kernel, boundary):
     feat, pts, bidx, g = _case(SHAPES[1], jnp.bfloat16, seed=3)
+    kw = dict(boundary=boundary)
     ref = _value_and_grads(
-        lambda f, p: sampling.bilinear_sample_batched(f, bidx, p, impl="xla"), feat, pts, g
+        lambda f, p: sampling.bilinear_sample_batched(f, bidx, p, impl="xla", **kw), feat, pts, g
     )
     got = _value_and_grads(
-        lambda f, p: pallas_sampling.bilinear_sample_batched(f, bidx, p, kernel=kernel),
+        lambda f, p: pallas_sampling.bilinear_sample_batched(f, bidx, p, kernel=kernel, **kw),
         feat, pts, g,
     )
     for a, b in zip(got, ref):
