@@ -90,6 +90,9 @@ def model_r50_fpn() -> ml_collections.ConfigDict:
             head=dict(num_convs=4, channels=256, norm="gn", gn_groups=32),
             strides=(8, 16, 32, 64, 128),
             dtype="float32",
+            # Bilinear-sampling back end of deformable convs and point sampling
+            # (jaxdet.ops.pallas): 'auto' (XLA) | 'xla' | 'pallas'.
+            sampling_backend="auto",
         )
     )
 
@@ -105,6 +108,9 @@ def model_tiny() -> ml_collections.ConfigDict:
             head=dict(num_convs=2, channels=64, norm="gn", gn_groups=16),
             strides=(8, 16, 32),
             dtype="float32",
+            # Bilinear-sampling back end of deformable convs and point sampling
+            # (jaxdet.ops.pallas): 'auto' (XLA) | 'xla' | 'pallas'.
+            sampling_backend="auto",
         )
     )
 

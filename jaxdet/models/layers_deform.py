@@ -62,6 +62,7 @@ class DeformConv(nn.Module):
     impl: str = "tiled"
     layout: str = "auto"
     platform: Platform = DEFAULT  # its target resolves layout="auto"
+    sampling_backend: str = "auto"  # 'auto' | 'xla' | 'pallas' (config model.sampling_backend)
 
     def _padding(self) -> tuple[int, int]:
         if self.padding is not None:
@@ -104,6 +105,7 @@ class DeformConv(nn.Module):
             impl=self.impl,
             layout=self.layout,
             target=self.platform.target,
+            sampling_backend=self.sampling_backend,
         )
         if bias is not None:
             y = y + bias.astype(y.dtype)
@@ -129,6 +131,7 @@ class ModulatedDeformConv(nn.Module):
     impl: str = "tiled"
     layout: str = "auto"
     platform: Platform = DEFAULT  # its target resolves layout="auto"
+    sampling_backend: str = "auto"  # 'auto' | 'xla' | 'pallas' (config model.sampling_backend)
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -172,5 +175,6 @@ class ModulatedDeformConv(nn.Module):
             impl=self.impl,
             layout=self.layout,
             platform=self.platform,
+            sampling_backend=self.sampling_backend,
             name="deform",
         )(x, offsets, mask)

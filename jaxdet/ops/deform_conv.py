@@ -30,6 +30,11 @@ tile*kh*kw*Cin values, which do not grow with the map (see
 ``impl="simple"`` is the untiled gather-then-matmul formulation differentiated by
 autodiff: the reference for the custom VJP in tests, and a fallback.
 
+``sampling_backend="pallas"`` (the config's ``model.sampling_backend``) samples
+the columns with the Pallas kernels of `jaxdet.ops.pallas.sampling` (points
+ordered group-major, so a tile of points reads a compact span of the map) and
+multiplies them as ``impl="simple"`` does; ``"auto"`` and ``"xla"`` keep ``impl``.
+
 Gather layout (``layout``): see `jaxdet.ops.sampling` -- four row gathers
 ("rows", fastest on XLA:CPU) or one packed 2x2-window gather ("packed", the
 layout for TPU/GPU); "auto" picks by ``target``.
@@ -45,8 +50,10 @@ from collections.abc import Sequence
 
 import jax.numpy as jnp
 
+from jaxdet.ops import pallas as pallas_cfg
 from jaxdet.ops import sampling
 from jaxdet.ops.deform_tiles import TileConfig, acc_dtype, deform_simple, deform_tiled
+from jaxdet.ops.deform_tiles import _matmul_cols as matmul_cols
 
 Array = jnp.ndarray
 IntPair = int | Sequence[int]
@@ -149,6 +156,7 @@ def deform_conv2d(
     layout: str = "auto",
     tile: int = 256,
     target: str = "cpu",
+    sampling_backend: str = "auto",
 ) -> Array:
     """Deformable convolution (DCNv1, or DCNv2 with `mask`).
 
@@ -165,6 +173,7 @@ def deform_conv2d(
       layout: corner gather layout, "auto" | "rows" | "packed".
       tile: output pixels per tile of the tiled implementation.
       target: 'cpu' | 'gpu' | 'tpu', resolves layout="auto" (`jaxdet.platform`).
+      sampling_backend: 'auto' | 'xla' | 'pallas' (module docstring).
     Returns:
       [B, Ho, Wo, Cout], x's dtype (f32 accumulation).
     """
@@ -190,13 +199,32 @@ def deform_conv2d(
         layout=sampling.resolve_layout(layout, target),
     )
     wk = weight.reshape(kh * kw, cin_g, cout)
-    if impl == "tiled":
+    if pallas_cfg.use_pallas(target, sampling_backend):
+        out = _deform_pallas(x, pts, m, wk, ho * wo, groups, target)
+    elif impl == "tiled":
         out = deform_tiled(cfg, x, pts, m, wk)
     else:
         out = deform_simple(cfg, x, pts, m, wk)
     if bias is not None:
         out = out + bias.astype(out.dtype)
     return out.reshape(b, ho, wo, cout).astype(x.dtype)
+
+
+def _deform_pallas(x, pts, mask, wk, pix_per_image: int, groups: int, target: str) -> Array:
+    """Columns [N, K, Cin] sampled by the Pallas kernels, then `matmul_cols`."""
+    from jaxdet.ops.pallas import sampling as pallas_sampling
+
+    b, h, w, cin = x.shape
+    n, k, g, _ = pts.shape
+    # Offset group g of image i is image i * G + g of a [B*G, H, W, Cin/G] map.
+    xg = jnp.moveaxis(x.reshape(b, h, w, g, cin // g), 3, 1).reshape(b * g, h, w, cin // g)
+    img = jnp.arange(n, dtype=jnp.int32) // pix_per_image
+    bidx = jnp.arange(g, dtype=jnp.int32)[:, None, None] + img[None, :, None] * g
+    cols = pallas_sampling.bilinear_sample_batched(
+        xg, bidx, jnp.moveaxis(pts, 2, 0), target=target
+    )  # [G, N, K, Cin/G]
+    cols = jnp.moveaxis(cols, 0, 2).astype(acc_dtype(x.dtype)) * mask[..., None]
+    return matmul_cols(cols.reshape(n, k, cin), wk, groups)
 
 
 def dense_equivalent_offsets(

@@ -33,12 +33,14 @@ for 'gpu' / 'tpu' (`jaxdet.platform.Platform.target`).
 
 Backends
 --------
-``impl="xla"`` is the portable path below (differentiable by autodiff in both
-``feat`` and ``points``). ``impl="pallas"`` calls the Pallas kernel of
-`jaxdet.ops.pallas.sampling` (custom VJP). ``impl="auto"`` uses Pallas only for
-GPU/TPU targets when enabled (`jaxdet.ops.pallas.set_enabled` or
-``JAXDET_PALLAS=1``), XLA otherwise. The geometry shared with the Pallas kernel
-(`Corners`, `corners`, `pad_map`, ...) lives in `jaxdet.ops.bilinear`.
+``impl`` (the config's ``model.sampling_backend``) picks the back end:
+``"xla"`` is the portable path below (differentiable by autodiff in both
+``feat`` and ``points``); ``"pallas"`` calls the Pallas kernels of
+`jaxdet.ops.pallas.sampling` (custom VJP; Triton for a 'gpu' target, Mosaic for
+'tpu', the Pallas interpreter for 'cpu'); ``"auto"`` is XLA for every target
+until a measurement on the device shows the kernels faster (what is and is not
+verified of them: `jaxdet.ops.pallas.sampling`). The geometry shared with the
+kernels (`Corners`, `corners`, `pad_map`, ...) lives in `jaxdet.ops.bilinear`.
 """
 
 from __future__ import annotations
@@ -188,15 +190,9 @@ def _check(feat: Array, points: Array, ndim: int) -> None:
 
 
 def _use_pallas(impl: str, target: str) -> bool:
-    if impl == "xla":
-        return False
-    if impl == "pallas":
-        return True
-    if impl != "auto":
-        raise ValueError(f"unknown impl {impl!r}; expected 'auto', 'xla' or 'pallas'")
     from jaxdet.ops import pallas as pallas_cfg
 
-    return pallas_cfg.use_pallas(target)
+    return pallas_cfg.use_pallas(target, impl)
 
 
 def bilinear_sample(
@@ -211,7 +207,8 @@ def bilinear_sample(
     """Samples feat [H, W, C] at points [..., 2] = (y, x) pixels -> [..., C].
 
     See the module docstring for the boundary rules, layouts and backends;
-    `target` ('cpu' | 'gpu' | 'tpu') resolves the 'auto' ones.
+    `target` ('cpu' | 'gpu' | 'tpu') resolves the 'auto' ones; `impl`: 'auto' |
+    'xla' | 'pallas' (module docstring).
     Differentiable in `feat` and `points`. The output has feat's dtype; bf16
     maps are interpolated in f32 and cast back.
     """

@@ -1,11 +1,15 @@
-"""Pallas kernels of jaxdet's ops, and the switch that enables them.
+"""Pallas kernels of jaxdet's ops, and the choice between them and XLA.
 
-Pallas kernels are off by default. `set_enabled(True)` (or the environment
-variable ``JAXDET_PALLAS=1``) makes ``impl="auto"`` ops dispatch to them for
-GPU and TPU targets (the ops' ``target`` argument, `jaxdet.platform.Platform.target`);
-for CPU the XLA path is always used unless a caller asks for ``impl="pallas"``
-explicitly, in which case the kernel runs with ``interpret=True`` (tests do this).
-See `jaxdet.ops.pallas.sampling` for what each backend needs.
+The sampling back end is an argument of the ops (``impl``), set from the config
+field ``model.sampling_backend``:
+
+- ``"xla"``: the portable XLA path.
+- ``"pallas"``: the Pallas kernels (`jaxdet.ops.pallas.sampling`): the Triton
+  kernels for a 'gpu' target, the Mosaic kernels for 'tpu'; for a 'cpu' target
+  they run in the Pallas interpreter (slow; tests use it).
+- ``"auto"``: XLA for every target. The kernels lower for TPU and GPU (tested
+  from a CPU host) but have not been compiled or timed on either, so 'auto'
+  stays on XLA until a measurement on the device shows a kernel faster.
 
 This package must not import anything heavy at import time: the kernels live in
 submodules imported on first use.
@@ -13,28 +17,16 @@ submodules imported on first use.
 
 from __future__ import annotations
 
-import os
-
-_ENABLED: bool = os.environ.get("JAXDET_PALLAS", "0").lower() in ("1", "true", "yes")
-
-
-def set_enabled(enabled: bool = True) -> None:
-    """Turns the Pallas dispatch of ``impl="auto"`` ops on or off (process-wide)."""
-    global _ENABLED
-    _ENABLED = bool(enabled)
-
-
-def is_enabled() -> bool:
-    return _ENABLED
-
-
+BACKENDS = ("auto", "xla", "pallas")
 _COMPILED = ("gpu", "cuda", "rocm", "tpu")
 
 
-def use_pallas(target: str) -> bool:
-    """True when ``impl="auto"`` ops for `target` ('cpu' | 'gpu' | 'tpu') should use
-    Pallas: enabled and a GPU/TPU target."""
-    return _ENABLED and target in _COMPILED
+def use_pallas(target: str, backend: str = "auto") -> bool:
+    """Whether an op built for `target` ('cpu' | 'gpu' | 'tpu') with sampling back end
+    `backend` ('auto' | 'xla' | 'pallas') runs the Pallas kernels ('auto': never)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown sampling backend {backend!r}; expected one of {BACKENDS}")
+    return backend == "pallas"
 
 
 def needs_interpret(target: str) -> bool:
