@@ -21,8 +21,9 @@ figures: benchmarks/README.md).
 `--detectors` (default `atss`, the settings above) also selects the two-stage
 settings: Faster R-CNN and Mask R-CNN R50-FPN (`configs/faster_rcnn/
 faster_rcnn_r50_fpn_1x_coco.py`, `configs/mask_rcnn/mask_rcnn_r50_fpn_1x_coco.py`), 2
-images, the same random GT, for Mask R-CNN with box-shaped instance masks at the
-config's `data.mask_stride`; the default platform only. Their references are
+images with torchvision's reference GT (3 and 8 random boxes: `torchvision_batch`), for
+Mask R-CNN with box-shaped instance masks at the config's `data.mask_stride`; the
+default platform only. Their references are
 torchvision's `fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` train steps
 (`benchmarks/torchvision_rcnn_step.py`, run with `--torch-python`); the step-time and
 the peak-RSS ratios jaxdet / torchvision are printed. With several detectors each
@@ -102,8 +103,31 @@ def random_batch(batch: int, hw: tuple[int, int], max_boxes: int, num_classes: i
     return out
 
 
-def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int
-          ) -> tuple[float, float]:
+def torchvision_batch(hw: tuple[int, int], max_boxes: int, num_classes: int, seed=0,
+                      mask_stride: int = 0, counts: tuple[int, ...] = (3, 8)
+                      ) -> dict[str, np.ndarray]:
+    """`torchvision_rcnn_step.py`'s GT: image i holds counts[i] random boxes (corner
+    uniform in [0, 350), side 20-160 px, scaled by side / 512), box-shaped masks."""
+    out = random_batch(len(counts), hw, max_boxes, num_classes, seed, mask_stride)
+    rng = np.random.default_rng(seed)
+    h, w = hw
+    scale = np.asarray([w, h]) / 512
+    valid = np.arange(max_boxes)[None] < np.asarray(counts)[:, None]
+    xy = rng.uniform(0, 350, size=(len(counts), max_boxes, 2)) * scale
+    wh = (20 + rng.uniform(0, 140, size=(len(counts), max_boxes, 2))) * scale
+    boxes = np.where(valid[..., None], np.concatenate([xy, xy + wh], -1), 0).astype(np.float32)
+    out.update(boxes=boxes, valid=valid)
+    if mask_stride:
+        masks = np.zeros_like(out["masks"])
+        for b, m in zip(*np.nonzero(valid)):
+            x1, y1, x2, y2 = np.round(boxes[b, m] / mask_stride).astype(int)
+            masks[b, m, y1:y2, x1:x2] = 1
+        out["masks"] = masks
+    return out
+
+
+def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int,
+          make_batch=random_batch) -> tuple[float, float]:
     """Compiles and times the train step; prints the figures, returns (median step s,
     the process's peak RSS MiB so far)."""
     config.data.image_size = hw
@@ -116,8 +140,13 @@ def bench(name: str, config, batch_size: int, hw: tuple[int, int], steps: int
     step = jax.jit(functools.partial(train_step, detector=det, tx=tx), donate_argnums=(0,),
                    compiler_options=platform_lib.from_config(config).compiler_options())
     mask_stride = int(config.data.mask_stride) if config.data.with_masks else 0
-    batch = jax.device_put(random_batch(batch_size, hw, config.data.max_boxes,
-                                        config.data.num_classes, mask_stride=mask_stride))
+    if make_batch is random_batch:
+        batch = random_batch(batch_size, hw, config.data.max_boxes, config.data.num_classes,
+                             mask_stride=mask_stride)
+    else:
+        batch = make_batch(hw, config.data.max_boxes, config.data.num_classes,
+                           mask_stride=mask_stride)
+    batch = jax.device_put(batch)
     rng = jax.random.PRNGKey(1)
     t0 = time.perf_counter()
     compiled = step.lower(state, batch, rng).compile()
@@ -182,7 +211,8 @@ def run_two_stage(key: str, args: argparse.Namespace) -> None:
     size = args.size
     name = f"{title} (2 x {size}x{size})"
     print(f"  platform: {platform_lib.from_config(get_config())}")
-    med, rss = bench(name, get_config(), 2, (size, size), max(args.steps // 4, 3))
+    med, rss = bench(name, get_config(), 2, (size, size), max(args.steps // 4, 3),
+                     make_batch=torchvision_batch)
     if not args.torch_python:
         print(f"{title}: no torchvision reference (--torch-python)")
         return
