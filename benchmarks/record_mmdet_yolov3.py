@@ -74,23 +74,31 @@ def stub_mmcv_ops() -> None:
     sys.meta_path.insert(0, _StubFinder())
 
 
-def random_gt(rng: np.random.Generator, hw: tuple[int, int], n: int) -> np.ndarray:
-    """n boxes [n, 4] inside the image, sizes 2-60 px, one below a pixel; centres never on
-    the right / bottom border (mmdetection's flat cell index would leave the grid)."""
+def random_gt(rng: np.random.Generator, hw: tuple[int, int], n: int,
+              near_anchors: bool = False) -> np.ndarray:
+    """n boxes [n, 4] inside the image, sizes 2-60 px (or, near_anchors, an anchor's size
+    x 0.8-1.25 with the centre near a stride-8 cell edge: anchors of neighbouring cells
+    then overlap it by more than 0.5, the ignored ones), one below a pixel; centres never
+    on the right / bottom border (mmdetection's flat cell index would leave the grid)."""
     h, w = hw
     wh = rng.uniform(2, 60, (n, 2))
-    wh[0] = rng.uniform(0.3, 0.9, 2)
     ctr = rng.uniform(0, 1, (n, 2)) * (np.array([w, h]) - 1e-3)
+    if near_anchors:
+        sizes = np.asarray([wh for lvl in ANCHORS for wh in lvl], np.float64)
+        wh = sizes[rng.integers(0, len(sizes), n)] * rng.uniform(0.8, 1.25, (n, 2))
+        ctr = np.clip(np.round(ctr / 8) * 8 + rng.uniform(-1, 1, (n, 2)), 1,
+                      np.array([w, h]) - 1)
+    wh[0] = rng.uniform(0.3, 0.9, 2)
     boxes = np.concatenate([ctr - wh / 2, ctr + wh / 2], 1)
     return boxes.astype(np.float32)
 
 
-def record_case(seed: int, hw: tuple[int, int], num_gt: int, batch: int = 2) -> dict:
+def record_case(seed: int, hw: tuple[int, int], num_gt: int, batch: int = 2,
+                near_anchors: bool = False) -> dict:
     import torch
+    from mmdet.registry import MODELS, TASK_UTILS
     from mmengine.config import ConfigDict
     from mmengine.structures import InstanceData
-
-    from mmdet.registry import MODELS, TASK_UTILS
 
     rng = np.random.default_rng(seed)
     head = MODELS.build(dict(
@@ -115,7 +123,7 @@ def record_case(seed: int, hw: tuple[int, int], num_gt: int, batch: int = 2) -> 
     gts, labels = [], []
     for b in range(batch):
         n = num_gt if b == 0 else max(num_gt - 2, 1)
-        gts.append(random_gt(rng, hw, n))
+        gts.append(random_gt(rng, hw, n, near_anchors))
         labels.append(rng.integers(0, NUM_CLASSES, n))
     instances = [InstanceData(bboxes=torch.tensor(g), labels=torch.tensor(lab))
                  for g, lab in zip(gts, labels)]
@@ -146,7 +154,8 @@ def record_case(seed: int, hw: tuple[int, int], num_gt: int, batch: int = 2) -> 
         a = torch.tensor(random_gt(rng, hw, 16) + np.float32(1.0))
         g = torch.tensor(random_gt(rng, hw, 16))
         st = torch.tensor(rng.choice(STRIDES, 16).astype(np.float32))
-        out["coder_anchors"], out["coder_gt"], out["coder_stride"] = a.numpy(), g.numpy(), st.numpy()
+        out["coder_anchors"], out["coder_gt"] = a.numpy(), g.numpy()
+        out["coder_stride"] = st.numpy()
         out["coder_encoded"] = head.bbox_coder.encode(a, g, st).numpy()
         p = torch.tensor(np.concatenate([rng.uniform(0, 1, (16, 2)), rng.normal(0, 1, (16, 2))],
                                         1).astype(np.float32))
@@ -165,9 +174,10 @@ def main() -> None:
 
     register_all_modules()
     os.makedirs(args.out, exist_ok=True)
-    cases = [(0, (64, 96), 5), (1, (96, 64), 6), (2, (64, 64), 4)]
-    for seed, hw, n in cases:
-        rec = record_case(seed, hw, n)
+    cases = [(0, (64, 96), 5, False), (1, (96, 64), 6, False), (2, (64, 64), 4, False),
+             (3, (96, 128), 12, True)]
+    for seed, hw, n, near in cases:
+        rec = record_case(seed, hw, n, near_anchors=near)
         rec["mmdet_version"] = np.asarray(mmdet.__version__)
         path = os.path.join(args.out, f"case{seed}.npz")
         np.savez_compressed(path, **rec)

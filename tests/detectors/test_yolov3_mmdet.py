@@ -28,7 +28,7 @@ from tests.tiny import tiny_config
 FIXTURES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "fixtures",
                                          "mmdet_yolov3", "case*.npz")))
 STRIDES = (8, 16, 32)
-M = 8  # padded GT rows
+M = 16  # padded GT rows
 
 
 def _config(image_hw):
