@@ -147,7 +147,8 @@ def assign_darknet(priors: Priors, gt: GroundTruth, pred_boxes: Array, *,
     wh = anchor_sizes(priors)  # [L * A, 2]
     cx, cy, _, _ = _cells(priors)
     local = np.tile(np.arange(a, dtype=np.int32), n // a)
-    anchor_of = jnp.asarray(np.asarray(priors.levels) * a + local)  # [N] index into wh
+    levels = np.repeat(np.arange(len(priors.level_sizes)), priors.level_sizes)
+    anchor_of = jnp.asarray(levels * a + local, jnp.int32)  # [N] index into wh
     pcols = common.columns(pred_boxes)
     parea = (pcols[2] - pcols[0]) * (pcols[3] - pcols[1])
 
