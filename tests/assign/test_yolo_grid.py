@@ -139,3 +139,23 @@ def test_jit_vmap_equals_per_image():
             np.asarray(dk.gt_index[i]),
             np.asarray(yolo_grid.assign_darknet(PRIORS, g, pred[i]).gt_index))
         assert out.quality.dtype == jnp.float32
+
+
+def test_random_cases_equal_the_numpy_reference():
+    from tests.assign import numpy_ref
+
+    shapes = [(8, 10), (4, 5), (2, 3)]
+    base = (((10, 13), (16, 30), (33, 23)), ((30, 61), (62, 45), (59, 119)),
+            ((116, 90), (156, 198), (373, 326)))
+    p = priors_lib.make_yolo_anchors(shapes, (8, 16, 32), base)
+    pj = jax.tree_util.tree_map(jnp.asarray, p)
+    rng = np.random.default_rng(0)
+    boxes, labels, valid, ignore = numpy_ref.random_gt(rng, 6, 12, image_hw=(64, 80),
+                                                       max_wh=70)
+    gt = GroundTruth(boxes=jnp.asarray(boxes), labels=jnp.asarray(labels),
+                     valid=jnp.asarray(valid), ignore=jnp.asarray(ignore))
+    out = jax.jit(jax.vmap(lambda g: yolo_grid.assign(pj, g)))(gt)
+    for b in range(6):
+        want, _ = numpy_ref.yolo_grid(p.boxes, shapes, (8, 16, 32), 3, boxes[b], valid[b],
+                                      ignore[b])
+        np.testing.assert_array_equal(np.asarray(out.gt_index[b]), want)
