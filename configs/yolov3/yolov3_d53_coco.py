@@ -6,9 +6,11 @@
 #   python -m jaxdet.main --config=configs/yolov3/yolov3_d53_coco.py \
 #     --config.data.coco_dir=/path/to/coco --workdir=runs/yolov3_d53
 #
+# Multi-scale training: each step resizes its batch to one of 320, 352, ..., 608 px
+# (`data.train_sizes`, jaxdet.train.multiscale; one compiled step per size), for
+# mmdetection's RandomResize over 320-608 px.
 # Not reproduced: mmdetection's ImageNet-pretrained Darknet-53 and train-mode BN (GN here),
-# its Expand / MinIoURandomCrop / PhotoMetricDistortion augmentation, and multi-scale
-# training (320-608 px): the input has one size, `data.image_size`.
+# its Expand / MinIoURandomCrop / PhotoMetricDistortion augmentation.
 from configs import common
 
 
@@ -22,5 +24,6 @@ def get_config():
     data.image_size, data.min_size, data.max_size = (608, 608), 608, 608
     # mmdetection's data_preprocessor for YOLOv3: mean 0, std 255 (RGB).
     data.mean, data.std = (0.0, 0.0, 0.0), (255.0, 255.0, 255.0)
+    data.train_sizes = tuple(range(320, 609, 32))  # () = train at image_size only
     config = common.base("yolov3", data, common.model_darknet53(), train, optimizer)
     return common.yolo(config, common.YOLO_COCO_ANCHORS)
