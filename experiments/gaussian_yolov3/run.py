@@ -53,7 +53,7 @@ NUM_BINS = 8
 
 def detections_with_priors(det, params, images, image_hw):
     """Detections of `det.predict`'s settings plus, per detection, its four sigmas
-    [B, K, 4] and its prior's index [B, K] (for the stride): the Gaussian head's outputs
+    [B, K, 4] (0 for YOLOv3) and its prior's index [B, K] (for the stride): the head's outputs
     through the template's `apply`, `priors`, `decode` and `dense_postprocess`."""
     out = det.apply(params, images)
     priors = det.priors(tuple(images.shape[1:3]), out)
@@ -61,7 +61,10 @@ def detections_with_priors(det, params, images, image_hw):
 
     def one(o, hw):
         boxes, scores, factors = det.decode(o, priors)
-        _, sigma = gaussian_yolov3.split_gaussian(o["box"])
+        if o["box"].shape[-1] == 8:
+            _, sigma = gaussian_yolov3.split_gaussian(o["box"])
+        else:  # YOLOv3: no sigma
+            sigma = jax.numpy.zeros_like(boxes)
         extra = dict(sigma=sigma, prior=jax.numpy.arange(boxes.shape[0]))
         return dense_postprocess(boxes, scores, det.level_sizes(priors), hw,
                                  score_thr=t.score_thr, pre_nms_topk=t.pre_nms_topk,
@@ -213,7 +216,7 @@ def write_table(results: dict, schedule: str, recall: float, out: str) -> None:
               "| | Pearson | Spearman |", "|---|---|---|"]
     for name in (*COORDS, "iou_vs_mean_sigma"):
         label = ("IoU vs mean sigma" if name == "iou_vs_mean_sigma"
-                 else f"sigma_{name[1]} vs |error|")
+                 else f"sigma_{name[1]} vs abs. error")
         lines.append(f"| {label} | {pm(a[name]['pearson'])} | {pm(a[name]['spearman'])} |")
     lines += ["", "![uncertainty analyses, seed 0](gaussian_yolov3.png)", "<!-- results:end -->"]
     report.write_results(os.path.join(out, "README.md"), lines,
