@@ -105,8 +105,9 @@ def test_responsible_flags_and_assignment_equal_mmdet(case):
 
 def test_targets_equal_mmdet(case):
     rec, config, det, priors, gt = case
-    assign = jax.vmap(lambda g: yolo_grid.assign(priors, g))(gt)
-    box_t, cls_t, _ = yolov3.yolo_targets(priors, gt, assign, 3)
+    assign, (box_t, cls_t, _) = jax.jit(lambda g: (
+        lambda a: (a, yolov3.yolo_targets(priors, g, a, 3)))(
+            jax.vmap(lambda g1: yolo_grid.assign(priors, g1))(g)))(gt)
     target = _in_stride_order(rec, "target_map_s{}", axis=1)
     neg = _in_stride_order(rec, "neg_map_s{}", axis=1)
     pos = np.asarray(assign.positive)

@@ -48,12 +48,16 @@ def test_narrow_network_runs_and_head_biases():
     neck = YOLOV3Neck(out_channels=(8, 16, 32), gn_groups=4)
     head = YOLOV3Head(num_classes=3, feat_channels=(16, 32, 64), gn_groups=4, box_dims=8)
 
-    pb = bb.init(jax.random.PRNGKey(0), x)
-    feats = bb.apply(pb, x)
-    pn = neck.init(jax.random.PRNGKey(1), feats)
-    outs = neck.apply(pn, feats)
-    ph = head.init(jax.random.PRNGKey(2), outs)
-    pred = head.apply(ph, outs)
+    @jax.jit
+    def init_and_apply(x):
+        pb = bb.init(jax.random.PRNGKey(0), x)
+        feats = bb.apply(pb, x)
+        pn = neck.init(jax.random.PRNGKey(1), feats)
+        outs = neck.apply(pn, feats)
+        ph = head.init(jax.random.PRNGKey(2), outs)
+        return ph, head.apply(ph, outs)
+
+    ph, pred = init_and_apply(x)
     n = 3 * (8 * 12 + 4 * 6 + 2 * 3)
     assert pred["box"].shape == (2, n, 8) and pred["cls_logits"].shape == (2, n, 3)
     bias = np.asarray(ph["params"]["pred0"]["bias"]).reshape(3, 12)
