@@ -12,4 +12,7 @@ def get_config():
     # sigma_const: added to sigma in the density's normaliser (darknet 0.3; paper 0).
     config.loss.update(dict(box_weight=1.0, sigma_const=0.3))
     config.test.use_uncertainty = True  # score x (1 - mean sigma)
+    # The assignment stays YOLOv3's (mmdetection's grid rule), so the two differ only in
+    # the box outputs and loss; the reference darknet code assigns by its own rule:
+    # --config.assigner.name=darknet (ignore_thr 0.5, as its BDD cfg).
     return config

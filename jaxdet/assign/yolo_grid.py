@@ -137,7 +137,7 @@ def assign_darknet(priors: Priors, gt: GroundTruth, pred_boxes: Array, *,
       priors: YOLO anchors on a lattice, N = sum_l h_l * w_l * A.
       gt: one image's GroundTruth, leaves [M, ...].
       pred_boxes: [N, 4] decoded predicted boxes (stop_gradient-ed by the caller).
-      ignore_thr: darknet's `ignore_thresh` (0.5, 0.7 in the Gaussian YOLOv3 cfgs).
+      ignore_thr: darknet's `ignore_thresh` (0.5 in yolov3.cfg and Gaussian_yolov3_BDD.cfg).
     Returns:
       Assignment: gt_index [N] (-1 negative, -2 ignored, k matched to GT row k),
       quality [N] float32 (1 on positives).

@@ -15,9 +15,11 @@ targets being the offsets in the cell), summed over the batch and divided like
 YOLOv3's terms (`loss.images_per_sum`), weight `loss.box_weight` (1). The code adds
 `loss.sigma_const` (0.3) to sigma in the density's normaliser; 0 gives the paper's
 formula. Objectness and class BCE as YOLOv3.
-Inference: score = objectness x class x (1 - mean of the four sigmas)
-(`test.use_uncertainty`; False scores as YOLOv3); the detections carry the four
-sigmas as `box_std` (in the units of tx, ty, tw, th).
+Inference: YOLOv3's thresholds (objectness >= conf_thr, class > score_thr, top 1000),
+then score = objectness x class x (1 - mean of the four sigmas) before the NMS
+(`test.use_uncertainty`; False scores as YOLOv3; darknet instead thresholds the
+product); the detections carry the four sigmas as `box_std` (in the units of tx, ty,
+tw, th).
 """
 
 from __future__ import annotations
