@@ -2,7 +2,7 @@
 
 `assign` is mmdetection 3.x's `GridAssigner` (pos_iou_thr 0.5, neg_iou_thr 0.5,
 min_pos_iou 0, gt_max_assign_all) with the responsible flags of
-`YOLOAnchorGenerator.responsible_flags`, as `YOLOV3Head.get_targets` runs them:
+`YOLOV3Head.responsible_flags`, as `YOLOV3Head.loss_by_feat` runs them:
 
 1. responsible anchors: on every level, the anchors of the cell holding a GT's
    centre, cell = floor(centre / stride) (a union over the GTs);
@@ -29,8 +29,9 @@ anchor is tiny but > 0); a zero-area GT has IoU 0 everywhere and gets no anchor.
 `gaussian_yolo_layer.c`): each GT goes to the one anchor of all levels whose shape
 fits best (IoU of the (w, h) boxes centred at the origin, the first of equal
 IoUs), at the cell holding its centre on that anchor's level (a later GT
-overwrites an earlier one on the same anchor); every other prediction whose
-decoded box has IoU > ignore_thr with some GT is ignored for objectness.
+overwrites an earlier one on the same anchor; a centre on the border is clamped to
+the last cell); every other prediction whose decoded box has IoU > ignore_thr with
+some GT is ignored for objectness.
 """
 
 from __future__ import annotations
