@@ -20,7 +20,7 @@ demo: $(STAMP)
 
 ## The default test suite (CPU, < 20 minutes on 2 cores).
 test: $(STAMP)
-	$(PY) -m ruff check jaxdet configs tests benchmarks experiments
+	$(PY) -m ruff check jaxdet configs tests benchmarks experiments tools
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 ## Slow tests (longer training runs, big shapes).
@@ -28,7 +28,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check jaxdet configs tests benchmarks experiments
+	$(PY) -m ruff check jaxdet configs tests benchmarks experiments tools
 
 bench: $(STAMP)
 	for b in benchmarks/*_bench.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -39,6 +39,7 @@ from jaxdet.assign import (  # noqa: E402
     hambox,
     max_iou,
     noisy_anchor,
+    yolo_grid,
 )
 from jaxdet.core import priors as priors_lib  # noqa: E402
 from jaxdet.core.types import GroundTruth  # noqa: E402
@@ -48,6 +49,8 @@ from tests.assign.test_noisy_anchor import reference_bags  # noqa: E402
 
 IMAGE_HW = (800, 1333)
 STRIDES = (8, 16, 32, 64, 128)
+YOLO_ANCHORS = (((10, 13), (16, 30), (33, 23)), ((30, 61), (62, 45), (59, 119)),
+                ((116, 90), (156, 198), (373, 326)))
 
 
 def make_priors(kind: str):
@@ -68,6 +71,8 @@ def make_priors(kind: str):
         )
     if kind == "points":  # FCOS
         return priors_lib.make_points(shapes, STRIDES)
+    if kind == "yolo":  # YOLOv3: the 9 COCO anchors on strides 8, 16, 32
+        return priors_lib.make_yolo_anchors(shapes[:3], STRIDES[:3], YOLO_ANCHORS)
     raise ValueError(kind)
 
 
@@ -123,6 +128,12 @@ BENCHES = {
     # the detector runs them (the NumPy column is mmdetection's single level-agnostic
     # pass, so its ratio flatters NumPy).
     "fsaf_center_region": (fsaf_assign, fsaf_reference, "anchors_stride"),
+    # YOLOv3: mmdetection's GridAssigner with its responsible cells (N = 3 levels x 3).
+    "yolo_grid": (
+        lambda p, g: yolo_grid.assign(p, g),
+        lambda p, b, v, i: ref.yolo_grid(p.boxes, p.feature_shapes, STRIDES[:3], 3, b, v, i),
+        "yolo",
+    ),
     "max_iou_retinanet9": (
         lambda p, g: max_iou.assign(p, g),
         lambda p, b, v, i: ref.max_iou(p.boxes, b, v, i),

@@ -27,7 +27,10 @@ default platform only. Their references are
 torchvision's `fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` train steps
 (`benchmarks/torchvision_rcnn_step.py`, run with `--torch-python`); the step-time and
 the peak-RSS ratios jaxdet / torchvision are printed. With several detectors each
-runs in its own process, so that each peak RSS is its own.
+runs in its own process, so that each peak RSS is its own. `yolov3` times YOLOv3
+Darknet-53 (`configs/yolov3/yolov3_d53_coco.py`, GN for BN) at 2 x 416 x 416 against
+mmdetection 3.3's YOLOv3 train step (`benchmarks/mmdet_yolov3_step.py`, with
+`--torch-python` a Python with torch and mmdetection).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.atss import atss_r50_fpn_1x_coco, atss_tiny_shapes  # noqa: E402
 from configs.faster_rcnn import faster_rcnn_r50_fpn_1x_coco  # noqa: E402
 from configs.mask_rcnn import mask_rcnn_r50_fpn_1x_coco  # noqa: E402
+from configs.yolov3 import yolov3_d53_coco  # noqa: E402
 from jaxdet import detectors  # noqa: E402
 from jaxdet import platform as platform_lib  # noqa: E402
 from jaxdet.train import optim  # noqa: E402
@@ -60,7 +64,9 @@ TWO_STAGE = {  # --detectors name: (config, title)
     "faster_rcnn": (faster_rcnn_r50_fpn_1x_coco.get_config, "Faster R-CNN R50-FPN"),
     "mask_rcnn": (mask_rcnn_r50_fpn_1x_coco.get_config, "Mask R-CNN R50-FPN"),
 }
-DETECTORS = ("atss", *TWO_STAGE)
+# YOLOv3 Darknet-53 at 2 x 416 x 416, against mmdetection's (`mmdet_yolov3_step.py`).
+YOLO_SIZE = 416
+DETECTORS = ("atss", *TWO_STAGE, "yolov3")
 
 
 def peak_rss_mb() -> float:
@@ -208,22 +214,37 @@ def run_atss(args: argparse.Namespace) -> None:
 def run_two_stage(key: str, args: argparse.Namespace) -> None:
     """One two-stage setting (default platform), then its torchvision reference."""
     get_config, title = TWO_STAGE[key]
-    size = args.size
+    ref_cmd = [os.path.join(HERE, "torchvision_rcnn_step.py"), "--model", key,
+               "--size", str(args.size)]
+    run_referenced(get_config, title, args.size, ref_cmd, "torchvision", args)
+
+
+def run_yolov3(args: argparse.Namespace) -> None:
+    """YOLOv3 D53 (default platform), then mmdetection's YOLOv3 step."""
+    ref_cmd = [os.path.join(HERE, "mmdet_yolov3_step.py"), "--size", str(YOLO_SIZE)]
+    run_referenced(yolov3_d53_coco.get_config, "YOLOv3 Darknet-53", YOLO_SIZE, ref_cmd,
+                   "mmdetection", args)
+
+
+def run_referenced(get_config, title: str, size: int, ref_cmd: list[str], ref_name: str,
+                   args: argparse.Namespace) -> None:
+    """2 images of size x size (default platform), then the reference run by
+    `--torch-python` (`ref_cmd`: its script and arguments); prints the ratios."""
     name = f"{title} (2 x {size}x{size})"
     print(f"  platform: {platform_lib.from_config(get_config())}")
     med, rss = bench(name, get_config(), 2, (size, size), max(args.steps // 4, 3),
                      make_batch=torchvision_batch)
     if not args.torch_python:
-        print(f"{title}: no torchvision reference (--torch-python)")
+        print(f"{title}: no {ref_name} reference (--torch-python)")
         return
     out = subprocess.run(
-        [args.torch_python, os.path.join(HERE, "torchvision_rcnn_step.py"), "--model", key,
-         "--size", str(size), "--threads", str(args.threads)],
+        [args.torch_python, *ref_cmd, "--threads", str(args.threads)],
         check=True, capture_output=True, text=True).stdout.strip().splitlines()
     ref = dict(line.split("=") for line in out if "=" in line)
     ref_s, ref_rss = float(ref["step_s"]), float(ref["peak_rss_mb"])
-    print(f"torchvision {title} ({out[0]}): step {ref_s * 1e3:.1f} ms, peak RSS {ref_rss:.0f} MiB")
-    print(f"{title} jaxdet / torchvision: step time {med / ref_s:.2f}x, "
+    print(f"{ref_name} {title} ({out[0]}): step {ref_s * 1e3:.1f} ms, "
+          f"peak RSS {ref_rss:.0f} MiB")
+    print(f"{title} jaxdet / {ref_name}: step time {med / ref_s:.2f}x, "
           f"peak RSS {rss / ref_rss:.2f}x")
 
 
@@ -253,6 +274,8 @@ def main() -> None:
     print(f"devices: {jax.devices()}")
     if names[0] == "atss":
         run_atss(args)
+    elif names[0] == "yolov3":
+        run_yolov3(args)
     else:
         run_two_stage(names[0], args)
 

@@ -219,3 +219,56 @@ def two_stage(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.test.pre_nms_topk = 2000  # (RoI, class) candidates kept for the class-aware NMS
     config.test.min_box_size = 0.0  # > 0: drop smaller clipped boxes (torchvision 1e-2)
     return config
+
+
+# mmdetection's YOLOv3 COCO anchors, (w, h) per level in stride order (8, 16, 32).
+YOLO_COCO_ANCHORS = (((10, 13), (16, 30), (33, 23)), ((30, 61), (62, 45), (59, 119)),
+                     ((116, 90), (156, 198), (373, 326)))
+
+
+def model_darknet53() -> ml_collections.ConfigDict:
+    """Darknet-53 + YOLOv3 neck and head (mmdetection's yolov3_d53), lists in stride order.
+
+    norm: mmdetection trains BN with batch statistics, which jaxdet does not offer; GN
+    (groups of 32) stands in."""
+    return ml_collections.ConfigDict(
+        dict(
+            backbone=dict(width=32, blocks=(1, 2, 8, 8, 4), norm="gn", gn_groups=32),
+            neck=dict(channels=(128, 256, 512)),
+            head=dict(channels=(256, 512, 1024)),
+            strides=(8, 16, 32),
+            dtype="float32",
+        )
+    )
+
+
+def model_darknet_tiny() -> ml_collections.ConfigDict:
+    """A narrow, shallow Darknet (width 8, blocks 1, 1, 2, 2, 1) + YOLOv3 neck and head."""
+    return ml_collections.ConfigDict(
+        dict(
+            backbone=dict(width=8, blocks=(1, 1, 2, 2, 1), norm="gn", gn_groups=8),
+            neck=dict(channels=(32, 64, 128)),
+            head=dict(channels=(64, 128, 256)),
+            strides=(8, 16, 32),
+            dtype="float32",
+        )
+    )
+
+
+def yolo(config: ml_collections.ConfigDict, base_sizes) -> ml_collections.ConfigDict:
+    """Adds YOLOv3's groups to `config` (mmdetection's yolov3_d53 train / test cfg):
+    anchors, the grid assigner, the loss normalisation and the test thresholds."""
+    config.anchor = ml_collections.ConfigDict(dict(base_sizes=base_sizes))
+    # name: 'grid' (mmdetection's GridAssigner) | 'darknet' (best shape-IoU anchor,
+    # predictions with IoU > ignore_thr ignored).
+    config.assigner = ml_collections.ConfigDict(
+        dict(name="grid", pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.0,
+             ignore_iof_thr=0.0, ignore_thr=0.5)
+    )
+    # The summed losses are divided by batch_size / images_per_sum (mmdetection: the
+    # sum over each GPU's 8 images).
+    config.loss = ml_collections.ConfigDict(dict(images_per_sum=8))
+    config.test.score_thr, config.test.nms_iou, config.test.max_det = 0.05, 0.45, 100
+    config.test.pre_nms_topk = 1000
+    config.test.conf_thr = 0.005
+    return config

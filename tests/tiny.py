@@ -21,12 +21,17 @@ def tiny_config(detector: str, data_dir: str, **train) -> ml_collections.ConfigD
     config.data.image_size = (64, 64)
     config.data.min_size = 64
     config.data.max_size = 64
-    config.model.backbone.width = 8
-    config.model.backbone.gn_groups = 4
-    config.model.fpn.channels = 16
-    config.model.head.channels = 16
-    config.model.head.gn_groups = 4
-    config.model.head.num_convs = 1
+    if "fpn" in config.model:
+        config.model.backbone.width = 8
+        config.model.backbone.gn_groups = 4
+        config.model.fpn.channels = 16
+        config.model.head.channels = 16
+        config.model.head.gn_groups = 4
+        config.model.head.num_convs = 1
+    else:  # YOLO: Darknet + YOLOv3 neck / head
+        config.model.backbone.update(dict(width=4, blocks=(1, 1, 1, 1, 1), gn_groups=4))
+        config.model.neck.channels = (8, 16, 32)
+        config.model.head.channels = (16, 32, 64)
     config.train.batch_size = 4
     config.eval.batch_size = 4
     config.train.num_steps = train.pop("num_steps", 6)

@@ -5,6 +5,9 @@
   log(1000/16) clamp of dw, dh at decode.
 - Distance (FCOS / ATSS-point / FSAF): (left, top, right, bottom) distances from
   a point to the box sides, divided by a normaliser (e.g. the stride).
+- YOLO (YOLOv3 / Gaussian YOLOv3), same as mmdetection's `YOLOBBoxCoder`: the centre
+  as an offset in the cell (x / stride + 0.5, in (0, 1), predicted through a sigmoid)
+  and log(w_gt / w_anchor), log(h_gt / h_anchor).
 
 Shapes broadcast: priors [..., 4] (or points [..., 2]), boxes/deltas [..., 4].
 """
@@ -102,3 +105,35 @@ def distance_decode(
     if image_hw is not None:
         out = box_ops.clip(out, image_hw)
     return out
+
+
+def yolo_encode(anchors: Array, gt: Array, stride: Array | float, eps: float = 1e-6) -> Array:
+    """mmdetection's `YOLOBBoxCoder.encode`: anchors, gt [..., 4] -> (tx, ty, tw, th) [..., 4].
+
+    tx = clip((cx_gt - cx_anchor) / stride + 0.5, eps, 1 - eps) (ty alike), the target of
+    the sigmoid of the predicted offset; tw = log(max(w_gt / w_anchor, eps)) (th alike).
+    `stride` broadcasts against [...] (e.g. per-anchor strides [N]).
+    """
+    s = jnp.asarray(stride, gt.dtype)
+    gx, gy = (gt[..., 0] + gt[..., 2]) * 0.5, (gt[..., 1] + gt[..., 3]) * 0.5
+    ax, ay = (anchors[..., 0] + anchors[..., 2]) * 0.5, (anchors[..., 1] + anchors[..., 3]) * 0.5
+    aw, ah = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    tw = jnp.log(jnp.maximum((gt[..., 2] - gt[..., 0]) / aw, eps))
+    th = jnp.log(jnp.maximum((gt[..., 3] - gt[..., 1]) / ah, eps))
+    tx = jnp.clip((gx - ax) / s + 0.5, eps, 1.0 - eps)
+    ty = jnp.clip((gy - ay) / s + 0.5, eps, 1.0 - eps)
+    return jnp.stack([tx, ty, tw, th], axis=-1)
+
+
+def yolo_decode(anchors: Array, pred: Array, stride: Array | float) -> Array:
+    """mmdetection's `YOLOBBoxCoder.decode`: anchors [..., 4], pred [..., 4] -> boxes [..., 4].
+
+    `pred` is (sigmoid(tx), sigmoid(ty), tw, th): the centre is the anchor's centre plus
+    (offset - 0.5) * stride, w = w_anchor * exp(tw). No clamp of tw, th (as mmdetection).
+    """
+    s = jnp.asarray(stride, pred.dtype)
+    if s.ndim:
+        s = s[..., None]
+    ctr = (anchors[..., :2] + anchors[..., 2:]) * 0.5 + (pred[..., :2] - 0.5) * s
+    half = (anchors[..., 2:] - anchors[..., :2]) * 0.5 * jnp.exp(pred[..., 2:])
+    return jnp.concatenate([ctr - half, ctr + half], axis=-1)

@@ -146,3 +146,43 @@ def make_points(
         num_base=1,
         feature_shapes=tuple((int(h), int(w)) for h, w in feature_shapes),
     )
+
+
+def make_yolo_anchors(
+    feature_shapes: Sequence[tuple[int, int]],
+    strides: Sequence[int],
+    base_sizes: Sequence[Sequence[tuple[float, float]]],
+) -> Priors:
+    """YOLO anchors, identical to mmdetection's `YOLOAnchorGenerator` (one level at a time).
+
+    Level l has the anchors `base_sizes[l]` ((w, h) pairs, in pixels) centred at every
+    cell centre ((x + 0.5) * stride, (y + 0.5) * stride). mmdetection lists the levels
+    from stride 32 down to 8; here they follow `strides` (ascending in the configs).
+    """
+    if not len(feature_shapes) == len(strides) == len(base_sizes):
+        raise ValueError(f"{len(feature_shapes)} feature shapes, {len(strides)} strides, "
+                         f"{len(base_sizes)} base-size levels")
+    num_base = {len(b) for b in base_sizes}
+    if len(num_base) != 1:
+        raise ValueError(f"every level needs the same number of anchors: {base_sizes}")
+    all_boxes, all_strides, all_levels, sizes = [], [], [], []
+    for lvl, (shape, stride, wh) in enumerate(zip(feature_shapes, strides, base_sizes)):
+        half = np.asarray(wh, np.float64) * 0.5  # [A, 2]
+        ctr = _grid(shape, stride, 0.5)  # [K, 2]
+        boxes = np.concatenate([ctr[:, None] - half[None], ctr[:, None] + half[None]], -1)
+        boxes = boxes.reshape(-1, 4)
+        all_boxes.append(boxes)
+        all_strides.append(np.full((boxes.shape[0],), stride, np.float32))
+        all_levels.append(np.full((boxes.shape[0],), lvl, np.int32))
+        sizes.append(int(boxes.shape[0]))
+    boxes = np.concatenate(all_boxes).astype(np.float32)
+    ctr = np.stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5], -1)
+    return Priors(
+        boxes=boxes,
+        centers=ctr.astype(np.float32),
+        strides=np.concatenate(all_strides),
+        levels=np.concatenate(all_levels),
+        level_sizes=tuple(sizes),
+        num_base=num_base.pop(),
+        feature_shapes=tuple((int(h), int(w)) for h, w in feature_shapes),
+    )

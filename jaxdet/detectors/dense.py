@@ -140,11 +140,16 @@ def total_loss(terms: dict[str, jax.Array]) -> jax.Array:
 class DenseDetector:
     """Base of the one-stage detectors: a method passes its head and overrides the hooks."""
 
-    def __init__(self, config: Any, head: nn.Module):
+    def __init__(self, config: Any, head: nn.Module,
+                 backbone_neck: tuple[nn.Module, nn.Module] | None = None):
+        """`backbone_neck`: the (backbone, neck) pair; default the ResNet + FPN of
+        `config.model` (`build_backbone_neck`)."""
         self.config = config
         self.num_classes = int(config.data.num_classes)
         self.strides = tuple(int(s) for s in config.model.strides)
-        backbone, neck = build_backbone_neck(config.model, platform_lib.from_config(config))
+        if backbone_neck is None:
+            backbone_neck = build_backbone_neck(config.model, platform_lib.from_config(config))
+        backbone, neck = backbone_neck
         self.net = OneStageNetwork(backbone=backbone, neck=neck, head=head)
 
     # -- method hooks -----------------------------------------------------------

@@ -28,7 +28,7 @@ from jaxdet.detectors import Detector
 from jaxdet.eval import coco_eval, proposal_recall, visualize
 from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import mesh as mesh_lib
-from jaxdet.train import optim
+from jaxdet.train import multiscale, optim
 from jaxdet.train.metrics import MetricWriter, Progress
 from jaxdet.train.step import TrainState, create_train_state, train_step
 
@@ -155,8 +155,12 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
     all_finite = jnp.array(True)
     pending: list[dict] = []
     step = start
+    sizes = multiscale.train_sizes(config.data)
     while step < end:
         batch = mesh_lib.global_batch(next(train_iter), mesh)
+        if sizes:  # multi-scale training: one of a fixed set of sizes per step
+            batch = multiscale.rescale_batch(
+                batch, multiscale.pick_size(sizes, int(config.seed), step))
         state, metrics = parts.step_fn(state, batch, parts.train_rng)
         all_finite = jnp.logical_and(all_finite, metrics["finite"])
         step += 1

@@ -271,3 +271,38 @@ def hambox(
         for a in cands[:budget]:
             out[a], quality[a], comp[a] = rows[g], iou[g, a], True
     return out, quality, comp
+
+
+def yolo_grid(priors, feature_shapes, strides, num_base, boxes, valid, ignore, *,
+              pos_iou_thr=0.5, neg_iou_thr=0.5, min_pos_iou=0.0):
+    """mmdetection `YOLOV3Head.responsible_flags` + `GridAssigner.assign` (gt_max_assign_all),
+    per-level lists in the priors' order; a centre on the right / bottom border is clamped
+    to the last cell (mmdetection's index would leave the grid)."""
+    priors = np.asarray(priors, F32)
+    gts, rows, _ = _split(boxes, valid, ignore)
+    n = len(priors)
+    if len(gts) == 0:
+        return np.full(n, -1, np.int32), np.zeros(n, F32)
+    flags = []
+    for (h, w), s in zip(feature_shapes, strides):
+        cx = (gts[:, 0] + gts[:, 2]) * F32(0.5)
+        cy = (gts[:, 1] + gts[:, 3]) * F32(0.5)
+        gx = np.clip(np.floor(cx / F32(s)).astype(np.int64), 0, w - 1)
+        gy = np.clip(np.floor(cy / F32(s)).astype(np.int64), 0, h - 1)
+        grid = np.zeros(h * w, bool)
+        grid[gy * w + gx] = True
+        flags.append(np.repeat(grid, num_base))
+    resp = np.concatenate(flags)
+    overlaps = bbox_overlaps(gts, priors)  # [G, N]
+    assigned = np.full(n, -1, np.int64)
+    max_ov = overlaps.max(axis=0)
+    assigned[(max_ov >= 0) & (max_ov <= neg_iou_thr)] = 0
+    overlaps[:, ~resp] = -1
+    max_ov, argmax_ov = overlaps.max(axis=0), overlaps.argmax(axis=0)
+    gt_max = overlaps.max(axis=1)
+    pos = (max_ov > pos_iou_thr) & resp
+    assigned[pos] = argmax_ov[pos] + 1
+    for i in range(len(gts)):
+        if gt_max[i] > min_pos_iou:
+            assigned[(overlaps[i] == gt_max[i]) & resp] = i + 1
+    return _to_jaxdet(assigned, rows, np.ones(n, F32))
