@@ -233,14 +233,15 @@ def test_mask_slot_buckets_leave_the_loss_unchanged(data_dir):
                        labels=jnp.asarray(np.where(positive, 1, config.data.num_classes)))
         losses = {}
         for p in (max(num_pos) + (max(num_pos) == 3), 8):
-            f = jax.jit(jax.value_and_grad(lambda q, p=p: det.mask_loss(q, feats, sampled, gt, p)))
+            loss = lambda q, p=p, sd=sampled: det.mask_loss(q, feats, sd, gt, p)  # noqa: E731
+            f = jax.jit(jax.value_and_grad(loss))
             losses[p] = f(params)
         (a, ga), (b, gb) = losses.values()
         assert float(a) > 0
         np.testing.assert_allclose(a, b, rtol=1e-5)
         for x, y in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
             np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-7)
-        terms = jax.jit(lambda q: det.roi_losses(q, feats, sampled, gt, None))(params)
+        terms = jax.jit(lambda q, sd=sampled: det.roi_losses(q, feats, sd, gt, None))(params)
         np.testing.assert_allclose(terms["loss_mask"], a * config.roi.mask_weight, rtol=1e-5)
     with pytest.raises(ValueError, match="mask_slot_buckets"):
         config.roi.mask_slot_buckets = (0, 4)
