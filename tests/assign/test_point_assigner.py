@@ -91,7 +91,7 @@ def test_padding_crowd_and_empty():
     np.testing.assert_array_equal(np.asarray(empty.gt_index), -1)
 
 
-def _numpy_point_assigner(points_xy, strides, boxes, scale=4.0, pos_num=1):
+def mmdet_point_assigner(points_xy, strides, boxes, scale=4.0, pos_num=1):
     """mmdetection's loop, transcribed (float32, distances as torch's norm)."""
     p_lvl = np.log2(strides).astype(np.int64)
     wh = np.maximum(boxes[:, 2:] - boxes[:, :2], 1e-6).astype(np.float32)
@@ -128,7 +128,7 @@ def test_matches_numpy_reference_under_jit_vmap(seed):
     got = np.asarray(fn(gt).gt_index)
     for i in range(b):
         rows = np.nonzero(valid[i])[0]
-        want = _numpy_point_assigner(np.asarray(pts.centers), np.asarray(pts.strides),
+        want = mmdet_point_assigner(np.asarray(pts.centers), np.asarray(pts.strides),
                                      boxes[i, rows], pos_num=2)
         want = np.where(want >= 0, rows[np.maximum(want, 0)], -1)
         np.testing.assert_array_equal(got[i], want)
