@@ -67,3 +67,17 @@ def test_assignment_stages_and_empty_images(data_dir):
         loss, grads = grad_fn(params, synthetic_batch(config, boxes, np.zeros((2, m), np.int32), v))
         assert np.isfinite(float(loss))
         assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_pseudo_boxes_in_pixels():
+    from jaxdet.detectors import reppoints as rp
+
+    pri = rp.points((8, 16), (32, 32))  # offset 0: prior 5 is (8, 8), prior 19 (16, 16)
+    pts = np.zeros((20, 18), np.float32)
+    pts[5, 0::2] = np.linspace(-1, 1, 9)  # y in strides
+    pts[5, 1::2] = np.linspace(0, 2, 9)  # x in strides
+    pts[19, 0::2] = 0.5
+    boxes = rp.pseudo_boxes(jnp.asarray(pts), pri, "minmax", jnp.zeros(2), 0.01)
+    np.testing.assert_allclose(boxes[5], [8, 0, 24, 16])
+    np.testing.assert_allclose(boxes[19], [16, 24, 16, 24])
+    np.testing.assert_allclose(boxes[0], [0, 0, 0, 0])

@@ -42,3 +42,17 @@ def test_shapes_and_gradient_paths():
     g_cls = grad_of("cls_logits")
     assert float(jnp.abs(g_cls["pts_init_out"]["kernel"]).sum()) > 0
     assert float(jnp.abs(g_cls["pts_refine_out"]["kernel"]).sum()) == 0
+
+
+def test_gradient_mul_scales_the_init_points_gradient():
+    rng = np.random.default_rng(1)
+    feats = (jnp.asarray(rng.normal(size=(1, 4, 4, 8)), jnp.float32),)
+    grads = {}
+    for g in (0.1, 1.0):
+        head = RepPointsHead(num_classes=2, feat_channels=8, point_feat_channels=8,
+                             stacked_convs=1, gn_groups=4, gradient_mul=g)
+        params = jax.jit(head.init)(jax.random.PRNGKey(0), feats)["params"]
+        f = lambda p, head=head: jnp.sum(head.apply({"params": p}, feats)["cls_logits"] ** 2)
+        grads[g] = jax.jit(jax.grad(f))(params)["pts_init_out"]["kernel"]
+    # Same forward values; the classification gradient reaches the init points x 0.1.
+    np.testing.assert_allclose(grads[0.1], 0.1 * grads[1.0], rtol=1e-4, atol=1e-9)
