@@ -39,6 +39,7 @@ from jaxdet.assign import (  # noqa: E402
     hambox,
     max_iou,
     noisy_anchor,
+    point_assigner,
     yolo_grid,
 )
 from jaxdet.core import priors as priors_lib  # noqa: E402
@@ -46,6 +47,7 @@ from jaxdet.core.types import GroundTruth  # noqa: E402
 from tests.assign import numpy_ref as ref  # noqa: E402
 from tests.assign.test_center_region import mmdet_center_region  # noqa: E402
 from tests.assign.test_noisy_anchor import reference_bags  # noqa: E402
+from tests.assign.test_point_assigner import mmdet_point_assigner  # noqa: E402
 
 IMAGE_HW = (800, 1333)
 STRIDES = (8, 16, 32, 64, 128)
@@ -109,6 +111,14 @@ BENCHES = {
     "fcos": (
         lambda p, g: fcos.assign(p, g),
         lambda p, b, v, i: ref.fcos(p.centers, p.strides, p.level_sizes, b, v, i),
+        "points",
+    ),
+    # RepPoints' init stage: PointAssigner(scale 4, pos_num 1), every GT against the
+    # points of its level.
+    "reppoints_point": (
+        lambda p, g: point_assigner.assign(p, g),
+        lambda p, b, v, i: mmdet_point_assigner(np.asarray(p.centers), np.asarray(p.strides),
+                                                b[v & ~i]),
         "points",
     ),
     "atss": (
