@@ -30,7 +30,7 @@ from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import mesh as mesh_lib
 from jaxdet.train import optim
 from jaxdet.train.metrics import MetricWriter, Progress
-from jaxdet.train.step import TrainState, create_train_state, train_step
+from jaxdet.train.step import TrainState, create_train_state, predict_step, train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,7 +101,7 @@ def setup(config: Any, workdir: str, mesh=None) -> TrainParts:
     schedule = optim.make_schedule(config.optimizer, total_steps, steps_per_epoch)
     tx = optim.make_optimizer(config.optimizer, schedule, detector.trainable_mask(params))
     state = mesh_lib.replicate(create_train_state(params, det_state, tx), mesh)
-    step_fn = jax.jit(
+    step_fn = mesh_lib.InMesh(mesh, jax.jit(
         functools.partial(train_step, detector=detector, tx=tx),
         in_shardings=(
             mesh_lib.replicated(mesh),
@@ -111,7 +111,7 @@ def setup(config: Any, workdir: str, mesh=None) -> TrainParts:
         out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
         compiler_options=platform_lib.from_config(config).compiler_options(),
-    )
+    ))
     return TrainParts(
         mesh=mesh,
         detector=detector,
@@ -213,15 +213,15 @@ def evaluate(
     when the detections carry masks, or proposal recall); prints and saves the summary."""
     batch_size = int(config.eval.batch_size)
     local_batch = mesh_lib.check_batch_size(batch_size, mesh)
-    predict = jax.jit(
-        detector.predict,
+    predict = mesh_lib.InMesh(mesh, jax.jit(
+        functools.partial(predict_step, detector=detector),
         in_shardings=(
             mesh_lib.replicated(mesh),
             mesh_lib.data_sharded(mesh),
             mesh_lib.data_sharded(mesh),
         ),
         compiler_options=platform_lib.from_config(config).compiler_options(),
-    )
+    ))
     evaluator = None
     first: tuple[dict, Any] | None = None
     t0 = time.time()
