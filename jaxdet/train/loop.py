@@ -29,6 +29,7 @@ from jaxdet.eval import coco_eval, proposal_recall, visualize
 from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import mesh as mesh_lib
 from jaxdet.train import optim
+from jaxdet.train.device_prefetch import DevicePrefetch
 from jaxdet.train.metrics import MetricWriter, Progress
 from jaxdet.train.step import TrainState, create_train_state, predict_step, train_step
 
@@ -146,6 +147,7 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
         logging.info("resumed from step %d", int(state.step))
         if jax.process_index() == 0:
             print(f"Resumed from checkpoint at step {int(state.step)} in {ckpt.directory}")
+    batches = DevicePrefetch(train_iter, mesh, int(config.train.get("device_prefetch", 1)))
     writer = MetricWriter(workdir, tensorboard=bool(config.train.tensorboard))
     start = int(state.step)
     end = total if stop_at is None else min(stop_at, total)
@@ -156,7 +158,7 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
     pending: list[dict] = []
     step = start
     while step < end:
-        batch = mesh_lib.global_batch(next(train_iter), mesh)
+        batch = next(batches)  # already on the devices; the next one is on its way
         state, metrics = parts.step_fn(state, batch, parts.train_rng)
         all_finite = jnp.logical_and(all_finite, metrics["finite"])
         step += 1
@@ -169,6 +171,7 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
         if must_log or must_save:
             if not bool(all_finite):
                 ckpt.close()
+                batches.close()
                 last = ckpt.latest_step()
                 raise NonFiniteLossError(
                     f"loss or gradient became NaN/Inf between steps {step - len(pending)} and "
@@ -182,9 +185,10 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
                 progress.report(step, {k.split("/", 1)[1]: v for k, v in values.items()})
                 pending = []
             if must_save:
-                ckpt.save(step, state, train_iter)
+                ckpt.save(step, state, batches)
     if step > start + 1:
         progress.summary(step)
+    batches.close()  # train_iter continues after the last batch trained on
     ckpt.close()
     writer.close()
     return state, parts
