@@ -1,8 +1,9 @@
 """Run a batched function per data shard, so that XLA never gathers the global batch.
 
 Under `jax.jit` over a data-parallel mesh, XLA's sharding propagation does not always
-keep the batch axis sharded through per-image work: `lax.top_k` (a sort) in the ATSS
-assigner was partitioned by all-gathering its `[B, M, K]` operand onto every device.
+keep the batch axis sharded through per-image work: a batched `lax.top_k` (the ATSS
+assigner's, the RPN's, the samplers') was partitioned by all-gathering its `[B, ...]`
+operand onto every device, and RoIAlign by gathering the features of all images.
 `per_shard(fn, *args)` runs `fn` under `jax.shard_map` over the context mesh's
 `DATA_AXIS`, each device on its own rows of the leading axis, when the function is traced
 inside `jax.set_mesh(mesh)` (what `jaxdet.train.loop` does) and that axis has more than
