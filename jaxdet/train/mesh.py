@@ -26,10 +26,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxdet.ops.per_shard import DATA_AXIS
 
-# PCI ids of TPU chips (Google's vendor id; the device ids of v2 to v6e), read from sysfs
-# to recognise a Cloud TPU VM before any backend starts.
+# PCI ids of TPU chips (Google's vendor id; the device ids of v3, v4, v5p, v5e, v6e, 7x and
+# 0x0056, the list jax._src.hardware_utils keeps), read from sysfs to recognise a Cloud
+# TPU VM before any backend starts.
 _GOOGLE_PCI_VENDOR = "0x1ae0"
-_TPU_PCI_DEVICES = ("0x0027", "0x005e", "0x0056", "0x0062", "0x0063", "0x006f")
+_TPU_PCI_DEVICES = ("0x0027", "0x0056", "0x005e", "0x0062", "0x0063", "0x006f", "0x0076")
 # Set by the launchers of several TPU hosts (GKE; multislice).
 _TPU_POD_ENV = ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "MEGASCALE_COORDINATOR_ADDRESS")
 
