@@ -1,6 +1,6 @@
-"""One command for a first run on an accelerator (or on a CPU, with `--small`).
+"""One command for a first run on an accelerator (or on a CPU, small sizes by default).
 
-    python benchmarks/device_bench.py [--small] [--steps 10] [--out results.json]
+    python benchmarks/device_bench.py [--small | --full] [--steps 10] [--out results.json]
 
 On whatever backend JAX finds (all its local devices, data parallel), prints one table:
 
@@ -16,8 +16,9 @@ On whatever backend JAX finds (all its local devices, data parallel), prints one
 - The tiny demo (configs/atss/atss_tiny_shapes.py, batch 16 at 128 px): train-step
   images/s on random inputs (the input pipeline excluded).
 
-Nothing is written unless `--out` is given (a JSON list of the rows). `--small`
-shrinks every size so that the whole run takes a few minutes on a CPU. Per-machine
+Nothing is written unless `--out` is given (a JSON list of the rows). `--small` (the
+default on a CPU; `--full` there for the accelerator sizes) shrinks every size so that the
+whole run takes a few minutes on a CPU. Per-machine
 tables: benchmarks/README.md.
 """
 
@@ -217,13 +218,15 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--small", action="store_true", help="small sizes (a CPU run)")
+    ap.add_argument("--small", action="store_true", help="small sizes (the default on CPU)")
+    ap.add_argument("--full", action="store_true", help="the accelerator sizes, on CPU too")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per row")
     ap.add_argument("--per-device", type=int, default=0, help="R50 images per device")
     ap.add_argument("--out", default="", help="write the rows as JSON here")
     args = ap.parse_args()
-    steps = max(1, args.steps // 3) if args.small else args.steps
     target = platform_lib.local_target()
+    args.small = args.small or (target == "cpu" and not args.full)
+    steps = max(1, args.steps // 3) if args.small else args.steps
     dev = jax.devices()[0]
     print(f"backend={jax.default_backend()} device_kind={dev.device_kind} "
           f"devices={jax.device_count()} jax={jax.__version__}")
