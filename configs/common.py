@@ -162,6 +162,8 @@ def base(detector: str, data: ml_collections.ConfigDict, model: ml_collections.C
     config.data = data
     config.model = model
     config.train = train
+    # Global batches sent to the devices ahead of the step (jaxdet.train.device_prefetch).
+    config.train.device_prefetch = 1
     config.optimizer = optimizer
     config.eval = ml_collections.ConfigDict(dict(batch_size=train.batch_size))
     # metric: 'bbox' (COCO AP of the detections; plus 'segm' when they carry masks) |

@@ -12,8 +12,9 @@ image_id, file_name, category_id, category_name, bbox xywh in the original image
 pixels, score) to `--out` (default `<workdir>/predictions`).
 
 Images go through the eval pipeline's transforms (`pipeline.input_transforms`: resize
-keeping ratio, normalise, pad to config.data.image_size) and one jitted
-`detector.predict` per batch of config.eval.batch_size; the last batch is padded with
+keeping ratio, pad to config.data.image_size, uint8) and one jitted
+`jaxdet.train.step.predict_step` (normalisation on the device, then `detector.predict`)
+per batch of config.eval.batch_size; the last batch is padded with
 empty rows (image_hw 0, dropped), so the program is traced once. Boxes are divided by
 the resize scale and clipped to the image. Files are read with PIL with their EXIF
 orientation applied (as detectron2's demo reads them), so boxes refer to the upright
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import glob
 import json
 import os
@@ -43,6 +45,7 @@ from jaxdet import platform as platform_lib
 from jaxdet.data import coco, pipeline
 from jaxdet.eval import visualize
 from jaxdet.train import checkpoint as ckpt_lib
+from jaxdet.train.step import predict_step
 
 CONFIG_FILE = "config.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -175,7 +178,7 @@ _JITTED: list = [None, None]  # the last detector and its jitted predict
 
 def _jitted_predict(detector: Any):
     if _JITTED[0] is not detector:
-        fn = jax.jit(detector.predict,
+        fn = jax.jit(functools.partial(predict_step, detector=detector),
                      compiler_options=platform_lib.from_config(detector.config).compiler_options())
         _JITTED[:] = [detector, fn]
     return _JITTED[1]

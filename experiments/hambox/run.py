@@ -26,6 +26,7 @@ one function that reaches into the detector for them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -46,6 +47,7 @@ from jaxdet.assign import hambox as ham  # noqa: E402
 from jaxdet.core.types import ground_truth_from_batch  # noqa: E402
 from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
+from jaxdet.train.step import network_images, predict_step  # noqa: E402
 
 SIZE_BINS = (0, 8, 12, 16, 24, 1e9)  # sqrt(area) of the GT in input pixels
 SIZE_LABELS = ("<8", "8-12", "12-16", "16-24", ">=24")
@@ -78,8 +80,9 @@ def raw_predictions(det, params, images, gt, assigner) -> tuple:
 def analyse(config, det, params) -> dict:
     """Both analyses over the val split (see the module docstring)."""
     thr = float(config.test.score_thr)
-    raw = jax.jit(lambda p, im, g: raw_predictions(det, p, im, g, config.assigner))
-    predict = jax.jit(det.predict)
+    raw = jax.jit(lambda p, im, hw, g: raw_predictions(
+        det, p, network_images(det, im, hw), g, config.assigner))
+    predict = jax.jit(functools.partial(predict_step, detector=det))
     correct_from_unmatched, correct = 0, 0  # score >= thr
     good_from_unmatched, good = 0, 0  # any score
     per_gt = []  # (size, n_matched, n_pre, n_post)
@@ -87,7 +90,7 @@ def analyse(config, det, params) -> dict:
                                    train=False)
     for b in batches:
         boxes, scores, stage1 = jax.tree_util.tree_map(
-            np.asarray, raw(params, b["image"], ground_truth_from_batch(b)))
+            np.asarray, raw(params, b["image"], b["image_hw"], ground_truth_from_batch(b)))
         dets = jax.tree_util.tree_map(np.asarray, predict(params, b["image"], b["image_hw"]))
         for i in range(b["image"].shape[0]):
             if b["image_id"][i] < 0:

@@ -19,6 +19,7 @@ values), score_iou.png (seed 0) and the table in README.md (between markers) int
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -39,6 +40,7 @@ from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
 from experiments import recipe, report  # noqa: E402
 from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
+from jaxdet.train.step import predict_step  # noqa: E402
 
 
 def variants(steps: int, topk: int, score_thr: float | None = None,
@@ -59,7 +61,7 @@ def variants(steps: int, topk: int, score_thr: float | None = None,
 def score_iou_pairs(config, detector, params) -> tuple[np.ndarray, np.ndarray]:
     """(score [D], IoU [D]) of every valid val detection: IoU with the same-class,
     non-crowd GT it overlaps most (0 if none), in network-input pixels."""
-    predict = jax.jit(detector.predict)
+    predict = jax.jit(functools.partial(predict_step, detector=detector))
     scores, ious = [], []
     batches = pipeline.from_config(
         config.data, batch_size=int(config.eval.batch_size), train=False

@@ -5,7 +5,7 @@ record and decoding its PNG (about 70% of 17 ms per batch of 16 on a 2-core Xeon
 the same work every epoch. `DecodedCache` wraps a random-access source and the
 deterministic leading transforms (decode, resize keeping ratio): each record is
 decoded the first time it is read and kept, up to `max_bytes`; later epochs take it
-from memory. Random transforms (flip) and the float ones (normalise, pad) still run
+from memory. Random transforms (flip) and the padding still run
 on every read, so the batches are the same as without the cache, bit for bit, and
 the iterator state (grain's) is unchanged.
 

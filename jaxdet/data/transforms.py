@@ -1,11 +1,13 @@
-"""Per-example grain transforms: decode + sanitise, resize keeping ratio, flip,
-normalise, pad to static shapes. Each maps a dict to a dict (numpy only).
+"""Per-example grain transforms: decode + sanitise, resize keeping ratio, flip, pad to
+static shapes. Each maps a dict to a dict (numpy only). Images stay uint8: the train /
+eval / predict steps normalise them on the device (`jaxdet.ops.normalize`); `Normalize`
+is the host form of that computation (the reference the device's is tested against).
 
 Decode output (variable size): image [h, w, 3] uint8, boxes [n, 4] float32 xyxy,
 labels [n] int32, ignore [n] bool, masks [n, h, w] uint8 (if with_masks),
 image_id, orig_hw [2], scale 1.0, num_invalid.
-Pad output (static): image [H, W, 3] float32, image_hw [2] int32 (size before
-padding), boxes [M, 4], labels [M], valid [M], ignore [M], masks [M, H/s, W/s],
+Pad output (static): image [H, W, 3] uint8 (zeros in the padding), image_hw [2] int32
+(size before padding), boxes [M, 4], labels [M], valid [M], ignore [M], masks [M, H/s, W/s],
 image_id int32, scale float32 (network / original), num_invalid, num_truncated.
 
 Bad annotations have a defined behaviour, never silent garbage:
@@ -241,8 +243,11 @@ def padding_example(like: dict) -> dict:
 def train_transforms(num_classes, image_size, max_boxes, *, min_size, max_size,
                      flip_prob=0.5, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                      with_masks=False, mask_stride=1, train=True) -> list:  # fmt: skip
-    """The transform list of the train (or, with train=False, eval) pipeline."""
+    """The transform list of the train (or, with train=False, eval) pipeline: uint8
+    images (`mean` and `std` are checked against the 3 channels; the steps normalise)."""
+    if len(mean) != 3 or len(std) != 3:
+        raise ValueError(f"mean {mean} / std {std}: expected 3 values each (RGB)")
     ops = [Decode(num_classes, with_masks=with_masks), ResizeKeepRatio(min_size, max_size)]
     if train and flip_prob > 0:
         ops.append(RandomFlip(flip_prob))
-    return ops + [Normalize(mean, std), Pad(image_size, max_boxes, mask_stride=mask_stride)]
+    return ops + [Pad(image_size, max_boxes, mask_stride=mask_stride)]

@@ -34,6 +34,7 @@ from jaxdet.detectors.fcos import centerness_losses
 from jaxdet.detectors.retinanet import anchors
 from jaxdet.losses.iou import giou_loss
 from jaxdet.models.heads.atss_head import ATSSHead
+from jaxdet.ops.per_shard import per_shard
 
 BOX_STDS = (0.1, 0.1, 0.2, 0.2)
 
@@ -61,10 +62,11 @@ class ATSS(DenseDetector):
         return anchors(self.anchor, self.strides, image_hw)
 
     def assign(self, outputs, priors, gt):
-        """Batched ATSS (lattice-window search, exact; `atss.assign_batch`)."""
-        return atss_assign.assign_batch(
-            priors, gt, topk=self.hp.topk, ignore_iof_thr=self.hp.ignore_iof_thr
-        )
+        """Batched ATSS (lattice-window search, exact; `atss.assign_batch`), run per data
+        shard (`per_shard`: its top-k would otherwise gather the global batch)."""
+        hp = self.hp
+        return per_shard(lambda g: atss_assign.assign_batch(
+            priors, g, topk=hp.topk, ignore_iof_thr=hp.ignore_iof_thr), gt)
 
     def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):
         lc = self.loss_cfg

@@ -50,6 +50,7 @@ from jaxdet.detectors.retinanet import anchors
 from jaxdet.losses.cross_entropy import softmax_cross_entropy
 from jaxdet.losses.smooth_l1 import l1_loss
 from jaxdet.models.heads.roi_heads import BoxHead, MaskHead
+from jaxdet.ops.per_shard import per_shard
 from jaxdet.ops.rcnn_postprocess import rcnn_postprocess
 from jaxdet.ops.roi_align import multilevel_roi_align
 
@@ -194,15 +195,20 @@ class FasterRCNN:
 
     def roi_features(self, feats: tuple[jax.Array, ...], rois: jax.Array, valid: jax.Array,
                      size: int) -> jax.Array:
-        """rois [B, R, 4] (+ valid [B, R]) -> RoIAlign features [B * R, size, size, C]."""
-        b, r = rois.shape[:2]
+        """rois [B, R, 4] (+ valid [B, R]) -> RoIAlign features [B * R, size, size, C], run
+        per data shard (`per_shard`: each device reads its own images' features)."""
         h = self.roi_hp
-        return multilevel_roi_align(
-            feats[: len(self.roi_strides)], rois.reshape(b * r, 4),
-            jnp.repeat(jnp.arange(b, dtype=jnp.int32), r), strides=self.roi_strides,
-            output_size=size, sampling_ratio=int(h.sampling_ratio), aligned=bool(h.aligned),
-            finest_scale=float(h.finest_scale), valid=valid.reshape(b * r), target=self.target,
-        )
+
+        def align(levels, rois, valid):
+            b, r = rois.shape[:2]
+            return multilevel_roi_align(
+                levels, rois.reshape(b * r, 4), jnp.repeat(jnp.arange(b, dtype=jnp.int32), r),
+                strides=self.roi_strides, output_size=size,
+                sampling_ratio=int(h.sampling_ratio), aligned=bool(h.aligned),
+                finest_scale=float(h.finest_scale), valid=valid.reshape(b * r),
+                target=self.target)
+
+        return per_shard(align, tuple(feats[: len(self.roi_strides)]), rois, valid)
 
     def priors(self, image_hw: tuple[int, int]) -> Priors:
         return anchors(self.config.anchor, self.strides, image_hw)
@@ -230,9 +236,9 @@ class FasterRCNN:
         props, _, props_valid = rpn_lib.proposals(rpn_out, priors, batch["image_hw"],
                                                   self.rpn_hp, train=True)
         keys = jax.random.split(roi_rng, images.shape[0])
-        sampled = jax.vmap(
-            lambda k, p, v, g: sample_rois(k, p, v, g, self.roi_hp, self.num_classes)
-        )(keys, props, props_valid, gt)
+        sample = jax.vmap(lambda k, p, v, g: sample_rois(k, p, v, g, self.roi_hp,
+                                                         self.num_classes))
+        sampled = per_shard(sample, keys, props, props_valid, gt)  # its top-k: per shard
         terms.update(self.roi_losses(params, feats, sampled, gt, ctx))
         return total_loss(terms), (terms, det_state)
 

@@ -49,6 +49,7 @@ from jaxdet.detectors import retinanet
 from jaxdet.detectors.dense import DenseDetector, StepContext, normalizer
 from jaxdet.losses import mal as mal_loss
 from jaxdet.losses.smooth_l1 import smooth_l1_loss
+from jaxdet.ops.per_shard import per_shard
 
 DEPRESSION_MODES = ("selected", "image", "none")
 
@@ -87,7 +88,8 @@ class MAL(DenseDetector):
     # -- pieces ---------------------------------------------------------------
     def assign(self, outputs, priors: Priors, gt: GroundTruth) -> anchor_bags.AnchorBags:
         """Batched anchor bags: [B, M, K] leaves (prediction-free)."""
-        return jax.vmap(lambda g: anchor_bags.build(priors, g, bag_size=self.bag_size))(gt)
+        build = jax.vmap(lambda g: anchor_bags.build(priors, g, bag_size=self.bag_size))
+        return per_shard(build, gt)  # per data shard: its top-k would gather the batch
 
     def bag_confidence(self, out: dict, priors: Priors, gt, bags) -> jax.Array:
         """Per image: joint confidence P [M, K] of the bag anchors for their GT's class."""

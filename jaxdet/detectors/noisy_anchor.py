@@ -39,6 +39,7 @@ from jaxdet.detectors import retinanet
 from jaxdet.detectors.dense import DenseDetector, StepContext, check_assigner, normalizer
 from jaxdet.losses import noisy_anchor as na_loss
 from jaxdet.losses.smooth_l1 import smooth_l1_loss
+from jaxdet.ops.per_shard import per_shard
 
 
 class NoisyAnchorRetinaNet(DenseDetector):
@@ -63,14 +64,16 @@ class NoisyAnchorRetinaNet(DenseDetector):
         return retinanet.anchors(self.anchor, self.strides, image_hw)
 
     def candidate_bags(self, priors: Priors, gt: GroundTruth) -> Assignment:
-        """Batched candidate bags, prediction-free (quality = anchor IoU); gt [B, M, ...]."""
+        """Batched candidate bags, prediction-free (quality = anchor IoU); gt [B, M, ...].
+        Run per data shard (`per_shard`: the top-k would otherwise gather the batch)."""
         hp = self.hp
-        return jax.vmap(
+        bags = jax.vmap(
             lambda g: na_assign.candidate_bags(
                 priors, g, topk=hp.topk, min_pos_iou=hp.min_pos_iou,
                 ignore_iof_thr=hp.ignore_iof_thr,
             )
-        )(gt)
+        )
+        return per_shard(bags, gt)
 
     def assign(self, outputs, priors, gt):
         """(Assignment with quality = cleanliness, loc [B, N], cls [B, N]) from the

@@ -31,6 +31,7 @@ from jaxdet.detectors.retinanet import anchors, num_anchors
 from jaxdet.losses.cross_entropy import sigmoid_binary_cross_entropy
 from jaxdet.losses.smooth_l1 import l1_loss
 from jaxdet.models.heads.rpn_head import RPNHead
+from jaxdet.ops.per_shard import per_shard
 from jaxdet.ops.proposals import generate_proposals
 
 
@@ -63,10 +64,11 @@ def rpn_losses(outputs: dict, priors: Priors, gt: GroundTruth, assignment: Assig
     """
     b, n = outputs["objectness"].shape
     keys = jax.random.split(jax.random.PRNGKey(0) if rng is None else rng, b)
-    idx, valid = jax.vmap(
+    sample = jax.vmap(
         lambda k, a: balanced_sample(k, a.positive, a.negative, num=int(hp.num_samples),
                                      pos_fraction=float(hp.pos_fraction))
-    )(keys, assignment)
+    )
+    idx, valid = per_shard(sample, keys, assignment)  # its top-k: per data shard
     weight = jax.vmap(
         lambda i, v: jnp.zeros((n,), jnp.float32).at[i].add(v.astype(jnp.float32))
     )(idx, valid)  # 1 on the sampled anchors (indices are distinct)
@@ -98,7 +100,8 @@ def proposals(outputs: dict, priors: Priors, image_hw: jax.Array, hp: Any, *, tr
             min_size=float(hp.min_size), box_stds=tuple(hp.box_stds),
         )
 
-    return jax.vmap(one)(outputs["objectness"], outputs["box_deltas"], image_hw)
+    # per data shard: the per-level top-k would otherwise gather the global batch
+    return per_shard(jax.vmap(one), outputs["objectness"], outputs["box_deltas"], image_hw)
 
 
 class RPN(DenseDetector):

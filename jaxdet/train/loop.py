@@ -29,8 +29,9 @@ from jaxdet.eval import coco_eval, proposal_recall, visualize
 from jaxdet.train import checkpoint as ckpt_lib
 from jaxdet.train import mesh as mesh_lib
 from jaxdet.train import multiscale, optim
+from jaxdet.train.device_prefetch import DevicePrefetch
 from jaxdet.train.metrics import MetricWriter, Progress
-from jaxdet.train.step import TrainState, create_train_state, train_step
+from jaxdet.train.step import TrainState, create_train_state, predict_step, train_step
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,7 +102,7 @@ def setup(config: Any, workdir: str, mesh=None) -> TrainParts:
     schedule = optim.make_schedule(config.optimizer, total_steps, steps_per_epoch)
     tx = optim.make_optimizer(config.optimizer, schedule, detector.trainable_mask(params))
     state = mesh_lib.replicate(create_train_state(params, det_state, tx), mesh)
-    step_fn = jax.jit(
+    step_fn = mesh_lib.InMesh(mesh, jax.jit(
         functools.partial(train_step, detector=detector, tx=tx),
         in_shardings=(
             mesh_lib.replicated(mesh),
@@ -111,7 +112,7 @@ def setup(config: Any, workdir: str, mesh=None) -> TrainParts:
         out_shardings=(mesh_lib.replicated(mesh), mesh_lib.replicated(mesh)),
         donate_argnums=(0,),
         compiler_options=platform_lib.from_config(config).compiler_options(),
-    )
+    ))
     return TrainParts(
         mesh=mesh,
         detector=detector,
@@ -146,6 +147,7 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
         logging.info("resumed from step %d", int(state.step))
         if jax.process_index() == 0:
             print(f"Resumed from checkpoint at step {int(state.step)} in {ckpt.directory}")
+    batches = DevicePrefetch(train_iter, mesh, int(config.train.get("device_prefetch", 1)))
     writer = MetricWriter(workdir, tensorboard=bool(config.train.tensorboard))
     start = int(state.step)
     end = total if stop_at is None else min(stop_at, total)
@@ -157,7 +159,7 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
     step = start
     sizes = multiscale.train_sizes(config.data)
     while step < end:
-        batch = mesh_lib.global_batch(next(train_iter), mesh)
+        batch = next(batches)  # already on the devices; the next one is on its way
         if sizes:  # multi-scale training: one of a fixed set of sizes per step
             batch = multiscale.rescale_batch(
                 batch, multiscale.pick_size(sizes, int(config.seed), step))
@@ -173,6 +175,7 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
         if must_log or must_save:
             if not bool(all_finite):
                 ckpt.close()
+                batches.close()
                 last = ckpt.latest_step()
                 raise NonFiniteLossError(
                     f"loss or gradient became NaN/Inf between steps {step - len(pending)} and "
@@ -186,9 +189,10 @@ def train(config: Any, workdir: str, parts: TrainParts | None = None,
                 progress.report(step, {k.split("/", 1)[1]: v for k, v in values.items()})
                 pending = []
             if must_save:
-                ckpt.save(step, state, train_iter)
+                ckpt.save(step, state, batches)
     if step > start + 1:
         progress.summary(step)
+    batches.close()  # train_iter continues after the last batch trained on
     ckpt.close()
     writer.close()
     return state, parts
@@ -217,15 +221,15 @@ def evaluate(
     when the detections carry masks, or proposal recall); prints and saves the summary."""
     batch_size = int(config.eval.batch_size)
     local_batch = mesh_lib.check_batch_size(batch_size, mesh)
-    predict = jax.jit(
-        detector.predict,
+    predict = mesh_lib.InMesh(mesh, jax.jit(
+        functools.partial(predict_step, detector=detector),
         in_shardings=(
             mesh_lib.replicated(mesh),
             mesh_lib.data_sharded(mesh),
             mesh_lib.data_sharded(mesh),
         ),
         compiler_options=platform_lib.from_config(config).compiler_options(),
-    )
+    ))
     evaluator = None
     first: tuple[dict, Any] | None = None
     t0 = time.time()

@@ -45,12 +45,18 @@ def pick_size(sizes: tuple[int, ...], seed: int, step: int) -> int:
 @functools.partial(jax.jit, static_argnums=1)
 def rescale_batch(batch: dict, size: int) -> dict:
     """Resizes a padded batch ('image' [B, H, H, 3], 'boxes' [B, M, 4], 'image_hw' [B, 2])
-    to size x size (bilinear, no antialiasing, as cv2's resize); other fields unchanged."""
+    to size x size (bilinear, no antialiasing, as cv2's resize); other fields unchanged.
+    The image keeps its dtype: uint8 pipeline images are rounded back to uint8 (as cv2
+    does), so the train step still normalises them on the device."""
     image = batch["image"]
     b, h, _, c = image.shape
     scale = size / h
     out = dict(batch)
-    out["image"] = jax.image.resize(image, (b, size, size, c), "linear", antialias=False)
+    resized = jax.image.resize(image, (b, size, size, c), "linear", antialias=False)
+    if jnp.issubdtype(image.dtype, jnp.integer):
+        info = jnp.iinfo(image.dtype)
+        resized = jnp.clip(jnp.round(resized), info.min, info.max)
+    out["image"] = resized.astype(image.dtype)
     out["boxes"] = batch["boxes"] * jnp.float32(scale)
     hw = jnp.round(batch["image_hw"].astype(jnp.float32) * scale)
     out["image_hw"] = jnp.clip(hw, 1, size).astype(batch["image_hw"].dtype)

@@ -6,6 +6,10 @@ where `det_state` is the detector's own non-trainable state (e.g. the frozen
 guided-loss ratio of sampling-free training); it lives in the TrainState and so
 in every checkpoint. Losses are normalised by quantities summed over the global
 batch: under `jit` over the data mesh, a sum over the batch axis is global.
+
+The pipeline's images are uint8; `train_step` and `predict_step` normalise them on the
+device first (`network_images`: `jaxdet.ops.normalize.normalize_images` with
+`config.data.mean` / `std`, then `config.model.dtype`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxdet.detectors import Detector
+from jaxdet.ops.normalize import normalize_images
 
 
 @flax.struct.dataclass
@@ -36,6 +41,21 @@ def create_train_state(params: Any, det_state: Any, tx: optax.GradientTransforma
     )
 
 
+def network_images(detector: Detector, images: jax.Array, image_hw: jax.Array) -> jax.Array:
+    """The detector's network input from the pipeline's images [B, H, W, 3]: uint8 ones
+    normalised with its `config.data` mean / std and cast to `config.model.dtype`
+    (`normalize_images`); float ones (already normalised) unchanged."""
+    config = detector.config
+    return normalize_images(images, image_hw, tuple(config.data.mean), tuple(config.data.std),
+                            jnp.dtype(config.model.dtype))
+
+
+def predict_step(params: Any, images: jax.Array, image_hw: jax.Array, *,
+                 detector: Detector) -> Any:
+    """`detector.predict` of the pipeline's images (uint8 normalised on the device)."""
+    return detector.predict(params, network_images(detector, images, image_hw), image_hw)
+
+
 def train_step(
     state: TrainState,
     batch: dict,
@@ -48,6 +68,7 @@ def train_step(
     state is returned unchanged and `metrics['finite']` is False (the loop stops).
     """
     rng = jax.random.fold_in(base_rng, state.step)
+    batch = dict(batch, image=network_images(detector, batch["image"], batch["image_hw"]))
 
     def loss_of(params):
         return detector.loss_fn(params, batch, rng, state.det_state, state.step)

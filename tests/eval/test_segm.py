@@ -91,7 +91,11 @@ def test_make_evaluator_metric(data_dir):
 
 
 class _StubDetector:
-    """predict: one fixed box per image with a 4x4-stride mask of it (no parameters)."""
+    """predict: one fixed box per image with a 4x4-stride mask of it (no parameters);
+    `config` as the detector protocol has it (the eval step reads its data mean / std)."""
+
+    def __init__(self, config):
+        self.config = config
 
     def predict(self, params, images, image_hw):
         import jax.numpy as jnp
@@ -112,7 +116,7 @@ def test_loop_evaluate_with_a_stub_detector(data_dir, tmp_path, metric, capsys):
     config = _config(data_dir, stride=4, metric=metric)
     config.data.with_masks = False  # the masks come from the detections alone
     mesh = mesh_lib.make_mesh(1)
-    stats = loop.evaluate(config, _StubDetector(), {}, mesh, str(tmp_path), step=1, draw=0)
+    stats = loop.evaluate(config, _StubDetector(config), {}, mesh, str(tmp_path), step=1, draw=0)
     out = capsys.readouterr().out
     if metric == "bbox":
         assert {"AP", "segm_AP", "segm_AR100"} <= set(stats)

@@ -34,6 +34,13 @@ def test_rescale_batch_scales_image_boxes_and_sizes():
     np.testing.assert_allclose(np.asarray(out["boxes"]), [[[0, 0, 2, 2]]])
     np.testing.assert_array_equal(np.asarray(out["image_hw"]), [[4, 3]])
     np.testing.assert_array_equal(np.asarray(out["valid"]), [[True]])
+    # uint8 pipeline images stay uint8 (rounded), so the step still normalises them
+    img8 = np.zeros((1, 8, 8, 3), np.uint8)
+    img8[0, :4, :4] = 200
+    out8 = multiscale.rescale_batch(dict(batch, image=jnp.asarray(img8)), 4)
+    assert out8["image"].dtype == jnp.uint8
+    np.testing.assert_array_equal(np.asarray(out8["image"][0, :2, :2]), 200)
+    np.testing.assert_array_equal(np.asarray(out8["image"][0, 2:, 2:]), 0)
 
 
 def test_train_sizes_validation():
