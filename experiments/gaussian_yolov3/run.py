@@ -46,6 +46,7 @@ from jaxdet.data import pipeline  # noqa: E402
 from jaxdet.detectors import gaussian_yolov3  # noqa: E402
 from jaxdet.ops.postprocess import dense_postprocess  # noqa: E402
 from jaxdet.train import loop  # noqa: E402
+from jaxdet.train.step import network_images  # noqa: E402
 
 COORDS = ("tx", "ty", "tw", "th")
 NUM_BINS = 8
@@ -77,7 +78,8 @@ def detections_with_priors(det, params, images, image_hw):
 def collect(config, det, params) -> dict:
     """Over the val split: every detection (score, class, TP or FP) and, per true
     positive, its sigmas, coordinate errors and IoU; the number of GTs."""
-    fn = jax.jit(lambda p, im, hw: detections_with_priors(det, p, im, hw))
+    fn = jax.jit(lambda p, im, hw: detections_with_priors(
+        det, p, network_images(det, im, hw), hw))
     scores, tp, sig, err, ious, num_gt = [], [], [], [], [], 0
     for b in pipeline.from_config(config.data, batch_size=int(config.eval.batch_size),
                                   train=False):
