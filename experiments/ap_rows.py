@@ -1,0 +1,58 @@
+"""The AP-per-row experiments (`atss_gap`, `reppoints`): every row of a dict of configs
+trained for seeds 0..N-1 and evaluated, results.json written after each training, and
+the mean ± std COCO table written into the experiment's README between its markers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+
+from experiments import recipe, report
+from jaxdet.train import loop
+
+KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def write_table(results: dict, schedule: str, out: str, template: str) -> None:
+    """results: {row: aggregate_seeds cell per COCO key} -> `out`/README.md."""
+    lines = [
+        "<!-- results:start -->",
+        f"Trained {schedule} on `shapes` (128 px), same schedule for all.",
+        "",
+        "| detector | " + " | ".join(KEYS) + " |",
+        "|---|" + "---|" * len(KEYS),
+    ]
+    for name, s in results.items():
+        lines.append(f"| {name} | " + " | ".join(report.pm(s[k]) for k in KEYS) + " |")
+    lines.append("<!-- results:end -->")
+    report.write_results(os.path.join(out, "README.md"), lines, template=template)
+
+
+def main(variants: Callable[[int, str], dict], is_baseline: Callable[[str], bool],
+         default_workdir: str, here: str) -> None:
+    """The command line of an AP-per-row experiment whose rows are `variants(steps,
+    recipe)`; rows where `is_baseline(name)` share the baseline's workdir."""
+    ap = argparse.ArgumentParser()
+    recipe.add_arguments(ap)
+    ap.add_argument("--workdir", default=default_workdir)
+    ap.add_argument("--out", default=here, help="where results.json and README.md go")
+    ap.add_argument("--val-split", default="val", help="e.g. 'val[:64]' for a quick check")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    per_seed: dict[str, list] = {}
+    for seed in range(args.seeds):
+        for i, (name, config) in enumerate(variants(args.steps, args.recipe).items()):
+            print(f"=== {name} (seed {seed})", flush=True)
+            recipe.seeded(config, seed).data.val_split = args.val_split
+            workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed, f"v{i}",
+                                         baseline=is_baseline(name))
+            per_seed.setdefault(name, []).append(loop.train_and_evaluate(config, workdir))
+            with open(os.path.join(args.out, "results.json"), "w") as f:
+                json.dump({"steps": args.steps, "recipe": args.recipe, "seeds": args.seeds,
+                           "results": {n: report.aggregate_seeds(v) for n, v in per_seed.items()},
+                           "per_seed": per_seed}, f, indent=2)
+    results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
+    write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), args.out,
+                os.path.join(here, "README.md"))
