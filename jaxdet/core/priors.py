@@ -56,6 +56,22 @@ def _grid(shape: tuple[int, int], stride: float | tuple[float, float], offset: f
     return np.stack([xx.reshape(-1), yy.reshape(-1)], axis=-1)  # [h*w, 2] (x, y)
 
 
+def _anchor_priors(level_boxes: list, strides, num_base: int, feature_shapes) -> Priors:
+    """`Priors` of per-level anchor boxes [K_l * A, 4] (location-major), as NumPy."""
+    boxes = np.concatenate(level_boxes).astype(np.float32)
+    sizes = [int(b.shape[0]) for b in level_boxes]
+    ctr = np.stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5], -1)
+    return Priors(
+        boxes=boxes,
+        centers=ctr.astype(np.float32),
+        strides=np.concatenate([np.full((n,), s, np.float32) for n, s in zip(sizes, strides)]),
+        levels=np.concatenate([np.full((n,), lvl, np.int32) for lvl, n in enumerate(sizes)]),
+        level_sizes=tuple(sizes),
+        num_base=num_base,
+        feature_shapes=tuple((int(h), int(w)) for h, w in feature_shapes),
+    )
+
+
 def make_anchors(
     feature_shapes: Sequence[tuple[int, int]],
     strides: Sequence[int],
@@ -91,10 +107,10 @@ def make_anchors(
         raise ValueError(f"{len(feature_shapes)} feature shapes but {len(strides)} strides")
     scales = [octave_base_scale * 2 ** (i / scales_per_octave) for i in range(scales_per_octave)]
     base_sizes = strides if base_sizes is None else base_sizes
-    all_boxes, all_strides, all_levels, sizes = [], [], [], []
+    all_boxes = []
     num_base = len(ratios) * len(scales)
     steps = strides if grid_steps is None else [tuple(s) for s in grid_steps]
-    for lvl, (shape, stride, base) in enumerate(zip(feature_shapes, strides, base_sizes)):
+    for lvl, (shape, base) in enumerate(zip(feature_shapes, base_sizes)):
         base_a = base_anchors(base, scales, ratios, center_offset)  # [A, 4]
         if round_base:
             base_a = np.round(base_a)
@@ -102,20 +118,7 @@ def make_anchors(
         shifts4 = np.concatenate([shifts, shifts], axis=-1)  # [K, 4]
         boxes = (shifts4[:, None, :] + base_a[None, :, :]).reshape(-1, 4)
         all_boxes.append(boxes)
-        all_strides.append(np.full((boxes.shape[0],), stride, np.float32))
-        all_levels.append(np.full((boxes.shape[0],), lvl, np.int32))
-        sizes.append(int(boxes.shape[0]))
-    boxes = np.concatenate(all_boxes).astype(np.float32)
-    ctr = np.stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5], -1)
-    return Priors(
-        boxes=boxes,
-        centers=ctr.astype(np.float32),
-        strides=np.concatenate(all_strides),
-        levels=np.concatenate(all_levels),
-        level_sizes=tuple(sizes),
-        num_base=num_base,
-        feature_shapes=tuple((int(h), int(w)) for h, w in feature_shapes),
-    )
+    return _anchor_priors(all_boxes, strides, num_base, feature_shapes)
 
 
 def make_points(
@@ -165,24 +168,11 @@ def make_yolo_anchors(
     num_base = {len(b) for b in base_sizes}
     if len(num_base) != 1:
         raise ValueError(f"every level needs the same number of anchors: {base_sizes}")
-    all_boxes, all_strides, all_levels, sizes = [], [], [], []
-    for lvl, (shape, stride, wh) in enumerate(zip(feature_shapes, strides, base_sizes)):
+    all_boxes = []
+    for shape, stride, wh in zip(feature_shapes, strides, base_sizes):
         half = np.asarray(wh, np.float64) * 0.5  # [A, 2]
         ctr = _grid(shape, stride, 0.5)  # [K, 2]
         boxes = np.concatenate([ctr[:, None] - half[None], ctr[:, None] + half[None]], -1)
         boxes = boxes.reshape(-1, 4)
         all_boxes.append(boxes)
-        all_strides.append(np.full((boxes.shape[0],), stride, np.float32))
-        all_levels.append(np.full((boxes.shape[0],), lvl, np.int32))
-        sizes.append(int(boxes.shape[0]))
-    boxes = np.concatenate(all_boxes).astype(np.float32)
-    ctr = np.stack([(boxes[:, 0] + boxes[:, 2]) * 0.5, (boxes[:, 1] + boxes[:, 3]) * 0.5], -1)
-    return Priors(
-        boxes=boxes,
-        centers=ctr.astype(np.float32),
-        strides=np.concatenate(all_strides),
-        levels=np.concatenate(all_levels),
-        level_sizes=tuple(sizes),
-        num_base=num_base.pop(),
-        feature_shapes=tuple((int(h), int(w)) for h, w in feature_shapes),
-    )
+    return _anchor_priors(all_boxes, strides, num_base.pop(), feature_shapes)
