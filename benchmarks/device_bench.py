@@ -11,7 +11,7 @@ On whatever backend JAX finds (all its local devices, data parallel), prints one
   device's program) and the model FLOPs utilisation = FLOPs / step time / the chip's
   peak (`PEAK_TFLOPS` by device kind; n/a on CPU and on unknown kinds).
 - Deformable conv (3x3, DCNv2) and RoIAlign (7x7) forward + backward with the XLA
-  back end, and with 'pallas' where the op takes a `backend` argument (`BACKENDS`),
+  back end, and with 'pallas' where the op takes a back-end argument (`BACKENDS`),
   as a ratio to a dense 3x3 conv's forward + backward on the same feature map.
 - The tiny demo (configs/atss/atss_tiny_shapes.py, batch 16 at 128 px): train-step
   images/s on random inputs (the input pipeline excluded).
@@ -62,7 +62,8 @@ PEAK_TFLOPS = {
     "TPU v5": (459.0, 459.0),  # v5p
     "TPU v6 lite": (918.0, 918.0),
 }
-# Sampling back ends tried for the ops that take a `backend` argument.
+# Sampling back ends tried for the ops that take a `sampling_backend` / `backend` argument
+# (on a CPU target 'pallas' runs in Pallas' interpreter: a semantics check, not a speed).
 BACKENDS = ("xla", "pallas")
 
 
@@ -181,9 +182,11 @@ def op_rows(small: bool, steps: int, target: str) -> list[dict]:
                                      sampling_ratio=2, **kw) ** 2), (x, boxes), (0, 1))),
     }
     for name, (fn, run) in ops.items():
-        takes_backend = "backend" in inspect.signature(fn).parameters
+        params = inspect.signature(fn).parameters
+        arg = next((a for a in ("sampling_backend", "backend") if a in params), None)
+        takes_backend = arg is not None
         for backend in BACKENDS if takes_backend else BACKENDS[:1]:
-            kw = dict(target=target, **({"backend": backend} if takes_backend else {}))
+            kw = dict(target=target, **({arg: backend} if takes_backend else {}))
             try:
                 seconds = run(fn, kw)
                 rows.append(dict(name=f"{name} fwd+bwd", dtype="float32", backend=backend,
