@@ -274,3 +274,24 @@ def yolo(config: ml_collections.ConfigDict, base_sizes) -> ml_collections.Config
     config.test.pre_nms_topk = 1000
     config.test.conf_thr = 0.005
     return config
+
+
+def reppoints(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """RepPoints' fields (mmdetection's reppoints-moment): 9 points, gradient_mul 0.1,
+    point_base_scale 4; init stage PointAssigner(scale 4, pos_num 1), refine stage max-IoU
+    0.5 / 0.4 on pseudo-boxes; focal 0.25 / 2, SmoothL1 beta 0.11 (init 0.5, refine 1.0);
+    test NMS 0.5."""
+    config.reppoints = ml_collections.ConfigDict(
+        dict(transform="moment", num_points=9, gradient_mul=0.1, point_base_scale=4.0,
+             moment_mul=0.01)
+    )
+    config.assigner = ml_collections.ConfigDict(
+        dict(name="point", scale=4.0, pos_num=1, pos_iou_thr=0.5, neg_iou_thr=0.4,
+             min_pos_iou=0.0, ignore_iof_thr=0.5)
+    )
+    config.loss = ml_collections.ConfigDict(
+        dict(focal_alpha=0.25, focal_gamma=2.0, smooth_l1_beta=0.11, init_weight=0.5,
+             refine_weight=1.0)
+    )
+    config.test.nms_iou = 0.5
+    return config

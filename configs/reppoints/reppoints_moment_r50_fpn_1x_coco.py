@@ -18,17 +18,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fpn.extra_convs = "on_input"
     config.model.fpn.relu_before_extra = False
     config.model.head.num_convs = 3
-    config.reppoints = ml_collections.ConfigDict(
-        dict(transform="moment", num_points=9, gradient_mul=0.1, point_base_scale=4.0,
-             moment_mul=0.01)
-    )
-    config.assigner = ml_collections.ConfigDict(
-        dict(name="point", scale=4.0, pos_num=1, pos_iou_thr=0.5, neg_iou_thr=0.4,
-             min_pos_iou=0.0, ignore_iof_thr=0.5)
-    )
-    config.loss = ml_collections.ConfigDict(
-        dict(focal_alpha=0.25, focal_gamma=2.0, smooth_l1_beta=0.11, init_weight=0.5,
-             refine_weight=1.0)
-    )
-    config.test.nms_iou = 0.5
+    common.reppoints(config)
     return config

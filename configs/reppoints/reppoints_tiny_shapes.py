@@ -17,18 +17,5 @@ def get_config() -> ml_collections.ConfigDict:
     config = common.base(
         "reppoints", common.data_shapes(128), common.model_tiny(), train, optimizer
     )
-    config.reppoints = ml_collections.ConfigDict(
-        dict(transform="moment", num_points=9, gradient_mul=0.1, point_base_scale=4.0,
-             moment_mul=0.01)
-    )
-    # Init stage: PointAssigner(scale, pos_num); refine stage: max-IoU on pseudo-boxes.
-    config.assigner = ml_collections.ConfigDict(
-        dict(name="point", scale=4.0, pos_num=1, pos_iou_thr=0.5, neg_iou_thr=0.4,
-             min_pos_iou=0.0, ignore_iof_thr=0.5)
-    )
-    config.loss = ml_collections.ConfigDict(
-        dict(focal_alpha=0.25, focal_gamma=2.0, smooth_l1_beta=0.11, init_weight=0.5,
-             refine_weight=1.0)
-    )
-    config.test.nms_iou = 0.5
+    common.reppoints(config)
     return config
