@@ -13,29 +13,33 @@ from experiments import recipe, report
 from jaxdet.train import loop
 
 KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+SEGM_KEYS = ("segm_AP", "segm_AP50", "segm_AP75")  # columns added when a row has masks
 
 
 def write_table(results: dict, schedule: str, out: str, template: str) -> None:
-    """results: {row: aggregate_seeds cell per COCO key} -> `out`/README.md."""
+    """results: {row: aggregate_seeds cell per COCO key} -> `out`/README.md; rows
+    without a column's key (a box detector's segm AP) show '–'."""
+    keys = KEYS + tuple(k for k in SEGM_KEYS if any(k in s for s in results.values()))
     lines = [
         "<!-- results:start -->",
         f"Trained {schedule} on `shapes` (128 px), same schedule for all.",
         "",
-        "| detector | " + " | ".join(KEYS) + " |",
-        "|---|" + "---|" * len(KEYS),
+        "| detector | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
     ]
     for name, s in results.items():
-        lines.append(f"| {name} | " + " | ".join(report.pm(s[k]) for k in KEYS) + " |")
+        cells = (report.pm(s[k]) if k in s else "–" for k in keys)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("<!-- results:end -->")
     report.write_results(os.path.join(out, "README.md"), lines, template=template)
 
 
 def main(variants: Callable[[int, str], dict], is_baseline: Callable[[str], bool],
-         default_workdir: str, here: str) -> None:
+         default_workdir: str, here: str, default_steps: int = 1000) -> None:
     """The command line of an AP-per-row experiment whose rows are `variants(steps,
     recipe)`; rows where `is_baseline(name)` share the baseline's workdir."""
     ap = argparse.ArgumentParser()
-    recipe.add_arguments(ap)
+    recipe.add_arguments(ap, steps=default_steps)
     ap.add_argument("--workdir", default=default_workdir)
     ap.add_argument("--out", default=here, help="where results.json and README.md go")
     ap.add_argument("--val-split", default="val", help="e.g. 'val[:64]' for a quick check")
