@@ -115,7 +115,10 @@ def draw_figure(args: argparse.Namespace) -> None:
                 x1, y1, x2, y2 = batch["boxes"][b, k]
                 ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False,
                                            edgecolor="white", lw=1))
-                ax.scatter(pts[b, k, :, 0], pts[b, k, :, 1], s=10, color=f"C{k}")
+                ax.scatter(pts[b, k, :, 0], pts[b, k, :, 1], s=14, color=f"C{k + 1}",
+                           edgecolors="white", linewidths=0.6)
+            ax.set_xlim(0, batch["image"].shape[2])
+            ax.set_ylim(batch["image"].shape[1], 0)
             ax.set_axis_off()
             ax.set_title(f"{title}, image {b}", fontsize=8)
     fig.suptitle("RoIConv 3x3 sampling points at the anchor that overlaps each GT most")
