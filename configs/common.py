@@ -276,6 +276,32 @@ def yolo(config: ml_collections.ConfigDict, base_sizes) -> ml_collections.Config
     return config
 
 
+def aligndet(config: ml_collections.ConfigDict, anchor_scale: float = 8.0
+             ) -> ml_collections.ConfigDict:
+    """AlignDet's fields: 1 square anchor of side anchor_scale x stride per location;
+    RoIConv on (grid 'bins'); delta-xywh stds (0.1, 0.1, 0.2, 0.2) for the first stage and
+    (0.05, 0.05, 0.1, 0.1) for the second; first stage ATSS (topk 9), second stage max-IoU
+    0.5 / 0.4 on the refined boxes; focal 0.25 / 2 and GIoU (weight 2.0) in both stages;
+    test NMS 0.5."""
+    config.anchor = ml_collections.ConfigDict(
+        dict(octave_base_scale=anchor_scale, scales_per_octave=1, ratios=(1.0,))
+    )
+    config.aligndet = ml_collections.ConfigDict(
+        dict(roi_conv=True, grid="bins", init_box_stds=(0.1, 0.1, 0.2, 0.2),
+             box_stds=(0.05, 0.05, 0.1, 0.1))
+    )
+    config.assigner = ml_collections.ConfigDict(
+        dict(name="atss", topk=9, pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.0,
+             ignore_iof_thr=0.5)
+    )
+    config.loss = ml_collections.ConfigDict(
+        dict(focal_alpha=0.25, focal_gamma=2.0, box_weight=2.0, init_weight=1.0,
+             prior_prob=0.01)
+    )
+    config.test.nms_iou = 0.5
+    return config
+
+
 def reppoints(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """RepPoints' fields (mmdetection's reppoints-moment): 9 points, gradient_mul 0.1,
     point_base_scale 4; init stage PointAssigner(scale 4, pos_num 1), refine stage max-IoU

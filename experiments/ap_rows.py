@@ -1,6 +1,7 @@
-"""The AP-per-row experiments (`atss_gap`, `reppoints`): every row of a dict of configs
-trained for seeds 0..N-1 and evaluated, results.json written after each training, and
-the mean ± std COCO table written into the experiment's README between its markers."""
+"""The AP-per-row experiments (`atss_gap`, `reppoints`, `aligndet`): every row of a dict
+of configs trained for seeds 0..N-1 and evaluated, results.json written after each
+training, and the mean ± std COCO table written into the experiment's README between its
+markers."""
 
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ def write_table(results: dict, schedule: str, out: str, template: str) -> None:
 
 
 def main(variants: Callable[[int, str], dict], is_baseline: Callable[[str], bool],
-         default_workdir: str, here: str, default_steps: int = 1000) -> None:
+         default_workdir: str, here: str, default_steps: int = 1000,
+         after: Callable[[argparse.Namespace], None] | None = None) -> None:
     """The command line of an AP-per-row experiment whose rows are `variants(steps,
-    recipe)`; rows where `is_baseline(name)` share the baseline's workdir."""
+    recipe)`; rows where `is_baseline(name)` share the baseline's workdir. `after(args)`,
+    if given, runs once every row is trained and the table written (e.g. a figure)."""
     ap = argparse.ArgumentParser()
     recipe.add_arguments(ap, steps=default_steps)
     ap.add_argument("--workdir", default=default_workdir)
@@ -60,3 +63,5 @@ def main(variants: Callable[[int, str], dict], is_baseline: Callable[[str], bool
     results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
     write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), args.out,
                 os.path.join(here, "README.md"))
+    if after is not None:
+        after(args)
