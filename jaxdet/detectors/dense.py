@@ -246,18 +246,29 @@ def check_assigner(config: Any, names: tuple[str, ...]) -> str:
     return name
 
 
+def per_image_normalizer(pos: jax.Array) -> jax.Array:
+    """sum over the images of max(positives of the image, 1), without gradient: the
+    `avg_factor` of mmdetection's heads that sum `SamplingResult.avg_factor` (RepPoints).
+    pos [B, N] bool -> scalar (global under `jit` over the data mesh)."""
+    per = jnp.maximum(jnp.sum(pos.astype(jnp.float32), axis=-1), 1.0)
+    return jax.lax.stop_gradient(jnp.sum(per))
+
+
 def focal_classification_loss(
-    cls_logits: jax.Array, assignment: Any, gt: Any, num_classes: int, alpha: float, gamma: float
+    cls_logits: jax.Array, assignment: Any, gt: Any, num_classes: int, alpha: float,
+    gamma: float, num_pos: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Sigmoid focal loss over all non-ignored priors of the batch / global num_pos.
 
-    cls_logits [B, N, C]; assignment, gt batched. Returns (loss, num_pos, pos [B, N]).
+    cls_logits [B, N, C]; assignment, gt batched; num_pos: the normaliser (default
+    `normalizer` of the positives). Returns (loss, num_pos, pos [B, N]).
     """
     pos = assignment.positive
     cls_t = jax.vmap(lambda a, g: targets.classification_targets(a, g.labels, num_classes))(
         assignment, gt
     )
     cls_w = (~assignment.ignored).astype(jnp.float32)  # ignored priors: no loss
-    num_pos = normalizer(pos.astype(jnp.float32))
+    if num_pos is None:
+        num_pos = normalizer(pos.astype(jnp.float32))
     loss = jnp.sum(sigmoid_focal_loss(cls_logits, cls_t, alpha, gamma) * cls_w[..., None])
     return loss / num_pos, num_pos, pos

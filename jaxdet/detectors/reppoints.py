@@ -10,7 +10,8 @@ location.
 Assigners: init stage `jaxdet.assign.point_assigner` (scale 4, pos_num 1); refine stage
 `jaxdet.assign.max_iou` (0.5 / 0.4, min_pos_iou 0) of the pseudo-boxes of the
 (detached) init points.
-Losses as mmdetection's `RepPointsHead.loss_by_feat`:
+Losses as mmdetection's `RepPointsHead.loss_by_feat` (num_pos of a stage: the sum over the
+images of max(the image's positives, 1), mmdetection's avg_factor):
   cls:        sigmoid focal (0.25, 2) with the refine assignment / refine num_pos
   pts_init:   0.5 x SmoothL1(0.11) of init pseudo-boxes / (4 x stride) / init num_pos
   pts_refine: 1.0 x SmoothL1(0.11) of refined pseudo-boxes / (4 x stride) / refine num_pos
@@ -35,7 +36,7 @@ from jaxdet.detectors.dense import (
     StepContext,
     check_assigner,
     focal_classification_loss,
-    normalizer,
+    per_image_normalizer,
 )
 from jaxdet.losses import reppoints as rp_loss
 from jaxdet.models.heads.reppoints_head import RepPointsHead
@@ -59,12 +60,13 @@ def pseudo_boxes(pts: jax.Array, priors: Priors, transform: str, moment_transfer
 def point_stage_loss(pred_boxes: jax.Array, priors: Priors, gt: GroundTruth,
                      assignment: Assignment, point_base_scale: float, beta: float
                      ) -> tuple[jax.Array, jax.Array]:
-    """(sum of `point_loss` over the positives / global num_pos, num_pos) of one stage.
-    pred_boxes [B, N, 4] pixels; assignment, gt batched."""
+    """(sum of `point_loss` over the positives / num_pos, num_pos) of one stage, num_pos
+    the sum over the images of max(positives, 1) (`per_image_normalizer`, mmdetection's
+    avg_factor). pred_boxes [B, N, 4] pixels; assignment, gt batched."""
     gt_boxes, _ = jax.vmap(targets.gather_gt)(assignment, gt)
     pos = assignment.positive
     per = rp_loss.point_loss(pred_boxes, gt_boxes, point_base_scale * priors.strides, beta)
-    num_pos = normalizer(pos.astype(jnp.float32))
+    num_pos = per_image_normalizer(pos)
     return jnp.sum(jnp.where(pos, per, 0.0)) / num_pos, num_pos
 
 
@@ -122,7 +124,8 @@ class RepPoints(DenseDetector):
         lc, rp = self.loss_cfg, self.rp
         refine = assignment["refine"]
         loss_cls, _, _ = focal_classification_loss(
-            outputs["cls_logits"], refine, gt, self.num_classes, lc.focal_alpha, lc.focal_gamma)
+            outputs["cls_logits"], refine, gt, self.num_classes, lc.focal_alpha, lc.focal_gamma,
+            num_pos=per_image_normalizer(refine.positive))
         stage = lambda key, a: point_stage_loss(
             self.boxes(outputs, key, priors), priors, gt, a, rp.point_base_scale,
             lc.smooth_l1_beta)

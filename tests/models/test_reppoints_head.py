@@ -1,4 +1,5 @@
-"""jaxdet.models.heads.reppoints_head: shapes, the DCN base grid, the gradient paths."""
+"""jaxdet.models.heads.reppoints_head: shapes, the DCN base grid and offsets (where the
+DeformConvs sample), the initialisation, the gradient paths."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdet.models.heads.reppoints_head import RepPointsHead, dcn_base_offset
+from jaxdet.models.heads.reppoints_head import RepPointsHead, dcn_base_offset, dcn_offsets
+from jaxdet.models.layers_deform import DeformConv
 
 
 def test_dcn_base_offset_is_mmdetection_order():
@@ -56,3 +58,44 @@ def test_gradient_mul_scales_the_init_points_gradient():
         grads[g] = jax.jit(jax.grad(f))(params)["pts_init_out"]["kernel"]
     # Same forward values; the classification gradient reaches the init points x 0.1.
     np.testing.assert_allclose(grads[0.1], 0.1 * grads[1.0], rtol=1e-4, atol=1e-9)
+
+
+def test_dcn_offsets_sample_the_point_set():
+    """The head's DCN offsets, as it passes them (channel layout, 3x3 DeformConv with
+    'same' padding), make tap t at a location sample the location + point t: a box-shaped
+    point set (a 3x3 grid spanning a box, off the location) read from maps of the row and
+    column coordinates (bilinear sampling is exact on them)."""
+    h, w = 12, 14
+    yy, xx = np.meshgrid(np.arange(h, dtype=np.float32), np.arange(w, dtype=np.float32),
+                         indexing="ij")
+    coords = jnp.asarray(np.stack([yy, xx], -1)[None])  # [1, H, W, 2]: (y, x) of each cell
+    rng = np.random.default_rng(0)
+    ctr = rng.uniform(-1.5, 1.5, (h, w, 2))  # box centre off the location
+    half = rng.uniform(0.2, 2.0, (h, w, 2))  # box half-size (y, x), in cells
+    grid = dcn_base_offset(3).reshape(9, 2)  # taps (i - 1, j - 1), (y, x)
+    pts = (ctr[:, :, None] + grid * half[:, :, None]).reshape(1, h, w, 18)
+    pts = jnp.asarray(pts, jnp.float32)
+    # Output channel 2t + c is input channel c sampled at tap t.
+    kernel = np.zeros((3, 3, 2, 18), np.float32)
+    for t in range(9):
+        kernel[t // 3, t % 3, 0, 2 * t] = kernel[t // 3, t % 3, 1, 2 * t + 1] = 1.0
+    dcn = DeformConv(18, (3, 3), use_bias=False)
+    out = dcn.apply({"params": {"kernel": jnp.asarray(kernel)}}, coords, dcn_offsets(pts, 0.1))
+    expected = np.asarray(pts) + np.tile(np.stack([yy, xx], -1), (1, 1, 9))[None]
+    inside = np.all((expected[..., 0::2] >= 0) & (expected[..., 0::2] <= h - 1)
+                    & (expected[..., 1::2] >= 0) & (expected[..., 1::2] <= w - 1), -1)
+    assert inside.sum() > 40  # locations whose 9 points all fall on the map
+    np.testing.assert_allclose(np.asarray(out)[inside], expected[inside], atol=1e-4)
+
+
+def test_deform_conv_init_is_mmcv_kaiming_uniform():
+    head = RepPointsHead(num_classes=2, feat_channels=16, point_feat_channels=32,
+                         stacked_convs=1, gn_groups=4)
+    feats = (jnp.zeros((1, 4, 4, 16), jnp.float32),)
+    params = head.init(jax.random.PRNGKey(0), feats)["params"]
+    bound = np.sqrt(6.0 / (9 * 16))  # kaiming_uniform_(nonlinearity='relu'), fan_in 9 * Cin
+    for name in ("cls_dcn", "pts_refine_dcn"):
+        k = np.asarray(params[name]["kernel"])
+        assert np.abs(k).max() <= bound and np.abs(k).max() > 0.9 * bound
+        np.testing.assert_allclose(k.std(), bound / np.sqrt(3), rtol=0.1)
+    assert np.asarray(params["pts_init_out"]["kernel"]).std() < 0.012  # Normal(0, 0.01)

@@ -10,8 +10,10 @@ As mmdetection's `RepPointsHead` with `center_init=True` (points start at the lo
   refinement:    reg tower -> 3x3 DeformConv(o) -> ReLU -> 1x1 conv -> 2K offsets,
                  p_refine = stop_grad(p_init) + those offsets.
 Point sets are (y_0, x_0, y_1, x_1, ...) in units of the level's stride, relative to the
-location (mmdetection's layout). Normal(0, 0.01) weights, class bias from `prior_prob`,
-DeformConvs without bias (mmcv's `DeformConv2d` default); weights shared across levels.
+location (mmdetection's layout). Convs Normal(0, 0.01) with zero biases, class bias from
+`prior_prob` (mmdetection's init_cfg, which reaches only `nn.Conv2d` layers); DeformConvs
+without bias and kaiming-uniform (ReLU gain, fan_in) weights (mmcv's `DeformConv2d`
+defaults); weights shared across levels.
 The moment transform's learnable 2-vector `moment_transfer` (init 0) is a parameter of
 the head, returned broadcast to [B, 2].
 """
@@ -39,6 +41,19 @@ def dcn_base_offset(kernel: int = 3) -> np.ndarray:
     pad = (kernel - 1) // 2
     base = np.arange(-pad, pad + 1, dtype=np.float32)
     return np.stack([np.repeat(base, kernel), np.tile(base, kernel)], axis=1).reshape(-1)
+
+
+# mmcv's DeformConv2d.reset_parameters: kaiming_uniform_(nonlinearity='relu').
+kaiming_uniform_relu = nn.initializers.variance_scaling(2.0, "fan_in", "uniform")
+
+
+def dcn_offsets(p_init: jax.Array, gradient_mul: float, kernel: int = 3) -> jax.Array:
+    """DCN offsets [..., 2 k^2] (y, x per tap) that make tap t of a k x k DeformConv at a
+    location sample the location + point t of `p_init` [..., 2 k^2] ((y, x) in units of
+    the map's cells): p - `dcn_base_offset`, with the gradient reaching `p_init` scaled
+    by `gradient_mul` ((1 - g) * stop_grad(p) + g * p, the same value)."""
+    p_mul = (1 - gradient_mul) * jax.lax.stop_gradient(p_init) + gradient_mul * p_init
+    return p_mul - jnp.asarray(dcn_base_offset(kernel), p_init.dtype)
 
 
 class RepPointsHead(nn.Module):
@@ -90,7 +105,7 @@ class RepPointsHead(nn.Module):
         )
         deform = lambda name: DeformConv(
             self.point_feat_channels, (k, k), use_bias=False, dtype=self.dtype,
-            kernel_init=normal_001, platform=self.platform,
+            kernel_init=kaiming_uniform_relu, platform=self.platform,
             sampling_backend=self.sampling_backend, name=name,
         )
         cls_tower, reg_tower = tower("cls_tower"), tower("reg_tower")
@@ -100,15 +115,12 @@ class RepPointsHead(nn.Module):
         cls_out = plain(c, 1, "cls_out", nn.initializers.constant(prior_bias(self.prior_prob)))
         refine_out = plain(d, 1, "pts_refine_out")
         moment = self.param("moment_transfer", nn.initializers.zeros, (2,), jnp.float32)
-        base = jnp.asarray(dcn_base_offset(k))
-        g = self.gradient_mul
         cls, init, refine = [], [], []
         for f in features:
             f = f.astype(self.dtype)
             cls_feat, pts_feat = cls_tower(f), reg_tower(f)
             p_init = init_out(nn.relu(init_conv(pts_feat))).astype(jnp.float32)
-            p_mul = (1 - g) * jax.lax.stop_gradient(p_init) + g * p_init
-            offsets = (p_mul - base).astype(self.dtype)
+            offsets = dcn_offsets(p_init, self.gradient_mul, k).astype(self.dtype)
             cls.append(cls_out(nn.relu(cls_dcn(cls_feat, offsets))))
             delta = refine_out(nn.relu(refine_dcn(pts_feat, offsets))).astype(jnp.float32)
             init.append(p_init)
