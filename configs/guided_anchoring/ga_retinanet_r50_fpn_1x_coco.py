@@ -15,7 +15,7 @@ import ml_collections
 from configs import common
 
 
-def ga_fields(config: ml_collections.ConfigDict, scale: float) -> ml_collections.ConfigDict:
+def ga_fields(config: ml_collections.ConfigDict, scale: int) -> ml_collections.ConfigDict:
     """GA-RetinaNet's anchor / ga / assigner / loss fields with approximate-anchor octave
     base scale = square scale = `scale` (mmdetection: 4). Returns `config`."""
     config.anchor = ml_collections.ConfigDict(
@@ -46,4 +46,4 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fpn.extra_convs = "on_input"
     config.model.fpn.relu_before_extra = False
     config.model.head.norm = None
-    return ga_fields(config, 4.0)
+    return ga_fields(config, 4)

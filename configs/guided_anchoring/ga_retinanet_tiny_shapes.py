@@ -21,4 +21,4 @@ def get_config() -> ml_collections.ConfigDict:
                          optimizer)
     config.model.head.norm = "gn"
     config.model.head.gn_groups = 32
-    return ga_fields(config, 2.0)
+    return ga_fields(config, 2)
