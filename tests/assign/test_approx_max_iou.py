@@ -28,7 +28,7 @@ def _gt(boxes, valid=None, ignore=None) -> GroundTruth:
                        ignore=np.zeros((m,), bool) if ignore is None else np.asarray(ignore))
 
 
-def _ref(squares, approxs, a, boxes, valid, ignore, pos, neg, min_pos, iof):
+def ref_approx(squares, approxs, a, boxes, valid, ignore, pos, neg, min_pos, iof):
     """mmdetection `ApproxMaxIoUAssigner.assign`: max IoU over each location's A
     approximate anchors, ignore by the squares' IoF, then `assign_wrt_overlaps`."""
     gts, rows, ignore_boxes = ref._split(boxes, valid, ignore)
@@ -89,8 +89,8 @@ def test_matches_reference_jit_vmap_on_anchor_lattice():
     hp = dict(pos_iou_thr=0.5, neg_iou_thr=0.4, min_pos_iou=0.4, ignore_iof_thr=0.5)
     got = jax.jit(jax.vmap(lambda g: approx_max_iou.assign(squares, approxs, g, **hp)))(gt)
     for b in range(4):
-        want = _ref(np.asarray(squares.boxes), np.asarray(approxs.boxes), 9, boxes[b], valid[b],
-                    ignore[b], 0.5, 0.4, 0.4, 0.5)
+        want = ref_approx(np.asarray(squares.boxes), np.asarray(approxs.boxes), 9, boxes[b],
+                          valid[b], ignore[b], 0.5, 0.4, 0.4, 0.5)
         np.testing.assert_array_equal(np.asarray(got.gt_index[b]), want)
         pos = np.asarray(got.gt_index[b]) >= 0
         assert valid[b][np.asarray(got.gt_index[b])[pos]].all()

@@ -39,25 +39,26 @@ def _calc_region(box, ratio, hw):
     return [int(np.clip(x, 0, m)) for x, m in zip(v, lim)]
 
 
-def _ref_loc(boxes, valid, ignore, base_scale=4):
-    """mmdetection `ga_loc_targets` of one image (its loop and slices, float32)."""
+def ref_loc(boxes, valid, ignore, base_scale=4, shapes=SHAPES, strides=STRIDES):
+    """mmdetection `ga_loc_targets` of one image (its loop and slices, float32): per
+    level (targets [h, w], weights [h, w])."""
     gts = np.asarray(boxes, np.float32)[np.asarray(valid, bool) & ~np.asarray(ignore, bool)]
-    tgt = [np.zeros(s, np.float32) for s in SHAPES]
-    wgt = [np.full(s, -1, np.float32) for s in SHAPES]
-    ign = [np.zeros(s, np.float32) for s in SHAPES]
+    tgt = [np.zeros(s, np.float32) for s in shapes]
+    wgt = [np.full(s, -1, np.float32) for s in shapes]
+    ign = [np.zeros(s, np.float32) for s in shapes]
     r1, r2 = (1 - 0.2) / 2, (1 - 0.5) / 2
     scale = np.sqrt((gts[:, 2] - gts[:, 0]) * (gts[:, 3] - gts[:, 1]))
-    lvls = np.floor(np.log2(scale) - np.log2(np.float32(base_scale * STRIDES[0])) + 0.5)
-    lvls = np.clip(lvls, 0, len(SHAPES) - 1).astype(int)
+    lvls = np.floor(np.log2(scale) - np.log2(np.float32(base_scale * strides[0])) + 0.5)
+    lvls = np.clip(lvls, 0, len(shapes) - 1).astype(int)
     for g, lvl in zip(gts, lvls):
-        ix1, iy1, ix2, iy2 = _calc_region(g / STRIDES[lvl], r2, SHAPES[lvl])
-        cx1, cy1, cx2, cy2 = _calc_region(g / STRIDES[lvl], r1, SHAPES[lvl])
+        ix1, iy1, ix2, iy2 = _calc_region(g / strides[lvl], r2, shapes[lvl])
+        cx1, cy1, cx2, cy2 = _calc_region(g / strides[lvl], r1, shapes[lvl])
         tgt[lvl][cy1:cy2 + 1, cx1:cx2 + 1] = 1
         wgt[lvl][iy1:iy2 + 1, ix1:ix2 + 1] = 0
         wgt[lvl][cy1:cy2 + 1, cx1:cx2 + 1] = 1
         for d in (lvl - 1, lvl + 1):
-            if 0 <= d < len(SHAPES):
-                x1, y1, x2, y2 = _calc_region(g / STRIDES[d], r2, SHAPES[d])
+            if 0 <= d < len(shapes):
+                x1, y1, x2, y2 = _calc_region(g / strides[d], r2, shapes[d])
                 ign[d][y1:y2 + 1, x1:x2 + 1] = 1
     for w, i in zip(wgt, ign):
         w[(w < 0) & (i > 0)] = 0
@@ -90,7 +91,7 @@ def test_later_gt_ignore_region_zeroes_earlier_centre():
     # Two GTs on level 0: the second one's ignore region covers the first's centre.
     tgt, wgt = _loc(_gt([[16, 16, 48, 48], [24, 24, 56, 56]]))
     t, w = _levels(tgt), _levels(wgt)
-    want_t, want_w = _ref_loc(np.array([[16, 16, 48, 48], [24, 24, 56, 56]]), [True, True],
+    want_t, want_w = ref_loc(np.array([[16, 16, 48, 48], [24, 24, 56, 56]]), [True, True],
                               [False, False])
     np.testing.assert_array_equal(t[0], want_t[0])
     np.testing.assert_array_equal(w[0], want_w[0])
@@ -105,7 +106,7 @@ def test_matches_reference_jit_vmap_padding_and_crowd():
     gt = GroundTruth(boxes=boxes, labels=labels, valid=valid, ignore=ignore)
     tgt, wgt = jax.jit(jax.vmap(_loc))(gt)
     for b in range(5):
-        want_t, want_w = _ref_loc(np.nan_to_num(boxes[b]), valid[b], ignore[b])
+        want_t, want_w = ref_loc(np.nan_to_num(boxes[b]), valid[b], ignore[b])
         for got, want in ((tgt[b], want_t), (wgt[b], want_w)):
             for g, w_ in zip(_levels(got), want):
                 np.testing.assert_array_equal(g, w_)
