@@ -15,8 +15,9 @@ The output is the four components [..., 4] (mmdetection's per-coordinate loss, w
 its weights [..., 4] multiply before the sum / avg_factor). The target carries no
 gradient (mmdetection computes its centre and size under `no_grad`).
 
-Finite for padding rows of zeros (every division is by at least eps) and for
-degenerate predictions; the caller masks non-positives by multiplication.
+Finite for padding rows of zeros and any boxes of non-negative width and height (every
+denominator is then at least eps; decoded anchors always qualify); the caller masks
+non-positives by multiplication.
 """
 
 from __future__ import annotations
