@@ -1,11 +1,11 @@
 """Guided Anchoring at small scale (Wang et al., CVPR 2019, arXiv 1901.03278) on `shapes`:
 
   1. AP of RetinaNet (9 fixed anchors per location) vs GA-RetinaNet (one guided anchor per
-     location), with and without feature adaption (the paper's Table 5 ablation);
+     location), with and without feature adaption (the paper's ablation);
   2. proposal recall AR@100 / 300 / 1000 of the RPN vs GA-RPN (the paper's headline);
   3. the learned anchor shapes (aspect ratio h / w and scale sqrt(w h)) of GA-RetinaNet
      (seed 0) at the locations its loc branch keeps (sigmoid >= 0.01) on the val split,
-     against the GT shapes and the fixed RetinaNet anchors (the paper's Figure 7).
+     against the GT shapes and the fixed RetinaNet anchors.
 
   python experiments/guided_anchoring/run.py [--steps 1000] [--recipe adamw|config|sgd] \
       [--seeds 3] [--workdir runs/guided_anchoring] [--out experiments/guided_anchoring]
