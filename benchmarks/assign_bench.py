@@ -19,6 +19,7 @@ assigner by adding a row to BENCHES.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -31,11 +32,13 @@ import jax  # noqa: E402
 
 from jaxdet.assign import (  # noqa: E402
     anchor_bags,
+    approx_max_iou,
     atss,
     center_region,
     center_region_lattice,
     fcos,
     fsaf_select,
+    ga_targets,
     hambox,
     max_iou,
     noisy_anchor,
@@ -45,7 +48,9 @@ from jaxdet.assign import (  # noqa: E402
 from jaxdet.core import priors as priors_lib  # noqa: E402
 from jaxdet.core.types import GroundTruth  # noqa: E402
 from tests.assign import numpy_ref as ref  # noqa: E402
+from tests.assign.test_approx_max_iou import ref_approx  # noqa: E402
 from tests.assign.test_center_region import mmdet_center_region  # noqa: E402
+from tests.assign.test_ga_targets import ref_loc  # noqa: E402
 from tests.assign.test_noisy_anchor import reference_bags  # noqa: E402
 from tests.assign.test_point_assigner import mmdet_point_assigner  # noqa: E402
 
@@ -63,6 +68,10 @@ def make_priors(kind: str):
         )
     if kind == "anchors9":  # RetinaNet: 3 scales x 3 ratios
         return priors_lib.make_anchors(shapes, STRIDES)
+    if kind == "anchors_ga":  # Guided Anchoring's squares: one 4 * stride square per location
+        return priors_lib.make_anchors(
+            shapes, STRIDES, octave_base_scale=4, scales_per_octave=1, ratios=(1.0,)
+        )
     if kind == "anchors_stride":  # FSAF: one stride-sized square per location
         return priors_lib.make_anchors(
             shapes, STRIDES, octave_base_scale=1, scales_per_octave=1, ratios=(1.0,)
@@ -76,6 +85,12 @@ def make_priors(kind: str):
     if kind == "yolo":  # YOLOv3: the 9 COCO anchors on strides 8, 16, 32
         return priors_lib.make_yolo_anchors(shapes[:3], STRIDES[:3], YOLO_ANCHORS)
     raise ValueError(kind)
+
+
+@functools.cache
+def _approxs():
+    """Guided Anchoring's approximate anchors: RetinaNet's 9 per location."""
+    return make_priors("anchors9")
 
 
 def fsaf_assign(p, g):
@@ -219,6 +234,19 @@ BENCHES = {
     # The same with one anchor per location (N = 22,300).
     "noisy_anchor_a1": (lambda p, g: _noisy_assign(p, g), lambda p, b, v, i: _noisy_ref(p, b, v, i),
                         "anchors1"),
+    # Guided Anchoring: ApproxMaxIoUAssigner (the max IoU over each location's 9
+    # RetinaNet anchors, 0.5 / 0.4 / 0.4) and the location targets (`ga_loc_targets`).
+    "ga_approx_max_iou": (
+        lambda p, g: approx_max_iou.assign(p, _approxs(), g),
+        lambda p, b, v, i: ref_approx(np.asarray(p.boxes), np.asarray(_approxs().boxes), 9, b, v,
+                                      i, 0.5, 0.4, 0.4, 0.5),
+        "anchors_ga",
+    ),
+    "ga_loc_targets": (
+        lambda p, g: ga_targets.loc_targets(g, p.feature_shapes, STRIDES, octave_base_scale=4),
+        lambda p, b, v, i: ref_loc(np.nan_to_num(b), v, i, 4, p.feature_shapes, STRIDES),
+        "anchors_ga",
+    ),
     # HAMBox: matching at 0.35 + online compensation (K = 5, T2 = 0.5) from the regressed
     # boxes (stand-in: anchors grown 1.2x), one 0.68 x 4 x stride anchor per location.
     "hambox": (

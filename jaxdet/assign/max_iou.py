@@ -91,7 +91,6 @@ def assign(
     by_level = (lattice.check_method(method) == "auto" and min(thresholds) > 0
                 and lattice.is_tiling(priors))
     pb = common.as_f32(priors.boxes)
-    n = pb.shape[0]
     boxes, match_rows, ignore_rows = common.split_gt(gt)
     ignored = common.ignored_by_iof(pb, boxes, ignore_rows, ignore_iof_thr, chunk)
     # mmdetection gives ignored priors IoU -1 with every GT. Here they are moved to
@@ -106,10 +105,23 @@ def assign(
         max_ov, arg, lq_idx, lq_val = _fold_levels(
             priors, cols, ignored, boxes, match_rows, min(thresholds), **fold)
     else:
-        max_ov, arg, lq_idx, lq_val = _fold_dense(cols, ignored, boxes, match_rows, chunk=chunk,
-                                                  **fold)
-    max_ov = jnp.where(ignored, -1.0, max_ov)
+        max_ov, arg, lq_idx, lq_val = fold_dense(cols, ignored, boxes, match_rows, chunk=chunk,
+                                                 **fold)
+    return apply_rules(max_ov, arg, lq_idx, lq_val, ignored, match_rows,
+                       pos_iou_thr=pos_iou_thr, neg_iou_thr=neg_iou_thr,
+                       match_low_quality=match_low_quality)
 
+
+def apply_rules(max_ov, arg, lq_idx, lq_val, ignored, match_rows, *, pos_iou_thr: float,
+                neg_iou_thr: float | tuple[float, float], match_low_quality: bool
+                ) -> Assignment:
+    """Rules 1-4 on a fold's [N] results (`fold_dense`): max overlap, its first GT row,
+    the low-quality row (-1: none) and its value; `ignored` [N] priors read max overlap
+    -1; `match_rows` [M] the GT rows that may match (none: -1 / -2 everywhere)."""
+    neg_lo, neg_hi = (tuple(neg_iou_thr) if isinstance(neg_iou_thr, tuple | list)
+                      else (0.0, neg_iou_thr))
+    n = max_ov.shape[0]
+    max_ov = jnp.where(ignored, -1.0, max_ov)
     gt_index = jnp.full((n,), common.IGNORE, jnp.int32)
     gt_index = jnp.where((max_ov >= neg_lo) & (max_ov < neg_hi), common.BACKGROUND, gt_index)
     pos = max_ov >= pos_iou_thr
@@ -122,19 +134,23 @@ def assign(
     return common.finish(gt_index, quality)
 
 
-def _fold_dense(cols, ignored, boxes, match_rows, *, match_low_quality, gt_max_assign_all,
-                min_pos_iou, chunk, init_ov=-jnp.inf):
+def fold_dense(cols, ignored, boxes, match_rows, *, match_low_quality, gt_max_assign_all,
+               min_pos_iou, chunk, init_ov=-jnp.inf, overlaps=None):
     """Every GT row in `match_rows` against all priors (columns `cols`, each [N]).
 
-    Returns [N] arrays (max IoU over the rows, its first row, the low-quality row
-    (-1: none; the last row claiming the prior) and that row's max IoU)."""
+    `overlaps(rows [chunk, 4]) -> [chunk, N]` replaces the IoU with the priors' boxes
+    (the approx-anchor assigner passes the max IoU over each location's anchors).
+    Returns [N] arrays (max overlap over the rows, its first row, the low-quality row
+    (-1: none; the last row claiming the prior) and that row's max overlap)."""
     n = cols[0].shape[0]
     area = (cols[2] - cols[0]) * (cols[3] - cols[1])
     prior_ids = jnp.arange(n, dtype=jnp.int32)
+    if overlaps is None:
+        overlaps = lambda rows: common.iou_with_box(cols, area, rows)  # noqa: E731
 
     def body(carry, rows, ids, live):
         max_ov, arg, lq_idx, lq_val = carry
-        ov = common.iou_with_box(cols, area, rows)  # [chunk, N]
+        ov = overlaps(rows)  # [chunk, N]
         if match_low_quality:
             gt_max = jnp.max(ov, axis=1)
             if not gt_max_assign_all:
@@ -164,7 +180,7 @@ def _fold_dense(cols, ignored, boxes, match_rows, *, match_low_quality, gt_max_a
 
 def _fold_levels(priors, cols, ignored, boxes, match_rows, min_threshold, *,
                  match_low_quality, gt_max_assign_all, min_pos_iou):
-    """`_fold_dense`'s result where it matters, folding each GT over the levels it can reach.
+    """`fold_dense`'s result where it matters, folding each GT over the levels it can reach.
 
     GT j takes part on level l iff ub[j, l] (`lattice.level_bounds`) reaches t_j = the least
     classification threshold, or (low-quality matching) the lower bound lb[j] of its

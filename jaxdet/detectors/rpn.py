@@ -29,7 +29,7 @@ from jaxdet.core.types import Assignment, Detections, GroundTruth, Priors
 from jaxdet.detectors.dense import DenseDetector, StepContext, normalizer
 from jaxdet.detectors.retinanet import anchors, num_anchors
 from jaxdet.losses.cross_entropy import sigmoid_binary_cross_entropy
-from jaxdet.losses.smooth_l1 import l1_loss
+from jaxdet.losses.smooth_l1 import l1_loss, smooth_l1_loss
 from jaxdet.models.heads.rpn_head import RPNHead
 from jaxdet.ops.per_shard import per_shard
 from jaxdet.ops.proposals import generate_proposals
@@ -58,9 +58,11 @@ def rpn_losses(outputs: dict, priors: Priors, gt: GroundTruth, assignment: Assig
     """RPN terms over `hp.num_samples` anchors sampled per image.
 
     outputs: 'objectness' [B, N], 'box_deltas' [B, N, 4]; assignment [B, N]; rng the
-    step's key (split per image; None: a fixed key). Returns loss_rpn_cls (BCE over the
-    sampled anchors), loss_rpn_box (L1 on the sampled positives' delta-xywh), both / the
-    batch's number of sampled anchors, and rpn_num_pos (sampled positives per image).
+    step's key (split per image; None: a fixed key). priors.boxes [N, 4], or [B, N, 4]
+    per image (GA-RPN's guided anchors). Returns loss_rpn_cls (BCE over the sampled
+    anchors), loss_rpn_box (L1 on the sampled positives' delta-xywh; smooth L1 where
+    `hp.smooth_l1_beta` exists and is > 0), both / the batch's number of sampled anchors,
+    and rpn_num_pos (sampled positives per image).
     """
     b, n = outputs["objectness"].shape
     keys = jax.random.split(jax.random.PRNGKey(0) if rng is None else rng, b)
@@ -80,28 +82,39 @@ def rpn_losses(outputs: dict, priors: Priors, gt: GroundTruth, assignment: Assig
     box_t = coders.delta_xywh_encode(jnp.broadcast_to(priors.boxes, gt_boxes.shape), gt_boxes,
                                      stds=tuple(hp.box_stds))
     box_w = weight * pos
-    loss_box = jnp.sum(l1_loss(outputs["box_deltas"], box_t) * box_w[..., None]) / avg
+    beta = float(hp.get("smooth_l1_beta", 0.0))
+    box_l = (smooth_l1_loss(outputs["box_deltas"], box_t, beta) if beta > 0
+             else l1_loss(outputs["box_deltas"], box_t))
+    loss_box = jnp.sum(box_l * box_w[..., None]) / avg
     return dict(loss_rpn_cls=hp.cls_weight * loss_cls, loss_rpn_box=hp.box_weight * loss_box,
                 rpn_num_pos=jnp.sum(box_w) / b)
 
 
-def proposals(outputs: dict, priors: Priors, image_hw: jax.Array, hp: Any, *, train: bool
-              ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def proposals(outputs: dict, priors: Priors, image_hw: jax.Array, hp: Any, *, train: bool,
+              valid: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Batched proposals: outputs [B, N, ...], image_hw [B, 2] -> (boxes [B, K, 4],
-    scores [B, K], valid [B, K]); K = hp.{train,test}_post_nms_topk. No gradient."""
+    scores [B, K], valid [B, K]); K = hp.{train,test}_post_nms_topk. No gradient.
+    priors.boxes [N, 4], or [B, N, 4] per image (GA-RPN); `valid` [B, N] bool, optional:
+    False for anchors that give no proposal (GA-RPN's location filter)."""
     mode = "train" if train else "test"
     outputs = jax.lax.stop_gradient(outputs)
+    extra = {}  # per-image inputs besides the outputs
+    if priors.boxes.ndim == 3:
+        extra["anchors"] = priors.boxes
+    if valid is not None:
+        extra["valid"] = valid
 
-    def one(obj, deltas, hw):
+    def one(obj, deltas, hw, extra):
         return generate_proposals(
-            obj, deltas, priors.boxes, hw, level_sizes=priors.level_sizes,
-            pre_nms_topk=int(hp[f"{mode}_pre_nms_topk"]),
+            obj, deltas, extra.get("anchors", priors.boxes), hw,
+            level_sizes=priors.level_sizes, pre_nms_topk=int(hp[f"{mode}_pre_nms_topk"]),
             post_nms_topk=int(hp[f"{mode}_post_nms_topk"]), nms_iou=float(hp.nms_iou),
-            min_size=float(hp.min_size), box_stds=tuple(hp.box_stds),
+            min_size=float(hp.min_size), box_stds=tuple(hp.box_stds), valid=extra.get("valid"),
         )
 
     # per data shard: the per-level top-k would otherwise gather the global batch
-    return per_shard(jax.vmap(one), outputs["objectness"], outputs["box_deltas"], image_hw)
+    return per_shard(jax.vmap(one), outputs["objectness"], outputs["box_deltas"], image_hw,
+                     extra)
 
 
 class RPN(DenseDetector):
