@@ -1,7 +1,7 @@
 """Train-step speed and memory: the tiny ATSS config (shapes, 128 px), ATSS R50-FPN
 and Faster / Mask R-CNN R50-FPN at 2x512x512, on random inputs with realistic GT.
 
-  python benchmarks/train_step_bench.py [--detectors atss,faster_rcnn,mask_rcnn,aligndet]
+  python benchmarks/train_step_bench.py [--detectors atss,faster_rcnn,mask_rcnn,...]
       [--skip-r50] [--steps 20] [--torch-python PY] [--size 512]
 
 Prints, per setting: compile time (s), median step time (ms), images/s, the
@@ -27,10 +27,12 @@ default platform only. Their references are
 torchvision's `fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` train steps
 (`benchmarks/torchvision_rcnn_step.py`, run with `--torch-python`); the step-time and
 the peak-RSS ratios jaxdet / torchvision are printed. With several detectors each
-runs in its own process, so that each peak RSS is its own. `aligndet` times AlignDet
-R50-FPN (`configs/aligndet/aligndet_r50_fpn_1x_coco.py`) right after jaxdet's RetinaNet
-R50-FPN (`configs/retinanet/retinanet_r50_fpn_1x_coco.py`) at 2 x size x size with
-`random_batch`'s GT, default platform, and prints the ratio of their step times.
+runs in its own process, so that each peak RSS is its own. `aligndet`, `ga_retinanet`,
+`ga_retinanet_plain` (feature adaption by a plain 3x3 conv) and `reppoints` time the
+method's R50-FPN config (`configs/{aligndet,guided_anchoring,reppoints}/*_r50_fpn_1x_coco.py`)
+after jaxdet's RetinaNet R50-FPN (`configs/retinanet/retinanet_r50_fpn_1x_coco.py`), all in
+one process, at 2 x size x size with `random_batch`'s GT, default platform, and print
+each ratio of step times method / RetinaNet.
 `yolov3` times YOLOv3 Darknet-53 (`configs/yolov3/yolov3_d53_coco.py`, GN for BN) at
 2 x 416 x 416 against mmdetection 3.3's YOLOv3 train step
 (`benchmarks/mmdet_yolov3_step.py`, with `--torch-python` a Python with torch and
@@ -56,7 +58,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.aligndet import aligndet_r50_fpn_1x_coco  # noqa: E402
 from configs.atss import atss_r50_fpn_1x_coco, atss_tiny_shapes  # noqa: E402
 from configs.faster_rcnn import faster_rcnn_r50_fpn_1x_coco  # noqa: E402
+from configs.guided_anchoring import ga_retinanet_r50_fpn_1x_coco  # noqa: E402
 from configs.mask_rcnn import mask_rcnn_r50_fpn_1x_coco  # noqa: E402
+from configs.reppoints import reppoints_moment_r50_fpn_1x_coco  # noqa: E402
 from configs.retinanet import retinanet_r50_fpn_1x_coco  # noqa: E402
 from configs.yolov3 import yolov3_d53_coco  # noqa: E402
 from jaxdet import detectors  # noqa: E402
@@ -71,8 +75,19 @@ TWO_STAGE = {  # --detectors name: (config, title)
     "mask_rcnn": (mask_rcnn_r50_fpn_1x_coco.get_config, "Mask R-CNN R50-FPN"),
 }
 # One-stage R50-FPN methods timed against jaxdet's RetinaNet R50-FPN step in the same run.
+
+
+def _ga_plain():
+    config = ga_retinanet_r50_fpn_1x_coco.get_config()
+    config.ga.feature_adaption = False
+    return config
+
+
 AGAINST_RETINANET = {  # --detectors name: (config, title)
     "aligndet": (aligndet_r50_fpn_1x_coco.get_config, "AlignDet R50-FPN"),
+    "ga_retinanet": (ga_retinanet_r50_fpn_1x_coco.get_config, "GA-RetinaNet R50-FPN"),
+    "ga_retinanet_plain": (_ga_plain, "GA-RetinaNet R50-FPN, plain 3x3 adaption"),
+    "reppoints": (reppoints_moment_r50_fpn_1x_coco.get_config, "RepPoints (moment) R50-FPN"),
 }
 # YOLOv3 Darknet-53 at 2 x 416 x 416, against mmdetection's (`mmdet_yolov3_step.py`).
 YOLO_SIZE = 416
@@ -229,16 +244,18 @@ def run_two_stage(key: str, args: argparse.Namespace) -> None:
     run_referenced(get_config, title, args.size, ref_cmd, "torchvision", args)
 
 
-def run_against_retinanet(key: str, args: argparse.Namespace) -> None:
-    """jaxdet's RetinaNet R50-FPN step, then the method's (2 x size x size, random GT,
-    default platform); prints the step-time ratio method / RetinaNet."""
-    get_config, title = AGAINST_RETINANET[key]
+def run_against_retinanet(keys: list[str], args: argparse.Namespace) -> None:
+    """jaxdet's RetinaNet R50-FPN step, then each method's (2 x size x size, random GT,
+    default platform), all in this process; prints each step-time ratio method /
+    RetinaNet (the peak RSS after the first is the process's so far)."""
     hw, steps = (args.size, args.size), max(args.steps // 4, 3)
     size = f"(2 x {args.size}x{args.size})"
     ref, _ = bench(f"RetinaNet R50-FPN {size}", retinanet_r50_fpn_1x_coco.get_config(), 2, hw,
                    steps)
-    med, _ = bench(f"{title} {size}", get_config(), 2, hw, steps)
-    print(f"{title} step / RetinaNet R50-FPN step: {med / ref:.2f}x")
+    for key in keys:
+        get_config, title = AGAINST_RETINANET[key]
+        med, _ = bench(f"{title} {size}", get_config(), 2, hw, steps)
+        print(f"{title} step / RetinaNet R50-FPN step: {med / ref:.2f}x", flush=True)
 
 
 def run_yolov3(args: argparse.Namespace) -> None:
@@ -286,6 +303,9 @@ def main() -> None:
     unknown = sorted(set(names) - set(DETECTORS))
     if unknown or not names:
         ap.error(f"--detectors: unknown {unknown}, choose from {DETECTORS}")
+    if len(names) > 1 and set(names) <= set(AGAINST_RETINANET):  # one RetinaNet reference
+        run_against_retinanet(names, args)
+        return
     if len(names) > 1:  # one process each: each peak RSS is its own
         argv = [f"--steps={args.steps}", f"--size={args.size}", f"--threads={args.threads}",
                 f"--torch-python={args.torch_python}", *(["--skip-r50"] * args.skip_r50)]
@@ -299,7 +319,7 @@ def main() -> None:
     elif names[0] == "yolov3":
         run_yolov3(args)
     elif names[0] in AGAINST_RETINANET:
-        run_against_retinanet(names[0], args)
+        run_against_retinanet(names, args)
     else:
         run_two_stage(names[0], args)
 

@@ -93,3 +93,25 @@ def train_tiny(detector: str, data_dir, workdir: str):
     assert len(losses) == 12 and all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < np.mean(losses[:3]), losses
     return config, state, parts, rows
+
+
+def check_restore_and_predict(config, state, parts, workdir: str) -> dict:
+    """After `train_tiny`: the last checkpoint restores and evaluates with pycocotools to
+    finite AP / AP50 / AR100, and the trained parameters predict [2, max_det] detections.
+    Returns the COCO stats."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxdet.train import loop
+
+    stats = loop.evaluate_checkpoint(config, workdir)
+    for key in ("AP", "AP50", "AR100"):
+        assert key in stats and np.isfinite(stats[key])
+    images = jnp.zeros((2, *config.data.image_size, 3))
+    hw = jnp.asarray([config.data.image_size] * 2, jnp.int32)
+    dets = jax.jit(parts.detector.predict)(state.params, images, hw)
+    k = config.test.max_det
+    assert dets.boxes.shape == (2, k, 4)
+    assert dets.scores.shape == dets.classes.shape == dets.valid.shape == (2, k)
+    return stats

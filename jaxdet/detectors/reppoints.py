@@ -40,6 +40,7 @@ from jaxdet.detectors.dense import (
 )
 from jaxdet.losses import reppoints as rp_loss
 from jaxdet.models.heads.reppoints_head import RepPointsHead
+from jaxdet.ops.per_shard import per_shard
 
 
 def points(strides: tuple[int, ...], image_hw: tuple[int, int]) -> Priors:
@@ -108,8 +109,8 @@ class RepPoints(DenseDetector):
     def assign(self, outputs, priors, gt):
         """{'init': point assignment, 'refine': max-IoU of the init pseudo-boxes}, [B, N]."""
         hp = self.hp
-        init = jax.vmap(lambda g: point_assigner.assign(
-            priors, g, scale=hp.scale, pos_num=hp.pos_num))(gt)
+        init = per_shard(jax.vmap(lambda g: point_assigner.assign(  # its top-k: per shard
+            priors, g, scale=hp.scale, pos_num=hp.pos_num)), gt)
         init_boxes = jax.lax.stop_gradient(self.boxes(outputs, "pts_init", priors))
 
         def refine_one(boxes, g):

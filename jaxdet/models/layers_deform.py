@@ -15,6 +15,7 @@ Weights are [kh, kw, Cin/groups, Cout] (HWIO), as `flax.linen.Conv`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,6 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxdet.ops.deform_conv import deform_conv2d
+from jaxdet.ops.per_shard import per_shard
 from jaxdet.platform import DEFAULT, Platform
 
 Array = jnp.ndarray
@@ -93,11 +95,9 @@ class DeformConv(nn.Module):
         if mask is not None and mask.ndim == 4:
             mask = mask.reshape(*mask.shape[:-1], self.offset_groups, kh * kw)
         dtype = self.dtype or x.dtype
-        y = deform_conv2d(
-            x.astype(dtype),
-            offsets,
-            kernel.astype(dtype),
-            mask,
+        weight = kernel.astype(dtype)
+        conv = functools.partial(
+            deform_conv2d,
             stride=self.strides,
             padding=self._padding(),
             dilation=self.dilation,
@@ -107,6 +107,9 @@ class DeformConv(nn.Module):
             target=self.platform.target,
             sampling_backend=self.sampling_backend,
         )
+        # Per data shard: the op folds the batch into its pixel tiles, which sharding
+        # propagation would partition by gathering every image onto every device.
+        y = per_shard(lambda xs, o, m: conv(xs, o, weight, m), x.astype(dtype), offsets, mask)
         if bias is not None:
             y = y + bias.astype(y.dtype)
         return y

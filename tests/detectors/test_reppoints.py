@@ -10,8 +10,7 @@ import pytest
 
 from jaxdet import detectors
 from jaxdet.core.types import ground_truth_from_batch
-from jaxdet.train import loop
-from tests.tiny import synthetic_batch, tiny_config, train_tiny
+from tests.tiny import check_restore_and_predict, synthetic_batch, tiny_config, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +19,9 @@ def data_dir(tmp_path_factory):
 
 
 def test_train_save_restore_eval(data_dir, tmp_path):
-    config, state, parts, _ = train_tiny("reppoints", data_dir, str(tmp_path / "rp"))
-    stats = loop.evaluate_checkpoint(config, str(tmp_path / "rp"))
-    for key in ("AP", "AP50", "AR100"):
-        assert key in stats and np.isfinite(stats[key])
-    images = jnp.zeros((2, *config.data.image_size, 3))
-    hw = jnp.asarray([config.data.image_size] * 2, jnp.int32)
-    dets = jax.jit(parts.detector.predict)(state.params, images, hw)
-    assert dets.boxes.shape == (2, config.test.max_det, 4)
-    assert dets.scores.shape == dets.valid.shape == (2, config.test.max_det)
+    workdir = str(tmp_path / "rp")
+    config, state, parts, _ = train_tiny("reppoints", data_dir, workdir)
+    check_restore_and_predict(config, state, parts, workdir)
 
 
 def test_assignment_stages_and_empty_images(data_dir):

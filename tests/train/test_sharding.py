@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import jax
+import pytest
 
 from jaxdet.train import mesh as mesh_lib
 
@@ -73,17 +74,28 @@ def test_distributed_launch_detection():
     assert launch({"MEGASCALE_COORDINATOR_ADDRESS": "t0:8080"}) == "tpu"
 
 
-def test_eight_device_step_gathers_no_batch():
-    """The tiny ATSS and Faster R-CNN train steps on a mesh of 8 devices, global batch 16:
-    no all-gather whose result has the global batch as its leading dimension (the top-k of
-    the ATSS assigner, of the RPN's proposals and of the samplers used to gather their
-    [16, ...] operands onto every device; RoIAlign gathered the features of all images)."""
+def _gathers_of_the_batch(names: tuple[str, ...]) -> None:
     flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8"
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-    names = ("atss", "faster_rcnn")
     r = subprocess.run([sys.executable, "-c", SCRIPT.format(repo=REPO, names=names)], env=env,
-                       capture_output=True, text=True, timeout=900)
+                       capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for name in names:
         assert f"{name} all-gathers:" in r.stdout, r.stdout
     assert r.stdout.count("of the global batch: 0") == len(names), r.stdout
+
+
+def test_eight_device_step_gathers_no_batch():
+    """The tiny ATSS, Faster R-CNN and RepPoints train steps on a mesh of 8 devices, global
+    batch 16: no all-gather whose result has the global batch as its leading dimension (the
+    top-k of the ATSS and point assigners, of the RPN's proposals and of the samplers used
+    to gather their [16, ...] operands onto every device; RoIAlign gathered the features of
+    all images, the deformable conv the pixels of all images)."""
+    _gathers_of_the_batch(("atss", "faster_rcnn", "reppoints"))
+
+
+@pytest.mark.slow
+def test_eight_device_step_gathers_no_batch_feature_alignment():
+    """As above for AlignDet, GA-RetinaNet and GA-RPN (deformable convs on P2-P7)."""
+    _gathers_of_the_batch(("aligndet", "configs.guided_anchoring.ga_retinanet_tiny_shapes",
+                           "configs.guided_anchoring.ga_rpn_tiny_shapes"))
