@@ -182,9 +182,14 @@ class FasterRCNN:
             mask_head = MaskHead(num_classes=self.num_classes, num_convs=r.mask_convs,
                                  channels=r.mask_channels, dtype=dtype, platform=platform)
         self.net = TwoStageNetwork(backbone=backbone, neck=neck,
-                                   rpn_head=rpn_lib.rpn_head(config), box_head=box_head,
+                                   rpn_head=self.make_rpn_head(config), box_head=box_head,
                                    mask_head=mask_head, box_size=r.box_size,
                                    mask_size=r.mask_size)
+
+    @staticmethod
+    def make_rpn_head(config: Any):
+        """The first stage's head (GA-Faster R-CNN: the GA-RPN head)."""
+        return rpn_lib.rpn_head(config)
 
     # -- the network, stage by stage ------------------------------------------------
     def _call(self, params: Any, method: Any, *args) -> Any:
@@ -230,17 +235,29 @@ class FasterRCNN:
         ctx = StepContext(rng=roi_rng, step=step, det_state=det_state)
         feats = self.features(params, images)
         rpn_out = self._call(params, TwoStageNetwork.rpn, feats)
-        priors = self.priors(tuple(images.shape[1:3]))
-        assignment = rpn_lib.rpn_assign(priors, gt, self.rpn_hp)
-        terms = rpn_lib.rpn_losses(rpn_out, priors, gt, assignment, rpn_rng, self.rpn_hp)
-        props, _, props_valid = rpn_lib.proposals(rpn_out, priors, batch["image_hw"],
-                                                  self.rpn_hp, train=True)
+        terms, props, props_valid = self.rpn_stage(
+            rpn_out, tuple(images.shape[1:3]), batch["image_hw"], gt,
+            StepContext(rng=rpn_rng, step=step, det_state=det_state))
         keys = jax.random.split(roi_rng, images.shape[0])
         sample = jax.vmap(lambda k, p, v, g: sample_rois(k, p, v, g, self.roi_hp,
                                                          self.num_classes))
         sampled = per_shard(sample, keys, props, props_valid, gt)  # its top-k: per shard
         terms.update(self.roi_losses(params, feats, sampled, gt, ctx))
         return total_loss(terms), (terms, det_state)
+
+    def rpn_stage(self, rpn_out: dict, image_shape: tuple[int, int], image_hw: jax.Array,
+                  gt: GroundTruth | None, ctx: StepContext | None
+                  ) -> tuple[dict[str, jax.Array], jax.Array, jax.Array]:
+        """The first stage on its outputs: (loss terms, proposals [B, K, 4], valid [B, K]);
+        training when `gt` is given (train-time proposal counts), else ({}, test proposals)."""
+        priors = self.priors(image_shape)
+        train = gt is not None
+        terms = {}
+        if train:
+            assignment = rpn_lib.rpn_assign(priors, gt, self.rpn_hp)
+            terms = rpn_lib.rpn_losses(rpn_out, priors, gt, assignment, ctx.rng, self.rpn_hp)
+        props, _, valid = rpn_lib.proposals(rpn_out, priors, image_hw, self.rpn_hp, train=train)
+        return terms, props, valid
 
     def roi_losses(self, params: Any, feats: tuple[jax.Array, ...], sampled: dict,
                    gt: GroundTruth, ctx: StepContext) -> dict[str, jax.Array]:
@@ -255,8 +272,7 @@ class FasterRCNN:
         """images [B, H, W, 3], image_hw [B, 2] -> Detections [B, max_det, ...]."""
         feats = self.features(params, images)
         rpn_out = self._call(params, TwoStageNetwork.rpn, feats)
-        priors = self.priors(tuple(images.shape[1:3]))
-        props, _, valid = rpn_lib.proposals(rpn_out, priors, image_hw, self.rpn_hp, train=False)
+        _, props, valid = self.rpn_stage(rpn_out, tuple(images.shape[1:3]), image_hw, None, None)
         b, k = valid.shape
         x = self.roi_features(feats, props, valid, self.roi_hp.box_size)
         out = self._call(params, TwoStageNetwork.box, x)
