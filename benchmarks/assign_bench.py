@@ -5,15 +5,12 @@
 
 Setting (default): B = 8 images of 800 x 1333 (feature shapes of strides 8..128,
 N = 22,300 priors for one prior per location), M = 100 random valid GT boxes
-each. Prints ms per image of the JAX version (after warm-up, median of
-`--repeats` calls, `block_until_ready`; also its process CPU time, which is
-the steadier figure on a shared machine) and of the NumPy reference
-(tests/assign/numpy_ref.py, mmdetection's semantics line by line, median over
-images), and their ratio. The last two columns are the row's process CPU time over
-that of ATSS in the same process: `atss_grid` (`atss.assign_batch`, the lattice search
-the ATSS detector runs, the stricter reference) and `atss` (the per-image
-`atss.assign`, the block search). Figures and machines: benchmarks/README.md. Add an
-assigner by adding a row to BENCHES.
+each. Prints ms per image of the JAX version (after warm-up, median of `--repeats`
+calls, `block_until_ready`; also its process CPU time, the steadier figure on a shared
+machine) and of the NumPy reference (mmdetection's semantics line by line, median over
+images), and their ratio; then the row's CPU time over that of ATSS in the same process:
+`atss_grid` (`atss.assign_batch`, the lattice search the ATSS detector runs) and `atss`
+(the per-image block search). Figures: benchmarks/README.md. Add a row to BENCHES.
 """
 
 from __future__ import annotations
@@ -30,6 +27,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from benchmarks.stand_in_predictions import (  # noqa: E402
+    jittered_boxes,
+    stand_in_boxes,
+    stand_in_scores,
+)
 from jaxdet.assign import (  # noqa: E402
     anchor_bags,
     approx_max_iou,
@@ -218,11 +220,11 @@ BENCHES = {
         "anchors1",
         True,
     ),
-    # ... with jittered predicted boxes (`_jittered_boxes`).
+    # ... with jittered predicted boxes (`jittered_boxes`).
     "mal_bags_prob_jittered_a1": (
-        lambda p, g: _mal_bags_prob(p, g, pred=_jittered_boxes(p.boxes)),
+        lambda p, g: _mal_bags_prob(p, g, pred=jittered_boxes(p.boxes)),
         lambda p, b, v, i: (_np_bags(p.boxes, b, v, i, 40),
-                            _np_box_prob(_jittered_boxes(p.boxes), b, v, i, 80)),
+                            _np_box_prob(jittered_boxes(p.boxes), b, v, i, 80)),
         "anchors1",
         True,
     ),
@@ -250,23 +252,23 @@ BENCHES = {
     # HAMBox: matching at 0.35 + online compensation (K = 5, T2 = 0.5) from the regressed
     # boxes (stand-in: anchors grown 1.2x), one 0.68 x 4 x stride anchor per location.
     "hambox": (
-        lambda p, g: hambox.assign(p, g, _stand_in_boxes(p.boxes)),
-        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, np.asarray(_stand_in_boxes(p.boxes))),
+        lambda p, g: hambox.assign(p, g, stand_in_boxes(p.boxes)),
+        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, np.asarray(stand_in_boxes(p.boxes))),
         "anchors_hambox",
     ),
-    # ... with jittered predictions (`_jittered_boxes`: sizes and places off by up to
+    # ... with jittered predictions (`jittered_boxes`: sizes and places off by up to
     # 20%): the per-level bounds prune less than on the uniform stand-in.
     "hambox_jittered": (
-        lambda p, g: hambox.assign(p, g, _jittered_boxes(p.boxes, 1.2)),
-        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, _jittered_boxes(p.boxes, 1.2)),
+        lambda p, g: hambox.assign(p, g, jittered_boxes(p.boxes, 1.2)),
+        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, jittered_boxes(p.boxes, 1.2)),
         "anchors_hambox",
     ),
     # ... with both stages' dense folds.
     "hambox_dense": (
         lambda p, g: hambox.compensate(
             max_iou.assign(p, g, pos_iou_thr=0.35, neg_iou_thr=0.35, method="dense"), g,
-            _stand_in_boxes(p.boxes)),
-        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, np.asarray(_stand_in_boxes(p.boxes))),
+            stand_in_boxes(p.boxes)),
+        lambda p, b, v, i: ref.hambox(p.boxes, b, v, i, np.asarray(stand_in_boxes(p.boxes))),
         "anchors_hambox",
     ),
 }
@@ -288,40 +290,12 @@ def _mal_bags_prob(p, g, dense=False, bags=True, pred=None):
 
 
 def _noisy_assign(p, g):
-    return noisy_anchor.assign(p, g, _stand_in_boxes(p.boxes),
-                               _stand_in_scores(p.boxes.shape[0], 80), topk=50)
+    return noisy_anchor.assign(p, g, stand_in_boxes(p.boxes),
+                               stand_in_scores(p.boxes.shape[0], 80), topk=50)
 
 
 def _noisy_ref(p, boxes, valid, ignore):
     return reference_bags(np.asarray(p.boxes), boxes, valid, ignore, 50)
-
-
-# The stand-in predictions are inputs of the assigners, as the network's outputs are in
-# training: NumPy constants, computed outside the timed function.
-def _stand_in_boxes(boxes):
-    """Predicted boxes for the prediction-aware assigners: each prior grown 1.2x."""
-    boxes = np.asarray(boxes, np.float32)
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2
-    half = (boxes[:, 2:] - boxes[:, :2]) * np.float32(0.6)
-    return np.concatenate([c - half, c + half], -1)
-
-
-def _jittered_boxes(boxes, grow=1.0, jitter=0.2):
-    """Predicted boxes nearer to training's: each prior grown by `grow`, its width and
-    height scaled by exp(U(-jitter, jitter)) and its centre moved by U(-jitter, jitter)
-    of its size (seeded)."""
-    boxes = np.asarray(boxes, np.float32)
-    rng = np.random.default_rng(7)
-    scale = np.exp(rng.uniform(-jitter, jitter, (len(boxes), 2)))
-    wh = (boxes[:, 2:] - boxes[:, :2]) * grow * scale
-    c = (boxes[:, :2] + boxes[:, 2:]) / 2
-    c = c + rng.uniform(-jitter, jitter, (len(boxes), 2)) * (boxes[:, 2:] - boxes[:, :2])
-    return np.concatenate([c - wh / 2, c + wh / 2], -1).astype(np.float32)
-
-
-def _stand_in_scores(n, num_classes):
-    x = np.sin(np.arange(n * num_classes, dtype=np.float32)).reshape(n, num_classes)
-    return (1 / (1 + np.exp(-x))).astype(np.float32)
 
 
 def _np_bags(priors, boxes, valid, ignore, k):
