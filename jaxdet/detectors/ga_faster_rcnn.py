@@ -20,8 +20,7 @@ from typing import Any
 import jax
 
 from jaxdet.core.types import GroundTruth
-from jaxdet.detectors import ga_retinanet as gar
-from jaxdet.detectors import ga_rpn, rpn
+from jaxdet.detectors import ga_rpn
 from jaxdet.detectors.dense import StepContext
 from jaxdet.detectors.faster_rcnn import FasterRCNN
 
@@ -45,9 +44,7 @@ class GAFasterRCNN(FasterRCNN):
         terms = {}
         if train:
             terms = stage.losses(rpn_out, priors, gt, stage.assign(rpn_out, priors, gt), ctx)
-        keep = gar.loc_keep(rpn_out, stage.ga.loc_filter_thr)
-        props, _, valid = rpn.proposals(rpn_out, priors["guided"], image_hw, self.rpn_hp,
-                                        train=train, valid=keep)
+        props, _, valid = stage.proposals(rpn_out, priors["guided"], image_hw, train=train)
         return terms, props, valid
 
 

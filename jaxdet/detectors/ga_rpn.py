@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet import platform as platform_lib
-from jaxdet.core.types import Detections
+from jaxdet.core.types import Detections, Priors
 from jaxdet.detectors import ga_retinanet as gar
 from jaxdet.detectors import retinanet, rpn
 from jaxdet.detectors.dense import DenseDetector, StepContext
@@ -71,13 +71,18 @@ class GARPN(DenseDetector):
                                          float(self.config.anchor.octave_base_scale)))
         return terms
 
+    def proposals(self, outputs: dict, guided: Priors, image_hw: jax.Array, *, train: bool
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """`rpn.proposals` of the guided anchors [B, N]: (boxes [B, K, 4], scores [B, K],
+        valid [B, K]); locations under the location filter give none."""
+        keep = gar.loc_keep(outputs, self.ga.loc_filter_thr)
+        return rpn.proposals(outputs, guided, image_hw, self.hp, train=train, valid=keep)
+
     def predict(self, params: Any, images: jax.Array, image_hw: jax.Array) -> Detections:
         """Detections [B, K, ...]: the proposals, class 0, score = sigmoid(objectness)."""
         outputs = self.apply(params, images)
         priors = self.priors(tuple(images.shape[1:3]), outputs)["guided"]
-        keep = gar.loc_keep(outputs, self.ga.loc_filter_thr)
-        boxes, scores, valid = rpn.proposals(outputs, priors, image_hw, self.hp, train=False,
-                                             valid=keep)
+        boxes, scores, valid = self.proposals(outputs, priors, image_hw, train=False)
         return Detections(boxes=boxes, scores=jnp.where(valid, scores, 0.0),
                           classes=jnp.zeros(scores.shape, jnp.int32), valid=valid)
 
