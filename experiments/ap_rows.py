@@ -1,7 +1,7 @@
 """The AP-per-row experiments (`atss_gap`, `reppoints`, `aligndet`): every row of a dict
-of configs trained for seeds 0..N-1 and evaluated, results.json written after each
-training, and the mean ± std COCO table written into the experiment's README between its
-markers."""
+of configs trained for seeds 0..N-1 (row by row) and evaluated, results.json written
+after each training, and the mean ± std COCO table of the finished rows written into the
+experiment's README between its markers after each row."""
 
 from __future__ import annotations
 
@@ -49,19 +49,21 @@ def main(variants: Callable[[int, str], dict], is_baseline: Callable[[str], bool
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     per_seed: dict[str, list] = {}
-    for seed in range(args.seeds):
-        for i, (name, config) in enumerate(variants(args.steps, args.recipe).items()):
+    names = list(variants(args.steps, args.recipe))
+    for i, name in enumerate(names):  # row by row: a finished row has all its seeds
+        for seed in range(args.seeds):
+            config = variants(args.steps, args.recipe)[name]
             print(f"=== {name} (seed {seed})", flush=True)
             recipe.seeded(config, seed).data.val_split = args.val_split
             workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed, f"v{i}",
                                          baseline=is_baseline(name))
             per_seed.setdefault(name, []).append(loop.train_and_evaluate(config, workdir))
+            results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
             with open(os.path.join(args.out, "results.json"), "w") as f:
                 json.dump({"steps": args.steps, "recipe": args.recipe, "seeds": args.seeds,
-                           "results": {n: report.aggregate_seeds(v) for n, v in per_seed.items()},
-                           "per_seed": per_seed}, f, indent=2)
-    results = {n: report.aggregate_seeds(v) for n, v in per_seed.items()}
-    write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), args.out,
-                os.path.join(here, "README.md"))
+                           "results": results, "per_seed": per_seed}, f, indent=2)
+        # The table of the rows finished so far (all rows once the last one is).
+        write_table(results, recipe.describe(args.steps, args.recipe, args.seeds), args.out,
+                    os.path.join(here, "README.md"))
     if after is not None:
         after(args)

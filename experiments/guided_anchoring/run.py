@@ -149,11 +149,15 @@ def main() -> None:
     os.makedirs(args.out, exist_ok=True)
     per_seed: dict = {"ap": {}, "ar": {}}
     summary: dict = {}
-    for seed in range(args.seeds):
+
+    def rows() -> list:
         ap_rows_, ar_rows = variants(args.steps, args.recipe)
-        rows = [("ap", n, c) for n, c in ap_rows_.items()] + [("ar", n, c)
+        return [("ap", n, c) for n, c in ap_rows_.items()] + [("ar", n, c)
                                                               for n, c in ar_rows.items()]
-        for i, (kind, name, config) in enumerate(rows):
+
+    for i in range(len(rows())):  # row by row: a finished row has all its seeds
+        for seed in range(args.seeds):
+            kind, name, config = rows()[i]
             print(f"=== {name} (seed {seed})", flush=True)
             recipe.seeded(config, seed).data.val_split = args.val_split
             workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed, f"v{i}",
@@ -168,8 +172,9 @@ def main() -> None:
                 json.dump({"steps": args.steps, "recipe": args.recipe, "seeds": args.seeds,
                            "results": results, "anchor_shapes": summary,
                            "per_seed": per_seed}, f, indent=2)
-    write_readme(results, recipe.describe(args.steps, args.recipe, args.seeds), summary,
-                 args.out)
+        # The tables of the rows finished so far (all rows once the last one is).
+        write_readme(results, recipe.describe(args.steps, args.recipe, args.seeds), summary,
+                     args.out)
 
 
 if __name__ == "__main__":
