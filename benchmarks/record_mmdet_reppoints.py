@@ -10,7 +10,11 @@ focal 0.25 / 2; SmoothL1 beta 0.11, weights 0.5 init / 1.0 refine; point_base_sc
   - each assigner's `gt_inds` per image and the refine stage's proposals (the
     pseudo-boxes of the detached init points, in pixels);
   - the gradients of the summed loss with respect to every input.
-Cases: strides 8, 16, 32; the three pseudo-box transforms.
+Cases: strides 8, 16, 32; the three pseudo-box transforms; and the box representation
+(`use_grid_points=True`, min-max, init MaxIoUAssigner(0.5, 0.4, min_pos_iou 0) on the
+base squares: mmdetection's reppoints-bbox grid config), whose point sets are made by
+the head's `gen_grid_from_reg` from random box deltas (recorded too: the deltas, the
+grids and boxes it returns).
 
 Runs in a separate venv with torch (CPU) and mmdetection 3.3.0 (see
 `record_mmdet_yolov3.py` for the install). mmcv's compiled ops are absent, so
@@ -57,7 +61,7 @@ def random_points(rng: np.random.Generator, batch: int, size: tuple[int, int]
     return init.astype(np.float32), refine.astype(np.float32)
 
 
-def build_head(transform: str):
+def build_head(transform: str, grid: bool = False):
     from mmdet.registry import MODELS
     from mmengine.config import ConfigDict
 
@@ -71,9 +75,11 @@ def build_head(transform: str):
                       loss_weight=1.0),
         loss_bbox_init=dict(type="SmoothL1Loss", beta=0.11, loss_weight=0.5),
         loss_bbox_refine=dict(type="SmoothL1Loss", beta=0.11, loss_weight=1.0),
-        transform_method=transform,
+        transform_method=transform, use_grid_points=grid,
         train_cfg=ConfigDict(
-            init=stage(dict(type="PointAssigner", scale=4, pos_num=1)),
+            init=stage(dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4,
+                            min_pos_iou=0, ignore_iof_thr=-1) if grid
+                       else dict(type="PointAssigner", scale=4, pos_num=1)),
             refine=stage(dict(type="MaxIoUAssigner", pos_iou_thr=0.5, neg_iou_thr=0.4,
                               min_pos_iou=0, ignore_iof_thr=-1)))))
 
@@ -90,13 +96,28 @@ def _recorded(assigner, store: list):
     assigner.assign = assign
 
 
-def record_case(seed: int, hw: tuple[int, int], num_gts: tuple[int, int], transform: str
-                ) -> dict:
+def grid_points(head, rng: np.random.Generator, batch: int, size: tuple[int, int]) -> dict:
+    """Box deltas [B, 4, h, w] (init and refine) and the head's `gen_grid_from_reg` of
+    them: init grids on the base square (-2, -2, 2, 2) strides, refined grids on the init
+    boxes, as numpy."""
+    import torch
+
+    d_init = rng.normal(0, 0.4, (batch, 4) + size).astype(np.float32)
+    d_refine = rng.normal(0, 0.25, (batch, 4) + size).astype(np.float32)
+    base = torch.tensor([-2.0, -2.0, 2.0, 2.0]).view(1, 4, 1, 1)
+    p_init, b_init = head.gen_grid_from_reg(torch.tensor(d_init), base)
+    p_refine, b_refine = head.gen_grid_from_reg(torch.tensor(d_refine), b_init)
+    return dict(d_init=d_init, d_refine=d_refine, p_init=p_init.numpy(),
+                b_init=b_init.numpy(), p_refine=p_refine.numpy(), b_refine=b_refine.numpy())
+
+
+def record_case(seed: int, hw: tuple[int, int], num_gts: tuple[int, int], transform: str,
+                grid: bool = False) -> dict:
     import torch
     from mmengine.structures import InstanceData
 
     rng = np.random.default_rng(seed)
-    head = build_head(transform)
+    head = build_head(transform, grid)
     moment = np.asarray([0.2, -0.15], np.float32)
     if transform == "moment":
         head.moment_transfer.data = torch.tensor(moment)
@@ -105,7 +126,11 @@ def record_case(seed: int, hw: tuple[int, int], num_gts: tuple[int, int], transf
     batch = len(num_gts)
     cls = [rng.normal(-2.0, 1.5, (batch, NUM_CLASSES, fh, fw)).astype(np.float32)
            for fh, fw in sizes]
-    pts = [random_points(rng, batch, s) for s in sizes]
+    if grid:
+        grids = [grid_points(head, rng, batch, s) for s in sizes]
+        pts = [(g["p_init"], g["p_refine"]) for g in grids]
+    else:
+        pts = [random_points(rng, batch, s) for s in sizes]
     gts = [random_gt(rng, hw, n) for n in num_gts]
     labels = [rng.integers(0, NUM_CLASSES, n) for n in num_gts]
     instances = [InstanceData(bboxes=torch.tensor(g).reshape(-1, 4), labels=torch.tensor(lab))
@@ -122,7 +147,8 @@ def record_case(seed: int, hw: tuple[int, int], num_gts: tuple[int, int], transf
     total.backward()
 
     out = {"image_hw": np.asarray(hw), "strides": np.asarray(STRIDES),
-           "transform": np.asarray(transform), "moment_transfer": moment}
+           "transform": np.asarray(transform), "moment_transfer": moment,
+           "use_grid_points": np.asarray(grid)}
     for k, v in losses.items():
         out[k] = np.asarray([float(x.detach()) for x in v])  # per level
     for lvl, s in enumerate(STRIDES):
@@ -131,6 +157,9 @@ def record_case(seed: int, hw: tuple[int, int], num_gts: tuple[int, int], transf
         out[f"grad_cls_s{s}"] = t_cls[lvl].grad.numpy()
         out[f"grad_pts_init_s{s}"] = t_init[lvl].grad.numpy()
         out[f"grad_pts_refine_s{s}"] = t_refine[lvl].grad.numpy()
+        if grid:
+            for k, v in grids[lvl].items():
+                out[f"grid_{k}_s{s}"] = v
     if transform == "moment":
         out["grad_moment_transfer"] = head.moment_transfer.grad.numpy()
     for b in range(batch):
@@ -159,10 +188,11 @@ def main() -> None:
 
     register_all_modules()
     os.makedirs(args.out, exist_ok=True)
-    cases = [(0, (64, 96), (6, 0), "moment"), (1, (64, 64), (4, 3), "minmax"),
-             (2, (96, 64), (7, 2), "partial_minmax"), (3, (96, 96), (9, 5), "moment")]
-    for seed, hw, num_gts, transform in cases:
-        rec = record_case(seed, hw, num_gts, transform)
+    cases = [(0, (64, 96), (6, 0), "moment", False), (1, (64, 64), (4, 3), "minmax", False),
+             (2, (96, 64), (7, 2), "partial_minmax", False),
+             (3, (96, 96), (9, 5), "moment", False), (4, (96, 64), (6, 3), "minmax", True)]
+    for seed, hw, num_gts, transform, grid in cases:
+        rec = record_case(seed, hw, num_gts, transform, grid)
         rec["mmdet_version"] = np.asarray(mmdet.__version__)
         path = os.path.join(args.out, f"case{seed}.npz")
         np.savez_compressed(path, **rec)

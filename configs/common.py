@@ -306,10 +306,11 @@ def reppoints(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """RepPoints' fields (mmdetection's reppoints-moment): 9 points, gradient_mul 0.1,
     point_base_scale 4; init stage PointAssigner(scale 4, pos_num 1), refine stage max-IoU
     0.5 / 0.4 on pseudo-boxes; focal 0.25 / 2, SmoothL1 beta 0.11 (init 0.5, refine 1.0);
-    test NMS 0.5."""
+    test NMS 0.5. `use_grid_points` (False): the box representation (with transform
+    'minmax'; assigner.name 'max_iou' for the box-anchor variant)."""
     config.reppoints = ml_collections.ConfigDict(
         dict(transform="moment", num_points=9, gradient_mul=0.1, point_base_scale=4.0,
-             moment_mul=0.01)
+             moment_mul=0.01, use_grid_points=False)
     )
     config.assigner = ml_collections.ConfigDict(
         dict(name="point", scale=4.0, pos_num=1, pos_iou_thr=0.5, neg_iou_thr=0.4,

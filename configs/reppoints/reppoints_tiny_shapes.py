@@ -2,6 +2,8 @@
 # Run:
 #   python -m jaxdet.main --config=configs/reppoints/reppoints_tiny_shapes.py --workdir=runs/rp
 # Other pseudo-box transforms: --config.reppoints.transform=minmax | partial_minmax
+# The box representation (the paper's box baseline): --config.reppoints.use_grid_points=True
+#   --config.reppoints.transform=minmax [--config.assigner.name=max_iou for box anchors]
 #
 # The AdamW recipe of configs/atss/atss_tiny_shapes.py (trained from scratch).
 import ml_collections

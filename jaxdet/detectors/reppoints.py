@@ -7,9 +7,15 @@ classification and refinement). Priors: one point per location at offset 0
 Pseudo-boxes: `config.reppoints.transform` ('moment' | 'minmax' | 'partial_minmax',
 `jaxdet.losses.reppoints.points_to_boxes`) of the points, times the stride, plus the
 location.
-Assigners: init stage `jaxdet.assign.point_assigner` (scale 4, pos_num 1); refine stage
-`jaxdet.assign.max_iou` (0.5 / 0.4, min_pos_iou 0) of the pseudo-boxes of the
-(detached) init points.
+Assigners: init stage `jaxdet.assign.point_assigner` (scale 4, pos_num 1), or with
+`assigner.name='max_iou'` max-IoU (0.5 / 0.4, min_pos_iou 0) of the squares of side
+point_base_scale x stride at the locations (mmdetection's `centers_to_bboxes`, its
+box-anchor baseline); refine stage `jaxdet.assign.max_iou` (0.5 / 0.4, min_pos_iou 0) of
+the pseudo-boxes of the (detached) init points.
+Box representation (`reppoints.use_grid_points`, with transform 'minmax': the paper's
+bounding-box baseline in the same network, mmdetection's `reppoints-bbox_*_grid`
+configs): the head regresses boxes and its point sets are their 3x3 grids
+(`RepPointsHead`); everything else is unchanged.
 Losses as mmdetection's `RepPointsHead.loss_by_feat` (num_pos of a stage: the sum over the
 images of max(the image's positives, 1), mmdetection's avg_factor):
   cls:        sigmoid focal (0.25, 2) with the refine assignment / refine num_pos
@@ -87,9 +93,11 @@ class RepPoints(DenseDetector):
             dtype=jnp.dtype(config.model.dtype),
             platform=platform_lib.from_config(config),
             sampling_backend=config.model.sampling_backend,
+            use_grid_points=bool(rp.get("use_grid_points", False)),
+            point_base_scale=float(rp.point_base_scale),
         )
         super().__init__(config, head)
-        check_assigner(config, ("point",))
+        self.init_assigner = check_assigner(config, ("point", "max_iou"))
         if rp.transform not in rp_loss.TRANSFORMS:
             raise ValueError(f"reppoints.transform={rp.transform!r}; one of {rp_loss.TRANSFORMS}")
         self.rp = rp
@@ -107,19 +115,25 @@ class RepPoints(DenseDetector):
         return points(self.strides, image_hw)
 
     def assign(self, outputs, priors, gt):
-        """{'init': point assignment, 'refine': max-IoU of the init pseudo-boxes}, [B, N]."""
+        """{'init': point (or max-IoU of the base squares) assignment, 'refine': max-IoU
+        of the init pseudo-boxes}, [B, N]."""
         hp = self.hp
-        init = per_shard(jax.vmap(lambda g: point_assigner.assign(  # its top-k: per shard
-            priors, g, scale=hp.scale, pos_num=hp.pos_num)), gt)
-        init_boxes = jax.lax.stop_gradient(self.boxes(outputs, "pts_init", priors))
 
-        def refine_one(boxes, g):
+        def by_iou(boxes, g):
             p = dataclasses.replace(priors, boxes=boxes, feature_shapes=None)
             return max_iou.assign(
                 p, g, pos_iou_thr=hp.pos_iou_thr, neg_iou_thr=hp.neg_iou_thr,
                 min_pos_iou=hp.min_pos_iou, ignore_iof_thr=hp.ignore_iof_thr, method="dense")
 
-        return {"init": init, "refine": jax.vmap(refine_one)(init_boxes, gt)}
+        if self.init_assigner == "max_iou":
+            half = 0.5 * self.rp.point_base_scale * priors.strides[:, None]
+            squares = jnp.concatenate([priors.centers - half, priors.centers + half], -1)
+            init = jax.vmap(lambda g: by_iou(squares, g))(gt)
+        else:
+            init = per_shard(jax.vmap(lambda g: point_assigner.assign(  # top-k: per shard
+                priors, g, scale=hp.scale, pos_num=hp.pos_num)), gt)
+        init_boxes = jax.lax.stop_gradient(self.boxes(outputs, "pts_init", priors))
+        return {"init": init, "refine": jax.vmap(by_iou)(init_boxes, gt)}
 
     def losses(self, outputs, priors, gt, assignment, ctx: StepContext | None = None):
         lc, rp = self.loss_cfg, self.rp

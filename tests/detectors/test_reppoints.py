@@ -74,3 +74,36 @@ def test_pseudo_boxes_in_pixels():
     np.testing.assert_allclose(boxes[5], [8, 0, 24, 16])
     np.testing.assert_allclose(boxes[19], [16, 24, 16, 24])
     np.testing.assert_allclose(boxes[0], [0, 0, 0, 0])
+
+
+def test_box_representation_with_max_iou_init(data_dir):
+    """use_grid_points + assigner 'max_iou': the init stage assigns the squares of side
+    4 strides at the locations by IoU; losses and gradients finite, also without GT."""
+    config = tiny_config("reppoints", data_dir)
+    config.reppoints.use_grid_points = True
+    config.reppoints.transform = "minmax"
+    config.assigner.name = "max_iou"
+    det = detectors.build(config)
+    params, det_state = det.init(jax.random.PRNGKey(0), tuple(config.data.image_size))
+    m = 4
+    boxes = np.zeros((2, m, 4), np.float32)
+    boxes[0, 0] = [4, 4, 40, 30]  # IoU 0.74 with the stride-8 square [8, 0, 40, 32]
+    boxes[0, 1] = [16, 16, 48, 48]  # exactly the stride-8 square centred at (32, 32)
+    valid = np.zeros((2, m), bool)
+    valid[0, :2] = True
+    batch = synthetic_batch(config, boxes, np.zeros((2, m), np.int32), valid)
+    gt = ground_truth_from_batch(batch)
+    out = jax.jit(det.apply)(params, batch["image"])
+    priors = det.priors(tuple(config.data.image_size), out)
+    init = np.asarray(jax.jit(det.assign)(out, priors, gt)["init"].gt_index)
+    c = np.asarray(priors.centers)
+    square = lambda x, y: np.flatnonzero((c[:, 0] == x) & (c[:, 1] == y)
+                                         & (np.asarray(priors.strides) == 8))[0]
+    assert init[0, square(24, 16)] == 0 and init[0, square(32, 32)] == 1
+    assert set(init[0][init[0] >= 0].tolist()) == {0, 1} and np.all(init[1] < 0)
+    grad_fn = jax.jit(jax.value_and_grad(
+        lambda p, b: det.loss_fn(p, b, jax.random.PRNGKey(1), det_state, 0)[0]))
+    for v in (valid, np.zeros_like(valid)):
+        loss, grads = grad_fn(params, synthetic_batch(config, boxes, np.zeros((2, m), np.int32), v))
+        assert np.isfinite(float(loss))
+        assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))

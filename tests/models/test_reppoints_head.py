@@ -7,7 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxdet.models.heads.reppoints_head import RepPointsHead, dcn_base_offset, dcn_offsets
+from jaxdet.losses.reppoints import points_to_boxes
+from jaxdet.models.heads.reppoints_head import (
+    RepPointsHead,
+    dcn_base_offset,
+    dcn_offsets,
+    grid_from_deltas,
+)
 from jaxdet.models.layers_deform import DeformConv
 
 
@@ -99,3 +105,46 @@ def test_deform_conv_init_is_mmcv_kaiming_uniform():
         assert np.abs(k).max() <= bound and np.abs(k).max() > 0.9 * bound
         np.testing.assert_allclose(k.std(), bound / np.sqrt(3), rtol=0.1)
     assert np.asarray(params["pts_init_out"]["kernel"]).std() < 0.012  # Normal(0, 0.01)
+
+
+def test_grid_from_deltas_hand_case():
+    # Zero deltas on the base square (-2, -2, 2, 2): the 3x3 grid at -2, 0, 2 strides,
+    # i.e. dcn_base_offset x 2 (the taps the plain DCN would read, spread by 2).
+    pts, box = grid_from_deltas(jnp.zeros((4,)), jnp.asarray([-2.0, -2.0, 2.0, 2.0]))
+    np.testing.assert_allclose(pts, 2 * dcn_base_offset(3))
+    np.testing.assert_allclose(box, [-2, -2, 2, 2])
+    # dx = 0.25 moves the centre by a quarter width, dh = log 2 doubles the height.
+    pts, box = grid_from_deltas(jnp.asarray([0.25, 0.0, 0.0, np.log(2.0)]),
+                                jnp.asarray([0.0, 0.0, 4.0, 2.0]))
+    np.testing.assert_allclose(box, [1.0, -1.0, 5.0, 3.0], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(pts).reshape(9, 2)[[0, 2, 6, 8]],
+                               [[-1, 1], [-1, 5], [3, 1], [3, 5]], atol=1e-6)  # (y, x)
+    # A wild dw is clamped (finite box).
+    _, box = grid_from_deltas(jnp.asarray([0.0, 0.0, 1e4, 0.0]), jnp.asarray([0, 0, 1.0, 1]))
+    assert np.all(np.isfinite(box)) and 62 < float(box[2] - box[0]) < 63
+
+
+def test_grid_points_head_regresses_boxes():
+    head = RepPointsHead(num_classes=3, feat_channels=8, point_feat_channels=8,
+                         stacked_convs=1, gn_groups=4, use_grid_points=True)
+    rng = np.random.default_rng(2)
+    feats = (jnp.asarray(rng.normal(size=(2, 4, 4, 8)), jnp.float32),
+             jnp.asarray(rng.normal(size=(2, 2, 2, 8)), jnp.float32))
+    params = jax.jit(head.init)(jax.random.PRNGKey(0), feats)["params"]
+    assert params["pts_init_out"]["kernel"].shape[-1] == 4
+    assert params["pts_refine_out"]["kernel"].shape[-1] == 4
+    out = jax.jit(head.apply)({"params": params}, feats)
+    assert out["pts_init"].shape == out["pts_refine"].shape == (2, 20, 18)
+    # At init the deltas are ~0: the init points are the base square's grid.
+    np.testing.assert_allclose(out["pts_init"], np.broadcast_to(2 * dcn_base_offset(3),
+                                                                (2, 20, 18)), atol=0.1)
+    # The points are a grid: min-max of the 9 points = the box of the 4 corners.
+    for key in ("pts_init", "pts_refine"):
+        full = points_to_boxes(out[key], "minmax")
+        corners = np.asarray(out[key]).reshape(2, 20, 9, 2)[:, :, [0, 8]].reshape(2, 20, 4)
+        np.testing.assert_allclose(full, corners[..., [1, 0, 3, 2]], atol=1e-5)
+    # The refined box starts from the detached init box: no gradient from the refined
+    # points to the init regression except through the DCN offsets.
+    f = lambda p: jnp.sum(head.apply({"params": p}, feats)["pts_refine"] ** 2)
+    g = jax.jit(jax.grad(f))(params)
+    assert float(jnp.abs(g["pts_refine_out"]["kernel"]).sum()) > 0

@@ -16,6 +16,13 @@ without bias and kaiming-uniform (ReLU gain, fan_in) weights (mmcv's `DeformConv
 defaults); weights shared across levels.
 The moment transform's learnable 2-vector `moment_transfer` (init 0) is a parameter of
 the head, returned broadcast to [B, 2].
+
+`use_grid_points=True` is the bounding-box representation in the same head (mmdetection's
+`use_grid_points`, the paper's box baseline): the init and refine 1x1 convs regress 4
+deltas (dx, dy, dw, dh) of a box (`grid_from_deltas`): the init box from the square of
+side `point_base_scale` strides at the location, the refined box from the (detached)
+init box; the point sets are the 3x3 grids spanning those boxes, so the DCNs sample the
+box's grid and the 'minmax' pseudo-box of the points is the regressed box itself.
 """
 
 from __future__ import annotations
@@ -56,6 +63,32 @@ def dcn_offsets(p_init: jax.Array, gradient_mul: float, kernel: int = 3) -> jax.
     return p_mul - jnp.asarray(dcn_base_offset(kernel), p_init.dtype)
 
 
+# exp(dw) of a box delta is clamped at 1000 / 16 (mmdetection's DeltaXYWHBBoxCoder
+# `wh_ratio_clip`): a wild prediction gives a large box, not inf.
+MAX_LOG_SCALE = float(np.abs(np.log(16.0 / 1000.0)))
+
+
+def grid_from_deltas(deltas: jax.Array, prev_boxes: jax.Array, kernel: int = 3
+                     ) -> tuple[jax.Array, jax.Array]:
+    """The box of deltas [..., 4] (dx, dy, dw, dh) applied to prev_boxes [..., 4]
+    (x1, y1, x2, y2), and the k x k grid of points spanning it (mmdetection's
+    `gen_grid_from_reg`): centre c + wh * (dx, dy), size wh * exp(dw, dh) (exp clamped
+    at 1000 / 16), wh = max(prev size, 1e-6).
+
+    Returns (points [..., 2 k^2] as (y, x) pairs tap-major (row a, column b: the top-left
+    corner + size * (a, b) / (k - 1)), boxes [..., 4] x1, y1, x2, y2)."""
+    bxy = (prev_boxes[..., :2] + prev_boxes[..., 2:]) / 2
+    bwh = jnp.maximum(prev_boxes[..., 2:] - prev_boxes[..., :2], 1e-6)
+    wh = bwh * jnp.exp(jnp.minimum(deltas[..., 2:], MAX_LOG_SCALE))
+    topleft = bxy + bwh * deltas[..., :2] - 0.5 * wh
+    t = jnp.linspace(0.0, 1.0, kernel, dtype=deltas.dtype)
+    ys = topleft[..., 1:2, None] + wh[..., 1:2, None] * t[:, None]  # [..., k(row), 1]
+    xs = topleft[..., 0:1, None] + wh[..., 0:1, None] * t[None, :]  # [..., 1, k(col)]
+    ys, xs = jnp.broadcast_arrays(ys, xs)
+    pts = jnp.stack([ys, xs], axis=-1).reshape(*deltas.shape[:-1], 2 * kernel * kernel)
+    return pts, jnp.concatenate([topleft, topleft + wh], axis=-1)
+
+
 class RepPointsHead(nn.Module):
     """Point-set dense head: init points, deformable classification and refinement.
 
@@ -69,6 +102,8 @@ class RepPointsHead(nn.Module):
       dtype: compute dtype; outputs are float32.
       platform: the `jaxdet.platform.Platform` the convs are built for.
       sampling_backend: 'auto' | 'xla' | 'pallas', the DeformConvs' bilinear sampling.
+      use_grid_points: the box representation (4 deltas, points on the box's grid).
+      point_base_scale: side of the init box in strides (4), with `use_grid_points`.
 
     Call: features, per level [B, H_l, W_l, Cin] -> dict
       'cls_logits': [B, N, C], 'pts_init': [B, N, 2K], 'pts_refine': [B, N, 2K]
@@ -88,6 +123,8 @@ class RepPointsHead(nn.Module):
     dtype: Dtype = jnp.float32
     platform: Platform = DEFAULT
     sampling_backend: str = "auto"
+    use_grid_points: bool = False
+    point_base_scale: float = 4.0
 
     @nn.compact
     def __call__(self, features: Sequence[jax.Array]) -> dict[str, jax.Array]:
@@ -95,6 +132,7 @@ class RepPointsHead(nn.Module):
         if k * k != self.num_points:
             raise ValueError(f"num_points={self.num_points} is not a square")
         c, d = self.num_classes, 2 * self.num_points
+        reg = 4 if self.use_grid_points else d  # channels of the init / refine outputs
         tower = lambda name: ConvTower(
             self.feat_channels, self.stacked_convs, norm=self.norm,
             num_groups=self.gn_groups, dtype=self.dtype, platform=self.platform, name=name,
@@ -110,21 +148,28 @@ class RepPointsHead(nn.Module):
         )
         cls_tower, reg_tower = tower("cls_tower"), tower("reg_tower")
         init_conv = plain(self.point_feat_channels, 3, "pts_init_conv")
-        init_out = plain(d, 1, "pts_init_out")
+        init_out = plain(reg, 1, "pts_init_out")
         cls_dcn, refine_dcn = deform("cls_dcn"), deform("pts_refine_dcn")
         cls_out = plain(c, 1, "cls_out", nn.initializers.constant(prior_bias(self.prior_prob)))
-        refine_out = plain(d, 1, "pts_refine_out")
+        refine_out = plain(reg, 1, "pts_refine_out")
         moment = self.param("moment_transfer", nn.initializers.zeros, (2,), jnp.float32)
         cls, init, refine = [], [], []
         for f in features:
             f = f.astype(self.dtype)
             cls_feat, pts_feat = cls_tower(f), reg_tower(f)
             p_init = init_out(nn.relu(init_conv(pts_feat))).astype(jnp.float32)
+            if self.use_grid_points:
+                half = self.point_base_scale / 2
+                square = jnp.asarray([-half, -half, half, half], jnp.float32)
+                p_init, box_init = grid_from_deltas(p_init, square, k)
             offsets = dcn_offsets(p_init, self.gradient_mul, k).astype(self.dtype)
             cls.append(cls_out(nn.relu(cls_dcn(cls_feat, offsets))))
             delta = refine_out(nn.relu(refine_dcn(pts_feat, offsets))).astype(jnp.float32)
             init.append(p_init)
-            refine.append(delta + jax.lax.stop_gradient(p_init))
+            if self.use_grid_points:
+                refine.append(grid_from_deltas(delta, jax.lax.stop_gradient(box_init), k)[0])
+            else:
+                refine.append(delta + jax.lax.stop_gradient(p_init))
         b = features[0].shape[0]
         return {
             "cls_logits": concat_levels(cls, c),
