@@ -28,8 +28,9 @@ torchvision's `fasterrcnn_resnet50_fpn` / `maskrcnn_resnet50_fpn` train steps
 (`benchmarks/torchvision_rcnn_step.py`, run with `--torch-python`); the step-time and
 the peak-RSS ratios jaxdet / torchvision are printed. With several detectors each
 runs in its own process, so that each peak RSS is its own. `aligndet`, `ga_retinanet`,
-`ga_retinanet_plain` (feature adaption by a plain 3x3 conv) and `reppoints` time the
-method's R50-FPN config (`configs/{aligndet,guided_anchoring,reppoints}/*_r50_fpn_1x_coco.py`)
+`ga_retinanet_plain` (feature adaption by a plain 3x3 conv), `reppoints` and
+`ga_faster_rcnn` time the method's R50-FPN config
+(`configs/{aligndet,guided_anchoring,reppoints}/*_r50_fpn_1x_coco.py`)
 after jaxdet's RetinaNet R50-FPN (`configs/retinanet/retinanet_r50_fpn_1x_coco.py`), all in
 one process, at 2 x size x size with `random_batch`'s GT, default platform, and print
 each ratio of step times method / RetinaNet.
@@ -58,7 +59,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.aligndet import aligndet_r50_fpn_1x_coco  # noqa: E402
 from configs.atss import atss_r50_fpn_1x_coco, atss_tiny_shapes  # noqa: E402
 from configs.faster_rcnn import faster_rcnn_r50_fpn_1x_coco  # noqa: E402
-from configs.guided_anchoring import ga_retinanet_r50_fpn_1x_coco  # noqa: E402
+from configs.guided_anchoring import (  # noqa: E402
+    ga_faster_rcnn_r50_fpn_1x_coco,
+    ga_retinanet_r50_fpn_1x_coco,
+)
 from configs.mask_rcnn import mask_rcnn_r50_fpn_1x_coco  # noqa: E402
 from configs.reppoints import reppoints_moment_r50_fpn_1x_coco  # noqa: E402
 from configs.retinanet import retinanet_r50_fpn_1x_coco  # noqa: E402
@@ -88,6 +92,7 @@ AGAINST_RETINANET = {  # --detectors name: (config, title)
     "ga_retinanet": (ga_retinanet_r50_fpn_1x_coco.get_config, "GA-RetinaNet R50-FPN"),
     "ga_retinanet_plain": (_ga_plain, "GA-RetinaNet R50-FPN, plain 3x3 adaption"),
     "reppoints": (reppoints_moment_r50_fpn_1x_coco.get_config, "RepPoints (moment) R50-FPN"),
+    "ga_faster_rcnn": (ga_faster_rcnn_r50_fpn_1x_coco.get_config, "GA-Faster R-CNN R50-FPN"),
 }
 # YOLOv3 Darknet-53 at 2 x 416 x 416, against mmdetection's (`mmdet_yolov3_step.py`).
 YOLO_SIZE = 416

@@ -199,21 +199,26 @@ class FasterRCNN:
         return self._call(params, TwoStageNetwork.features, images)
 
     def roi_features(self, feats: tuple[jax.Array, ...], rois: jax.Array, valid: jax.Array,
-                     size: int) -> jax.Array:
+                     size: int, images: jax.Array | None = None) -> jax.Array:
         """rois [B, R, 4] (+ valid [B, R]) -> RoIAlign features [B * R, size, size, C], run
-        per data shard (`per_shard`: each device reads its own images' features)."""
+        per data shard (`per_shard`: each device reads its own images' features). Row b's
+        RoIs are on image b, or with `images` [B, R] int32 on those images, indexed within
+        each data shard's rows (what `jaxdet.detectors.mask_rcnn.pack_positives` gives)."""
         h = self.roi_hp
 
-        def align(levels, rois, valid):
+        def align(levels, rois, valid, images=None):
             b, r = rois.shape[:2]
+            if images is None:
+                images = jnp.broadcast_to(jnp.arange(b, dtype=jnp.int32)[:, None], (b, r))
             return multilevel_roi_align(
-                levels, rois.reshape(b * r, 4), jnp.repeat(jnp.arange(b, dtype=jnp.int32), r),
+                levels, rois.reshape(b * r, 4), images.reshape(b * r),
                 strides=self.roi_strides, output_size=size,
                 sampling_ratio=int(h.sampling_ratio), aligned=bool(h.aligned),
                 finest_scale=float(h.finest_scale), valid=valid.reshape(b * r),
                 target=self.target)
 
-        return per_shard(align, tuple(feats[: len(self.roi_strides)]), rois, valid)
+        extra = () if images is None else (images,)
+        return per_shard(align, tuple(feats[: len(self.roi_strides)]), rois, valid, *extra)
 
     def priors(self, image_hw: tuple[int, int]) -> Priors:
         return anchors(self.config.anchor, self.strides, image_hw)

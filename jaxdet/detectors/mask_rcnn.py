@@ -1,22 +1,22 @@
 """Mask R-CNN (He et al., ICCV 2017) with FPN: Faster R-CNN plus a mask head.
 
 As mmdetection's `mask-rcnn_r50_fpn_1x`: the positive sampled RoIs (at most
-P = num_samples x pos_fraction per image: the sampler puts positives first, so they are
-the first slots) are pooled by RoIAlign at 14 x 14 and the `MaskHead` (4 convs of 256,
-a 2x upsampling deconv, per-class 28 x 28 logits) predicts their masks; the loss is
-the binary cross-entropy of the GT class's logits against the GT mask cropped to the
-RoI and resized to 28 x 28 (`jaxdet.assign.mask_targets`), averaged over the
-positives' pixels. The mask branch's shapes are static, but it need not run on all P
-slots: `roi.mask_slot_buckets` (e.g. (16, 32, 64)) are smaller slot counts, each
-compiled once, and `lax.switch` runs the branch of the smallest that holds every
-image's positives in the step (P when none does). The loss is the same whichever
-branch runs (the slots past an image's positives carry no weight); the cost follows
-the number of positives, as with dynamic shapes, at the price of compiling the branch
-once per bucket. At test time the final detections' boxes are pooled, the mask of
-the detected class is taken (sigmoid) and pasted into the image frame at
-1 / `test.mask_stride` of the padded input (`jaxdet.ops.rcnn_postprocess.paste_masks`;
-`test.mask_paste='torchvision'`: `jaxdet.ops.paste_torchvision`, torchvision's integer
-box corners); the evaluation binarises them at 0.5.
+P = num_samples x pos_fraction per image) are pooled by RoIAlign at 14 x 14 and the
+`MaskHead` (4 convs of 256, a 2x upsampling deconv, per-class 28 x 28 logits) predicts
+their masks; the loss is the binary cross-entropy of the GT class's logits against the
+GT mask cropped to the RoI and resized to 28 x 28 (`jaxdet.assign.mask_targets`),
+averaged over the positives' pixels. The mask branch's shapes are static, but it need
+not run on B x P RoIs: the positives of the images of a data shard are packed one image
+after the other (`pack_positives`) into b x p rows (b images per shard), p one of
+`roi.mask_slot_buckets` (e.g. (16, 32, 64)) or P, each compiled once; `lax.switch` runs
+the branch of the smallest p whose rows hold every shard's positives. The loss is the
+same whichever branch runs; the cost follows the number of positives, as with dynamic
+shapes, at the price of compiling the branch once per bucket. At test time the final
+detections' boxes are pooled, the mask of the detected class is taken (sigmoid) and
+pasted into the image frame at 1 / `test.mask_stride` of the padded input
+(`jaxdet.ops.rcnn_postprocess.paste_masks`; `test.mask_paste='torchvision'`:
+`jaxdet.ops.paste_torchvision`, torchvision's integer box corners); the evaluation
+binarises them at 0.5.
 
 Needs `config.data.with_masks` (the batch's 'masks' [B, M, H / s, W / s], s =
 `data.mask_stride`). Crowd GT are never positive, so never a mask target.
@@ -36,9 +36,29 @@ from jaxdet.detectors.dense import StepContext
 from jaxdet.detectors.faster_rcnn import FasterRCNN, TwoStageNetwork
 from jaxdet.losses.cross_entropy import sigmoid_binary_cross_entropy
 from jaxdet.ops.paste_torchvision import paste_masks_torchvision
+from jaxdet.ops.per_shard import data_axis_size, per_shard
 from jaxdet.ops.rcnn_postprocess import paste_masks
 
 PASTE = {"mmdet": paste_masks, "torchvision": paste_masks_torchvision}
+
+
+def pack_positives(positive: jax.Array, p: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The positive slots of b images one image after the other in b x p rows.
+
+    positive: [b, S] bool. Returns (image [b * p] int32, slot [b * p] int32, valid
+    [b * p] bool): row t is slot `slot[t]` of image `image[t]`, the positives of image 0
+    first, each image's in slot order; rows past the positives (and positives past
+    b * p rows) are invalid and point at slot 0 of image 0.
+    """
+    b, s = positive.shape
+    count = jnp.sum(positive, axis=1, dtype=jnp.int32)
+    ends = jnp.cumsum(count)
+    t = jnp.arange(b * p, dtype=jnp.int32)
+    image = jnp.minimum(jnp.searchsorted(ends, t, side="right"), b - 1).astype(jnp.int32)
+    rank = jnp.clip(t - (ends - count)[image], 0, s - 1)  # among the image's positives
+    order = jnp.argsort(~positive, axis=1, stable=True).astype(jnp.int32)  # positives first
+    valid = t < ends[-1]
+    return (jnp.where(valid, image, 0), jnp.where(valid, order[image, rank], 0), valid)
 
 
 class MaskRCNN(FasterRCNN):
@@ -68,9 +88,13 @@ class MaskRCNN(FasterRCNN):
         slots = self.mask_slots
         if len(slots) == 1:
             loss = self.mask_loss(params, feats, sampled, gt, slots[0])
-        else:  # the smallest slot count that holds every image's positives
-            most = jnp.max(jnp.sum(sampled["positive"][:, : self.max_pos], axis=1))
-            branch = jnp.sum(jnp.asarray(slots[:-1]) < most)
+        else:  # the smallest p whose b x p rows hold the positives of every data shard
+            count = jnp.sum(sampled["positive"][:, : self.max_pos], axis=1)
+            n = data_axis_size()
+            shards = n if count.shape[0] % n == 0 else 1
+            per = count.shape[0] // shards
+            need = -(-jnp.max(jnp.sum(count.reshape(shards, per), axis=1)) // per)
+            branch = jnp.sum(jnp.asarray(slots[:-1]) < need)
             loss = jax.lax.switch(branch, [
                 functools.partial(self.mask_loss, params, feats, sampled, gt, p) for p in slots
             ])
@@ -79,22 +103,32 @@ class MaskRCNN(FasterRCNN):
 
     def mask_loss(self, params: Any, feats: tuple[jax.Array, ...], sampled: dict,
                   gt: GroundTruth, p: int) -> jax.Array:
-        """The mask loss on the first p sampled slots of each image (all of its positives
-        when p >= their count): BCE of the GT class's 28 x 28 logits, averaged over the
-        positives' pixels."""
-        rois, pos = sampled["rois"][:, :p], sampled["positive"][:, :p]
-        gt_index = jnp.where(pos, sampled["gt_index"][:, :p], -1)
+        """The mask loss on the positives packed into b x p rows per data shard of b images
+        (all of them when the shard has at most b x p): BCE of the GT class's 28 x 28
+        logits, averaged over the positives' pixels."""
         size = 2 * int(self.roi_hp.mask_size)
-        target, t_valid = jax.vmap(
-            lambda r, g, m: mask_targets(r, g, m, mask_stride=self.mask_stride, size=size)
-        )(rois, gt_index, gt.masks)
-        x = self.roi_features(feats, rois, pos, self.roi_hp.mask_size)
+
+        def pack(rois, positive, labels, gt_index, masks):  # one data shard
+            b, m = masks.shape[:2]
+            image, slot, ok = pack_positives(positive[:, : self.max_pos], p)
+            g = gt_index[image, slot]
+            ok = ok & (g >= 0)
+            target, t_valid = mask_targets(
+                rois[image, slot], jnp.where(ok, image * m + g, -1),
+                masks.reshape(b * m, *masks.shape[2:]), mask_stride=self.mask_stride, size=size)
+            rows = lambda x: x.reshape(b, p, *x.shape[1:])  # noqa: E731
+            return (rows(rois[image, slot]), rows(image), rows(labels[image, slot]),
+                    rows(target), rows(ok & t_valid))
+
+        rois, images, labels, target, w = per_shard(
+            pack, sampled["rois"], sampled["positive"], sampled["labels"],
+            sampled["gt_index"], gt.masks)
+        x = self.roi_features(feats, rois, w, self.roi_hp.mask_size, images=images)
         logits = self._call(params, TwoStageNetwork.mask, x)  # [B * p, 28, 28, C]
-        b = rois.shape[0]
-        labels = jnp.clip(sampled["labels"][:, :p], 0, self.num_classes - 1).reshape(-1)
+        labels = jnp.clip(labels, 0, self.num_classes - 1).reshape(-1)
         logits = jnp.take_along_axis(logits, labels[:, None, None, None], axis=-1)[..., 0]
-        bce = sigmoid_binary_cross_entropy(logits, target.reshape(b * p, size, size))
-        w = (pos & t_valid).reshape(-1).astype(jnp.float32)
+        bce = sigmoid_binary_cross_entropy(logits, target.reshape(-1, size, size))
+        w = w.reshape(-1).astype(jnp.float32)
         num = jax.lax.stop_gradient(jnp.maximum(jnp.sum(w), 1.0)) * size * size
         return jnp.sum(bce * w[:, None, None]) / num
 

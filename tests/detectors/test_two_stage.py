@@ -204,9 +204,26 @@ def test_mask_rcnn_on_a_coco_directory(tmp_path):
     assert np.isfinite(stats["AP"]) and np.isfinite(stats["segm_AP"])
 
 
+def test_pack_positives_hand_case():
+    from jaxdet.detectors.mask_rcnn import pack_positives
+
+    positive = jnp.asarray([[0, 1, 1, 0, 1], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]], bool)
+    image, slot, valid = jax.jit(jax.vmap(lambda q: pack_positives(q, 2)))(positive[None])
+    np.testing.assert_array_equal(image[0], [0, 0, 0, 2, 2, 0])
+    np.testing.assert_array_equal(slot[0], [1, 2, 4, 0, 1, 0])
+    np.testing.assert_array_equal(valid[0], [1, 1, 1, 1, 1, 0])
+    image, slot, valid = pack_positives(positive, 1)  # 5 positives, 3 rows: the first 3
+    np.testing.assert_array_equal(image, [0, 0, 0])
+    np.testing.assert_array_equal(slot, [1, 2, 4])
+    assert bool(valid.all())
+    image, slot, valid = pack_positives(jnp.zeros((2, 4), bool), 2)  # none: all invalid
+    assert not bool(valid.any()) and not np.any(image) and not np.any(slot)
+
+
 def test_mask_slot_buckets_leave_the_loss_unchanged(data_dir):
-    """The mask loss on the first p slots is the same for every p that holds each image's
-    positives (loss and gradients), and `roi_losses` picks the smallest such bucket."""
+    """The mask loss on the positives packed into b x p rows is the same for every p whose
+    rows hold them all (loss and gradients), and `roi_losses` picks the smallest such
+    bucket: the average positives per image decide, not the most of one image."""
     config = _config("mask_rcnn", data_dir)
     config.roi.mask_slot_buckets = (2, 4)
     det = detectors.build(config)
@@ -223,7 +240,7 @@ def test_mask_slot_buckets_leave_the_loss_unchanged(data_dir):
                      valid=jnp.asarray(valid), ignore=jnp.zeros((2, 4), bool),
                      masks=_masks_for(boxes, valid, hw))
     s = 32
-    for num_pos in ((1, 2), (3, 1)):  # positives per image: buckets 2 and 4
+    for num_pos in ((1, 2), (3, 1), (3, 3)):  # 2 x 2 rows hold the first two, 2 x 4 all
         positive = np.arange(s)[None] < np.asarray(num_pos)[:, None]
         gt_index = np.where(positive, np.arange(s)[None] % 3, -1)
         rois = boxes[np.arange(2)[:, None], np.maximum(gt_index, 0)] + rng.uniform(-3, 3, (2, s, 4))
@@ -232,7 +249,7 @@ def test_mask_slot_buckets_leave_the_loss_unchanged(data_dir):
                        box_targets=jnp.zeros((2, s, 4)),
                        labels=jnp.asarray(np.where(positive, 1, config.data.num_classes)))
         losses = {}
-        for p in (max(num_pos) + (max(num_pos) == 3), 8):
+        for p in (-(-sum(num_pos) // 2) + (sum(num_pos) == 6), 8):
             loss = lambda q, p=p, sd=sampled: det.mask_loss(q, feats, sd, gt, p)  # noqa: E731
             f = jax.jit(jax.value_and_grad(loss))
             losses[p] = f(params)

@@ -42,6 +42,9 @@ SCRIPT = textwrap.dedent(
         batch = dict(image=spec((B, 64, 64, 3), jnp.uint8), image_hw=spec((B, 2), jnp.int32),
                      boxes=spec((B, M, 4), jnp.float32), labels=spec((B, M), jnp.int32),
                      valid=spec((B, M), jnp.bool_), ignore=spec((B, M), jnp.bool_))
+        if config.data.get("with_masks", False):
+            s = int(config.data.mask_stride)
+            batch["masks"] = spec((B, M, 64 // s, 64 // s), jnp.uint8)
         rep, data = mesh_lib.replicated(mesh), mesh_lib.data_sharded(mesh)
         step = mesh_lib.InMesh(mesh, jax.jit(
             functools.partial(train_step, detector=detector, tx=tx),
@@ -92,6 +95,12 @@ def test_eight_device_step_gathers_no_batch():
     to gather their [16, ...] operands onto every device; RoIAlign gathered the features of
     all images, the deformable conv the pixels of all images)."""
     _gathers_of_the_batch(("atss", "faster_rcnn", "reppoints"))
+
+
+@pytest.mark.slow
+def test_eight_device_step_gathers_no_batch_mask_rcnn():
+    """As above for Mask R-CNN (its positives packed per data shard for the mask branch)."""
+    _gathers_of_the_batch(("mask_rcnn",))
 
 
 @pytest.mark.slow
