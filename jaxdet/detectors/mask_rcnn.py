@@ -86,8 +86,14 @@ class MaskRCNN(FasterRCNN):
         if gt.masks is None:
             raise ValueError("mask_rcnn: the batch has no 'masks' (config.data.with_masks)")
         slots = self.mask_slots
+        # The branch's operands are only what it reads (the mask head's parameters, the
+        # RoI levels, four sampled fields, the GT masks), and it is rematerialised: under
+        # `grad`, `lax.switch` makes every branch return the residuals of all branches,
+        # zero-filled, which for the mask head's activations cost a second per R50 step.
+        args = ({"mask_head": params["mask_head"]}, tuple(feats[: len(self.roi_strides)]),
+                {k: sampled[k] for k in ("rois", "positive", "labels", "gt_index")}, gt.masks)
         if len(slots) == 1:
-            loss = self.mask_loss(params, feats, sampled, gt, slots[0])
+            loss = self.mask_loss(*args, slots[0])
         else:  # the smallest p whose b x p rows hold the positives of every data shard
             count = jnp.sum(sampled["positive"][:, : self.max_pos], axis=1)
             n = data_axis_size()
@@ -96,16 +102,15 @@ class MaskRCNN(FasterRCNN):
             need = -(-jnp.max(jnp.sum(count.reshape(shards, per), axis=1)) // per)
             branch = jnp.sum(jnp.asarray(slots[:-1]) < need)
             loss = jax.lax.switch(branch, [
-                functools.partial(self.mask_loss, params, feats, sampled, gt, p) for p in slots
-            ])
+                jax.checkpoint(functools.partial(self.mask_loss, p=p)) for p in slots], *args)
         terms["loss_mask"] = self.roi_hp.mask_weight * loss
         return terms
 
     def mask_loss(self, params: Any, feats: tuple[jax.Array, ...], sampled: dict,
-                  gt: GroundTruth, p: int) -> jax.Array:
+                  masks: jax.Array, p: int) -> jax.Array:
         """The mask loss on the positives packed into b x p rows per data shard of b images
         (all of them when the shard has at most b x p): BCE of the GT class's 28 x 28
-        logits, averaged over the positives' pixels."""
+        logits, averaged over the positives' pixels. masks: the GT masks [B, M, Hm, Wm]."""
         size = 2 * int(self.roi_hp.mask_size)
 
         def pack(rois, positive, labels, gt_index, masks):  # one data shard
@@ -122,7 +127,7 @@ class MaskRCNN(FasterRCNN):
 
         rois, images, labels, target, w = per_shard(
             pack, sampled["rois"], sampled["positive"], sampled["labels"],
-            sampled["gt_index"], gt.masks)
+            sampled["gt_index"], masks)
         x = self.roi_features(feats, rois, w, self.roi_hp.mask_size, images=images)
         logits = self._call(params, TwoStageNetwork.mask, x)  # [B * p, 28, 28, C]
         labels = jnp.clip(labels, 0, self.num_classes - 1).reshape(-1)

@@ -250,7 +250,7 @@ def test_mask_slot_buckets_leave_the_loss_unchanged(data_dir):
                        labels=jnp.asarray(np.where(positive, 1, config.data.num_classes)))
         losses = {}
         for p in (-(-sum(num_pos) // 2) + (sum(num_pos) == 6), 8):
-            loss = lambda q, p=p, sd=sampled: det.mask_loss(q, feats, sd, gt, p)  # noqa: E731
+            loss = lambda q, p=p, sd=sampled: det.mask_loss(q, feats, sd, gt.masks, p)  # noqa: E731
             f = jax.jit(jax.value_and_grad(loss))
             losses[p] = f(params)
         (a, ga), (b, gb) = losses.values()
