@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from configs.aligndet import aligndet_tiny_shapes  # noqa: E402
-from experiments import ap_rows, recipe  # noqa: E402
+from experiments import ap_rows, recipe, report  # noqa: E402
 
 ROI_CONV = "AlignDet (RoIConv)"
 PLAIN = "AlignDet, plain 3x3 conv"
@@ -124,7 +124,7 @@ def draw_figure(args: argparse.Namespace) -> None:
     fig.suptitle("RoIConv 3x3 sampling points at the anchor that overlaps each GT most")
     fig.tight_layout()
     path = os.path.join(args.out, "sampling_points.png")
-    fig.savefig(path, dpi=110)
+    report.save_image_figure(fig, path, dpi=90)
     print(f"wrote {path}")
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
 
 from configs.reppoints import reppoints_tiny_shapes  # noqa: E402
 from configs.retinanet import retinanet_tiny_shapes  # noqa: E402
-from experiments import ap_rows, recipe  # noqa: E402
+from experiments import ap_rows, recipe, report  # noqa: E402
 
 BASELINE = "RetinaNet (#A=9, max-IoU, boxes)"
 MOMENT = "RepPoints (moment)"
@@ -133,7 +133,7 @@ def draw_figure(args: argparse.Namespace) -> None:
                  "pseudo-boxes (dashed), GT (white)", fontsize=9)
     fig.tight_layout()
     path = os.path.join(args.out, "learned_points.png")
-    fig.savefig(path, dpi=120)
+    report.save_image_figure(fig, path, dpi=100)
     plt.close(fig)
     print(f"wrote {path}")
 
