@@ -115,3 +115,23 @@ def check_restore_and_predict(config, state, parts, workdir: str) -> dict:
     assert dets.boxes.shape == (2, k, 4)
     assert dets.scores.shape == dets.classes.shape == dets.valid.shape == (2, k)
     return stats
+
+
+def recorded_gt(rec, batch: int, rows: int):
+    """GroundTruth [batch, rows] of a recorded fixture's `gt_boxes_{b}` / `gt_labels_{b}`,
+    with garbage (1e4) in the padding rows, which no assigner may read."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxdet.core.types import GroundTruth
+
+    boxes = np.full((batch, rows, 4), 1e4, np.float32)
+    labels = np.zeros((batch, rows), np.int32)
+    valid = np.zeros((batch, rows), bool)
+    for b in range(batch):
+        g = np.asarray(rec[f"gt_boxes_{b}"]).reshape(-1, 4)
+        boxes[b, : len(g)] = g
+        labels[b, : len(g)] = rec[f"gt_labels_{b}"]
+        valid[b, : len(g)] = True
+    return GroundTruth(boxes=jnp.asarray(boxes), labels=jnp.asarray(labels),
+                       valid=jnp.asarray(valid), ignore=jnp.zeros((batch, rows), bool))

@@ -23,9 +23,8 @@ import numpy as np
 import pytest
 
 from jaxdet import detectors
-from jaxdet.core.types import GroundTruth
 from jaxdet.models.heads.reppoints_head import grid_from_deltas
-from tests.tiny import tiny_config
+from tests.tiny import recorded_gt, tiny_config
 
 FIXTURES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "fixtures",
                                          "mmdet_reppoints", "case*.npz")))
@@ -37,19 +36,6 @@ def _flat(rec, key):
     """Per-level NCHW maps -> [B, N, C] in jaxdet's order (level, row-major)."""
     maps = [rec[f"{key}_s{s}"] for s in rec["strides"]]
     return np.concatenate([m.reshape(*m.shape[:2], -1).transpose(0, 2, 1) for m in maps], 1)
-
-
-def _gt(rec, batch):
-    boxes = np.full((batch, M, 4), 1e4, np.float32)  # garbage in padding rows
-    labels = np.zeros((batch, M), np.int32)
-    valid = np.zeros((batch, M), bool)
-    for b in range(batch):
-        g = rec[f"gt_boxes_{b}"]
-        boxes[b, : len(g)] = g
-        labels[b, : len(g)] = rec[f"gt_labels_{b}"]
-        valid[b, : len(g)] = True
-    return GroundTruth(boxes=jnp.asarray(boxes), labels=jnp.asarray(labels),
-                       valid=jnp.asarray(valid), ignore=jnp.zeros((batch, M), bool))
 
 
 @pytest.fixture(params=FIXTURES, ids=[os.path.basename(f) for f in FIXTURES])
@@ -73,7 +59,7 @@ def case(request):
         "pts_refine": jnp.asarray(_flat(rec, "pts_refine")),
         "moment_transfer": jnp.broadcast_to(jnp.asarray(rec["moment_transfer"]), (batch, 2)),
     }
-    return rec, det, priors, outputs, _gt(rec, batch)
+    return rec, det, priors, outputs, recorded_gt(rec, batch, M)
 
 
 def test_assignments_and_refine_proposals(case):

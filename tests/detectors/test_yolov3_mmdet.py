@@ -21,9 +21,8 @@ import pytest
 from jaxdet import detectors
 from jaxdet.assign import yolo_grid
 from jaxdet.core import coders
-from jaxdet.core.types import GroundTruth
 from jaxdet.detectors import yolov3
-from tests.tiny import tiny_config
+from tests.tiny import recorded_gt, tiny_config
 
 FIXTURES = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "fixtures",
                                          "mmdet_yolov3", "case*.npz")))
@@ -45,20 +44,6 @@ def _in_stride_order(rec, key_fmt, axis=0):
     return np.concatenate([rec[key_fmt.format(s)] for s in STRIDES], axis=axis)
 
 
-def _gt(rec, batch):
-    boxes = np.zeros((batch, M, 4), np.float32)
-    labels = np.zeros((batch, M), np.int32)
-    valid = np.zeros((batch, M), bool)
-    for b in range(batch):
-        g = rec[f"gt_boxes_{b}"]
-        boxes[b, : len(g)] = g
-        labels[b, : len(g)] = rec[f"gt_labels_{b}"]
-        valid[b, : len(g)] = True
-    boxes[~valid] = 1e4  # garbage in padding rows is never read
-    return GroundTruth(boxes=jnp.asarray(boxes), labels=jnp.asarray(labels),
-                       valid=jnp.asarray(valid), ignore=jnp.zeros_like(jnp.asarray(valid)))
-
-
 def _reorder(rec, flat, batch_axis=False):
     """mmdetection's concatenation (stride 32 first) -> stride order."""
     sizes = {s: rec[f"anchors_s{s}"].shape[0] for s in STRIDES}
@@ -76,7 +61,7 @@ def case(request):
     config = _config(rec["image_hw"])
     det = detectors.build(config)
     priors = det.priors(tuple(config.data.image_size))
-    return rec, config, det, priors, _gt(rec, int(rec["batch"]))
+    return rec, config, det, priors, recorded_gt(rec, int(rec["batch"]), M)
 
 
 def test_fixtures_exist():
