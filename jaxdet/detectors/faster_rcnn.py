@@ -180,7 +180,8 @@ class FasterRCNN:
         mask_head = None
         if self.mask:
             mask_head = MaskHead(num_classes=self.num_classes, num_convs=r.mask_convs,
-                                 channels=r.mask_channels, dtype=dtype, platform=platform)
+                                 channels=r.mask_channels, dtype=dtype,
+                                 platform=platform.in_conditional())  # `lax.switch` branches
         self.net = TwoStageNetwork(backbone=backbone, neck=neck,
                                    rpn_head=self.make_rpn_head(config), box_head=box_head,
                                    mask_head=mask_head, box_size=r.box_size,

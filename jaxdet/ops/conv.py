@@ -14,9 +14,12 @@ by the local backend or the host CPU at trace time:
 - `conv_general_dilated(..., platform=p)`: drop-in for `lax.conv_general_dilated`
   (`conv_fn(p)` is the `nn.Conv` hook). Where `p.cpu_conv` (a CPU target with
   `conv_kernel_grad='slices'`), plain 2-D NHWC / HWIO convs get the slice-matmul kernel
-  gradient where `p.use_slices(Cin, Cout, multiply-adds per tap)` (forward and input
-  gradient stay XLA's), and 1x1 convs without padding are a matmul on the strided
-  input. Anything else (dilation, groups, other layouts, string padding, GPU / TPU
+  gradient where `p.use_slices(Cin, Cout, multiply-adds per tap)` (the forward is
+  XLA's conv, and so is the input gradient, written for stride 1 as the forward conv
+  of dy with the flipped, transposed kernel: XLA:CPU's own transposed conv is much
+  slower inside `lax.cond` / `lax.switch` branches, see `Platform.in_conditional`),
+  and 1x1 convs without padding are a matmul on the strided input. Anything else
+  (dilation, groups, other layouts, string padding, GPU / TPU
   targets) is `lax.conv_general_dilated` unchanged. Both give the same values up to
   float summation order.
 - `max_pool`: max pooling with -inf padding (torch `MaxPool2d` / `nn.max_pool`) as a
@@ -128,8 +131,19 @@ def _conv_fwd(x, w, strides, pads, precision):
 
 def _conv_bwd(strides, pads, precision, res, dy):
     x, w = res
-    _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, precision), x)
-    (dx,) = input_vjp(dy)
+    kh, kw = w.shape[:2]
+    back = ((kh - 1 - pads[0][0], kh - 1 - pads[0][1]),
+            (kw - 1 - pads[1][0], kw - 1 - pads[1][1]))
+    if strides == (1, 1) and min(min(p) for p in back) >= 0:
+        # The input gradient as the forward conv it is (dy with the flipped, transposed
+        # kernel, padded k - 1 - pad): the same values as XLA's transpose, and a forward
+        # conv stays fast inside `lax.cond` / `lax.switch` branches, where the
+        # transposed conv XLA:CPU derives does not.
+        wt = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
+        dx = _xla_conv(dy, wt, (1, 1), back, precision).astype(x.dtype)
+    else:
+        _, input_vjp = jax.vjp(lambda x_: _xla_conv(x_, w, strides, pads, precision), x)
+        (dx,) = input_vjp(dy)
     return dx, kernel_grad(x, dy, w.shape, strides, pads).astype(w.dtype)
 
 

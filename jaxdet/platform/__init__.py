@@ -91,6 +91,16 @@ class Platform:
             and tap_macs >= self.slices_min_tap_macs
         )
 
+    def in_conditional(self) -> Platform:
+        """The platform of modules that run inside `lax.cond` / `lax.switch` branches:
+        with the CPU conv kernels, every plain conv takes the slice kernel gradient (no
+        thresholds). XLA:CPU runs a conv's gradient convolutions inside a conditional
+        far slower than outside it (benchmarks/README.md); the slice matmuls and the
+        forward-conv input gradient of `jaxdet.ops.conv` are not slowed there."""
+        if not self.cpu_conv:
+            return self
+        return dataclasses.replace(self, slices_min_cin_cout=0, slices_min_tap_macs=0)
+
     def compiler_options(self) -> dict[str, str] | None:
         """`compiler_options` for `jax.jit` of a train / eval step (None: XLA's defaults)."""
         if self.target == "cpu" and not self.ynnpack:

@@ -1,6 +1,8 @@
 """jaxdet.ops.conv: the slice-matmul kernel gradient and the slice max pool equal XLA's;
 jaxdet.platform's CPU rules pick them."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -226,3 +228,32 @@ def test_ynnpack_off_option_gives_plain_xla_convs(fresh_resolve):
     on = jax.jit(g)(x, k)
     for a, b in zip(jax.tree.leaves(off(x, k)), jax.tree.leaves(on)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+
+
+def test_in_conditional_platform_takes_every_plain_conv_and_keeps_gradients():
+    """`Platform.in_conditional` drops the slice thresholds (CPU kernels only), and a conv
+    inside `lax.switch` under `grad` gives XLA's gradients through it."""
+    thresholds = Platform(target="cpu", conv_kernel_grad="slices", slices_min_cin_cout=512,
+                          slices_min_tap_macs=1 << 26)
+    branch = thresholds.in_conditional()
+    assert branch.use_slices(2, 3, 1) and not thresholds.use_slices(2, 3, 1)
+    assert Platform(target="tpu").in_conditional() == Platform(target="tpu")
+    assert Platform().in_conditional() == Platform()  # XLA's convs stay XLA's
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.normal(size=(4, 6, 5, 3)), jnp.float32)
+    kern = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    pads = ((1, 1), (1, 1))
+
+    def loss(fn, k_, x_, i):
+        branches = [lambda a, b: jnp.sum(fn(b, a) ** 2), lambda a, b: jnp.sum(fn(b[:2], a) ** 2)]
+        return jax.lax.switch(i, branches, k_, x_)
+
+    ours = lambda a, c: conv.conv_general_dilated(  # noqa: E731
+        a, c, (1, 1), pads, dimension_numbers=NHWC, platform=branch)
+    xla = lambda a, c: _xla(a, c, (1, 1), pads)  # noqa: E731
+    want_fn = jax.jit(jax.grad(functools.partial(loss, xla), argnums=(0, 1)))
+    got_fn = jax.jit(jax.grad(functools.partial(loss, ours), argnums=(0, 1)))
+    for i in (0, 1):  # a traced branch index: a real conditional
+        want, got = want_fn(kern, x, jnp.int32(i)), got_fn(kern, x, jnp.int32(i))
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
