@@ -4,7 +4,8 @@
      location), with and without feature adaption (the paper's ablation);
   2. proposal recall AR@100 / 300 / 1000 of the RPN vs GA-RPN (the paper's headline);
   3. the learned anchor shapes (aspect ratio h / w and scale sqrt(w h)) of GA-RetinaNet
-     (seed 0) at the locations its loc branch keeps (sigmoid >= 0.01) on the val split,
+     (seed 0) on the val split, at the locations its loc branch keeps (sigmoid >= 0.01,
+     the test-time filter) and at those it predicts as object centres (sigmoid >= 0.5),
      against the GT shapes and the fixed RetinaNet anchors.
 
   python experiments/guided_anchoring/run.py [--steps 1000] [--recipe adamw|config|sgd] \
@@ -59,9 +60,13 @@ def variants(steps: int, recipe_name: str) -> tuple[dict, dict]:
     return ap, ar
 
 
+CENTRE_THR = 0.5  # sigmoid(loc) of the locations drawn as predicted object centres
+
+
 def anchor_shapes(config, workdir: str) -> dict:
-    """(w, h) of the guided anchors kept by the loc filter on the val split, of the GT
-    boxes (valid, not crowd), and of the fixed RetinaNet anchors of the same scale."""
+    """(w, h) of the guided anchors on the val split kept by the loc filter ('learned')
+    and at the predicted centres ('centres', sigmoid(loc) >= CENTRE_THR), of the GT boxes
+    (valid, not crowd), and of the fixed RetinaNet anchors of the same scale."""
     state, parts = loop.train(config, workdir)  # finished: restores the last checkpoint
     det = parts.detector
 
@@ -69,17 +74,19 @@ def anchor_shapes(config, workdir: str) -> dict:
     def guided(params, images, hw):
         out = det.apply(params, network_images(det, images, hw))
         anchors = det.priors(tuple(images.shape[1:3]), out)["guided"].boxes
-        return anchors, gar.loc_keep(out, det.ga.loc_filter_thr)
+        return (anchors, gar.loc_keep(out, det.ga.loc_filter_thr),
+                gar.loc_keep(out, CENTRE_THR))
 
-    learned, gts = [], []
+    learned, centres, gts = [], [], []
     for b in pipeline.from_config(config.data, batch_size=int(config.eval.batch_size),
                                   train=False):
-        anchors, keep = jax.tree_util.tree_map(np.asarray, guided(state.params, b["image"],
-                                                                  b["image_hw"]))
+        anchors, keep, centre = jax.tree_util.tree_map(
+            np.asarray, guided(state.params, b["image"], b["image_hw"]))
         for i in range(anchors.shape[0]):
             if b["image_id"][i] < 0:
                 continue
             learned.append(anchors[i][keep[i]])
+            centres.append(anchors[i][centre[i]])
             g = b["valid"][i] & ~b["ignore"][i]
             gts.append(b["boxes"][i][g])
     strides = tuple(int(s) for s in config.model.strides)
@@ -88,7 +95,8 @@ def anchor_shapes(config, workdir: str) -> dict:
                                     scales_per_octave=config.anchor.scales_per_octave,
                                     ratios=tuple(config.anchor.ratios)).boxes
     wh = lambda b: np.stack([b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], 1)  # noqa: E731
-    return {"learned": wh(np.concatenate(learned)), "gt": wh(np.concatenate(gts)),
+    return {"learned": wh(np.concatenate(learned)), "centres": wh(np.concatenate(centres)),
+            "gt": wh(np.concatenate(gts)),
             "fixed": wh(np.asarray(fixed))}
 
 
@@ -96,13 +104,16 @@ def plot_shapes(shapes: dict, path: str) -> dict:
     """Histograms of log2(h / w) and sqrt(w h); returns medians per set."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     summary = {}
+    labels = {"gt": "GT boxes", "learned": "guided anchors, sigmoid(loc) >= 0.01",
+              "centres": f"guided anchors, sigmoid(loc) >= {CENTRE_THR}"}
     for name, style in (("gt", dict(color="k", alpha=0.35)),
-                        ("learned", dict(color="tab:blue", alpha=0.5))):
+                        ("learned", dict(color="tab:blue", alpha=0.4)),
+                        ("centres", dict(color="tab:orange", alpha=0.45))):
         w, h = np.maximum(shapes[name][:, 0], 1e-3), np.maximum(shapes[name][:, 1], 1e-3)
         ratio, scale = np.log2(h / w), np.sqrt(w * h)
-        label = {"gt": "GT boxes", "learned": "guided anchors (kept by the loc filter)"}[name]
-        axes[0].hist(ratio, bins=60, range=(-3, 3), density=True, label=label, **style)
-        axes[1].hist(scale, bins=60, range=(0, 128), density=True, label=label, **style)
+        hist = dict(bins=60, density=True, label=labels[name], **style)
+        axes[0].hist(ratio, range=(-3, 3), **hist)
+        axes[1].hist(scale, range=(0, 128), **hist)
         summary[name] = dict(n=int(len(w)), median_log2_ratio=float(np.median(ratio)),
                              median_scale=float(np.median(scale)))
     fw, fh = shapes["fixed"][:, 0], shapes["fixed"][:, 1]
