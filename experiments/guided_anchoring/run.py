@@ -1,7 +1,8 @@
 """Guided Anchoring at small scale (Wang et al., CVPR 2019, arXiv 1901.03278) on `shapes`:
 
   1. AP of RetinaNet (9 fixed anchors per location) vs GA-RetinaNet (one guided anchor per
-     location), with and without feature adaption (the paper's ablation);
+     location), with and without feature adaption (the paper's ablation), and without
+     the location branch's loss (its focal loss shares the classification tower);
   2. proposal recall AR@100 / 300 / 1000 of the RPN vs GA-RPN (the paper's headline);
   3. the learned anchor shapes (aspect ratio h / w and scale sqrt(w h)) of GA-RetinaNet
      (seed 0) on the val split, at the locations its loc branch keeps (sigmoid >= 0.01,
@@ -52,8 +53,11 @@ def variants(steps: int, recipe_name: str) -> tuple[dict, dict]:
     """({AP row: config}, {AR row: config}), every config on the same schedule."""
     plain = ga_retinanet_tiny_shapes.get_config()
     plain.ga.feature_adaption = False
+    no_loc = ga_retinanet_tiny_shapes.get_config()  # the loc branch untrained, no filter
+    no_loc.ga.loc_weight, no_loc.ga.loc_filter_thr = 0.0, 0.0
     ap = {BASELINE: retinanet_tiny_shapes.get_config(), GA: ga_retinanet_tiny_shapes.get_config(),
-          "GA-RetinaNet (no feature adaption)": plain}
+          "GA-RetinaNet (no feature adaption)": plain,
+          "GA-RetinaNet (no location loss)": no_loc}
     ar = {"RPN": rpn_tiny_shapes.get_config(), "GA-RPN": ga_rpn_tiny_shapes.get_config()}
     for c in (*ap.values(), *ar.values()):
         recipe.apply(c, steps, recipe_name)
