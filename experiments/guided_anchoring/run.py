@@ -1,8 +1,9 @@
 """Guided Anchoring at small scale (Wang et al., CVPR 2019, arXiv 1901.03278) on `shapes`:
 
   1. AP of RetinaNet (9 fixed anchors per location) vs GA-RetinaNet (one guided anchor per
-     location), with and without feature adaption (the paper's ablation), and without
-     the location branch's loss (its focal loss shares the classification tower);
+     location), with and without feature adaption (the paper's ablation), without the
+     location branch's loss (its focal loss shares the classification tower) and with
+     that loss at the weight it has relative to the other losses on COCO;
   2. proposal recall AR@100 / 300 / 1000 of the RPN vs GA-RPN (the paper's headline);
   3. the learned anchor shapes (aspect ratio h / w and scale sqrt(w h)) of GA-RetinaNet
      (seed 0) on the val split, at the locations its loc branch keeps (sigmoid >= 0.01,
@@ -47,6 +48,16 @@ from jaxdet.train.step import network_images  # noqa: E402
 BASELINE = "RetinaNet (#A=9)"
 GA = "GA-RetinaNet"
 AR_KEYS = ("AR@100", "AR@300", "AR@1000")
+# The location loss is normalised by (images x locations) / 200, a constant set for COCO's
+# ~1333 x 800 images (~22,400 P3-P7 locations): per image, a 128 px `shapes` image (336
+# P3-P5 locations, 4.1 GTs, 7.1 positive locations) weighs its positives ~38x more than a
+# COCO image (7.3 GTs at the same ~1.7 positive locations each). This weight gives the
+# location loss COCO's weight relative to the other losses.
+LOC_WEIGHT_COCO = 0.025
+LOC_COCO = f"GA-RetinaNet (location loss x {LOC_WEIGHT_COCO})"
+NO_FA, NO_LOC = "GA-RetinaNet (no feature adaption)", "GA-RetinaNet (no location loss)"
+# Each row's workdir tag, fixed per row whatever the order of the tables.
+TAGS = {GA: "v1", NO_FA: "v2", NO_LOC: "v3", "RPN": "v4", "GA-RPN": "v5", LOC_COCO: "v6"}
 
 
 def variants(steps: int, recipe_name: str) -> tuple[dict, dict]:
@@ -55,9 +66,11 @@ def variants(steps: int, recipe_name: str) -> tuple[dict, dict]:
     plain.ga.feature_adaption = False
     no_loc = ga_retinanet_tiny_shapes.get_config()  # the loc branch untrained, no filter
     no_loc.ga.loc_weight, no_loc.ga.loc_filter_thr = 0.0, 0.0
+    coco_weight = ga_retinanet_tiny_shapes.get_config()
+    coco_weight.ga.loc_weight = LOC_WEIGHT_COCO
     ap = {BASELINE: retinanet_tiny_shapes.get_config(), GA: ga_retinanet_tiny_shapes.get_config(),
-          "GA-RetinaNet (no feature adaption)": plain,
-          "GA-RetinaNet (no location loss)": no_loc}
+          NO_FA: plain, NO_LOC: no_loc,
+          LOC_COCO: coco_weight}
     ar = {"RPN": rpn_tiny_shapes.get_config(), "GA-RPN": ga_rpn_tiny_shapes.get_config()}
     for c in (*ap.values(), *ar.values()):
         recipe.apply(c, steps, recipe_name)
@@ -175,8 +188,8 @@ def main() -> None:
             kind, name, config = rows()[i]
             print(f"=== {name} (seed {seed})", flush=True)
             recipe.seeded(config, seed).data.val_split = args.val_split
-            workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed, f"v{i}",
-                                         baseline=name == BASELINE)
+            workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed,
+                                         TAGS.get(name, ""), baseline=name == BASELINE)
             per_seed[kind].setdefault(name, []).append(loop.train_and_evaluate(config, workdir))
             if seed == 0 and name == GA:
                 summary = plot_shapes(anchor_shapes(config, workdir),
