@@ -56,7 +56,7 @@ AR_KEYS = ("AR@100", "AR@300", "AR@1000")
 LOC_WEIGHT_COCO = 0.025
 LOC_COCO = f"GA-RetinaNet (location loss x {LOC_WEIGHT_COCO})"
 NO_FA, NO_LOC = "GA-RetinaNet (no feature adaption)", "GA-RetinaNet (no location loss)"
-# Each row's workdir tag, fixed per row whatever the order of the tables.
+# Each row's workdir tag (every row but the baseline), fixed whatever the table order.
 TAGS = {GA: "v1", NO_FA: "v2", NO_LOC: "v3", "RPN": "v4", "GA-RPN": "v5", LOC_COCO: "v6"}
 
 
@@ -69,8 +69,7 @@ def variants(steps: int, recipe_name: str) -> tuple[dict, dict]:
     coco_weight = ga_retinanet_tiny_shapes.get_config()
     coco_weight.ga.loc_weight = LOC_WEIGHT_COCO
     ap = {BASELINE: retinanet_tiny_shapes.get_config(), GA: ga_retinanet_tiny_shapes.get_config(),
-          NO_FA: plain, NO_LOC: no_loc,
-          LOC_COCO: coco_weight}
+          NO_FA: plain, NO_LOC: no_loc, LOC_COCO: coco_weight}
     ar = {"RPN": rpn_tiny_shapes.get_config(), "GA-RPN": ga_rpn_tiny_shapes.get_config()}
     for c in (*ap.values(), *ar.values()):
         recipe.apply(c, steps, recipe_name)
@@ -188,8 +187,9 @@ def main() -> None:
             kind, name, config = rows()[i]
             print(f"=== {name} (seed {seed})", flush=True)
             recipe.seeded(config, seed).data.val_split = args.val_split
+            baseline = name == BASELINE  # the shared RetinaNet workdir, no tag
             workdir = recipe.row_workdir(args.workdir, args.steps, args.recipe, seed,
-                                         TAGS.get(name, ""), baseline=name == BASELINE)
+                                         "" if baseline else TAGS[name], baseline=baseline)
             per_seed[kind].setdefault(name, []).append(loop.train_and_evaluate(config, workdir))
             if seed == 0 and name == GA:
                 summary = plot_shapes(anchor_shapes(config, workdir),
